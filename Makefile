@@ -1,0 +1,35 @@
+# Quick start: `make demo` and `make test` (shared/CONTRACTS.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: demo test lint bench clean install
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build on disk: anything that depends on torch must not
+# pull CUDA wheels. Then the project with all extras (editable).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/brain simulate --out out/demo --seed 7 --start 2026-12-15
+	@echo "report: out/demo/report.html"
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/brain bench
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

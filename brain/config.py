@@ -1,0 +1,84 @@
+"""The brain's configuration: the array (``simulator.config``) plus the brain's own
+settings, loaded from YAML with one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from simulator.config import ArrayConfig, Strict
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sitian-54.yaml"
+
+
+class SchedulerSettings(Strict):
+    """Weights of the survey scheduler's basis functions (see ``brain.survey``)."""
+
+    slew_weight_per_s: float = Field(default=1.0, ge=0, description="score per second of move")
+    due_weight: float = Field(default=30.0, ge=0, description="score of a field due for revisit")
+    overdue_weight: float = Field(default=10.0, ge=0,
+                                  description="extra score per cadence a field is overdue")
+    new_weight: float = Field(default=22.0, ge=0, description="score of a never-visited field")
+    early_penalty: float = Field(default=100.0, ge=0,
+                                 description="penalty for a revisit before the cadence goal")
+    airmass_weight: float = Field(default=6.0, ge=0, description="score per unit airmass")
+    depth_weight: float = Field(default=1.0, ge=0, description="score per magnitude of depth")
+    setting_penalty: float = Field(default=15.0, ge=0,
+                                   description="penalty for a new field that sets before revisit")
+    ownership_factor: float = Field(default=1.6, ge=1,
+                                    description="cadences a group keeps its fields reserved")
+    alt_margin_deg: float = Field(default=0.2, ge=0, le=5,
+                                  description="margin kept above the altitude limit")
+
+
+class BrainConfig(ArrayConfig):
+    scheduler: SchedulerSettings = SchedulerSettings()
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the field."""
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    return f"{where}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "missing"
+                                and not isinstance(err.get("input"), dict | list) else "")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> BrainConfig:
+    """Load and validate a config file (default: the shipped sitian-54 array)."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{line}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return config_from_dict(data, overrides, source=str(p))
+
+
+def config_from_dict(data: dict, overrides: dict | None = None, source: str = "config"
+                     ) -> BrainConfig:
+    data = dict(data)
+    data.update(overrides or {})
+    try:
+        return BrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+
+
+def with_climate(config: BrainConfig, climate: str) -> BrainConfig:
+    """The same array with every site's climate replaced (e.g. ``clear``)."""
+    if climate not in config.climates:
+        raise ConfigError(f"unknown climate {climate!r}; known: {', '.join(config.climates)}")
+    data = config.model_dump()
+    data["sites"] = [dict(s, climate=climate) for s in data["sites"]]
+    return BrainConfig.model_validate(data)

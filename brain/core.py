@@ -1,0 +1,242 @@
+"""The brain core: ``handle(event) -> commands``, the same in every shell.
+
+It owns the array's operating state (which sites are open, what each group is doing),
+applies safety to every event and command, and asks the survey scheduler for a field
+whenever a group falls idle. It never touches a socket, a clock or the simulator's
+truth: time comes with the events, the sky comes from the ephemerides.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+
+import numpy as np
+
+from brain.config import BrainConfig
+from brain.events import Command, Done, Event, Failed, Tick, Weather
+from brain.safety import Verdict, weather_verdict
+from brain.survey import SurveyScheduler
+from simulator.altaz import FieldSky
+from simulator.ephemeris import NightCache, night_date
+from simulator.sky import FieldGrid
+
+CLOSED, IDLE, SLEWING, EXPOSING = "closed", "idle", "slewing", "exposing"
+
+
+@dataclass
+class GroupState:
+    index: int
+    site: str
+    name: str
+    devices: tuple[str, ...]
+    phase: str = CLOSED
+    field: int | None = None
+    pointing_xyz: np.ndarray | None = None  # None: parked
+    pending: dict[str, str] = dc_field(default_factory=dict)  # cmd_id -> device
+    t_starts: list[float] = dc_field(default_factory=list)
+    readout_until: float = -math.inf  # the cameras read out while the mount slews
+
+
+@dataclass
+class SiteState:
+    open: bool = False
+    weather: Weather | None = None
+    verdict: Verdict = Verdict(False, "weather_missing")
+
+
+class BrainCore:
+    def __init__(self, config: BrainConfig, grid: FieldGrid | None = None,
+                 nights: NightCache | None = None):
+        self.config = config
+        self.grid = grid or FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
+        self.nights = nights or NightCache(config, self.grid)
+        self.scheduler = SurveyScheduler(config, self.grid.size)
+        self.groups = [GroupState(i, g.site, g.name,
+                                  tuple(g.telescope(b) for b in config.camera.bands))
+                       for i, g in enumerate(config.groups)]
+        self.sites = {s.id: SiteState() for s in config.sites}
+        self.sky: FieldSky | None = None
+        self._date: str | None = None
+        self._cmd_group: dict[str, int] = {}
+        self._obs_seq = 0
+        self.decision_ms: list[float] = []
+        self.refusals: Counter[str] = Counter()
+        self.visits: list[tuple[int, int, float]] = []  # field, group, t_start
+
+    # Entry point -------------------------------------------------------------------
+    def handle(self, event: Event) -> list[Command]:
+        self._ensure_night(event.t)
+        if isinstance(event, Done):
+            return self._on_done(event)
+        if isinstance(event, Weather):
+            site = self.sites.get(event.site)
+            if site is None:
+                self.refusals["unknown_site"] += 1
+                return []
+            site.weather = event
+            self.scheduler.depth.conditions[event.site] = (event.seeing_arcsec, event.cloud)
+            return self._review_site(event.site, event.t)
+        if isinstance(event, Tick):
+            cmds: list[Command] = []
+            for site_id in self.sites:
+                cmds += self._review_site(site_id, event.t)
+            for g in self.groups:
+                if g.phase == IDLE and self.sites[g.site].open:
+                    cmds += self._schedule(g, event.t)
+            return cmds
+        if isinstance(event, Failed):
+            return self._on_failed(event)
+        raise TypeError(f"unknown event {type(event).__name__}")
+
+    # Sites -------------------------------------------------------------------------
+    def _ensure_night(self, t: float) -> None:
+        date = night_date(self.config, t)
+        if date != self._date:
+            self._date = date
+            _night, self.sky = self.nights.get(date)
+
+    def _is_dark(self, site: str, t: float) -> bool:
+        sun = self.sky.night.sites[site].sun_alt(t)
+        return bool(sun <= self.config.limits.max_sun_alt_deg)
+
+    def _review_site(self, site_id: str, t: float) -> list[Command]:
+        site = self.sites[site_id]
+        site.verdict = weather_verdict(self.config.limits, site.weather, t)
+        dark = self._is_dark(site_id, t)
+        groups = [g for g in self.groups if g.site == site_id]
+        if site.verdict.safe and dark and not site.open:
+            site.open = True
+            cmds = []
+            for g in groups:
+                g.phase = IDLE
+                cmds += [Command(d, "open", deadline=t + 120) for d in g.devices]
+            return cmds
+        if site.open and not site.verdict.safe:
+            self.refusals[site.verdict.rule] += 1
+            return self._close_site(site_id, t, force=True)
+        if site.open and not dark:
+            return self._close_site(site_id, t, force=False)
+        return []
+
+    def _close_site(self, site_id: str, t: float, force: bool) -> list[Command]:
+        """Unsafe: close and park every telescope now. Dawn: close idle groups; busy
+        groups close when their exposure ends (it was planned to end in the dark)."""
+        self.sites[site_id].open = False
+        cmds: list[Command] = []
+        closing = [g for g in self.groups if g.site == site_id
+                   and g.phase != CLOSED and (force or g.phase == IDLE)]
+        for g in closing:
+            cmds += self._close_group(g, t)
+        self.scheduler.release([g.index for g in self.groups if g.site == site_id])
+        return cmds
+
+    def _close_group(self, g: GroupState, t: float) -> list[Command]:
+        if g.field is not None and g.phase in (SLEWING, EXPOSING):
+            self.scheduler.unclaim(g.field)
+        for cmd_id in g.pending:
+            self._cmd_group.pop(cmd_id, None)
+        g.pending.clear()
+        g.phase, g.field, g.pointing_xyz = CLOSED, None, None
+        return [Command(d, n, deadline=t + 180) for d in g.devices for n in ("close", "park")]
+
+    # Groups ------------------------------------------------------------------------
+    def _schedule(self, g: GroupState, t: float) -> list[Command]:
+        t0 = time.perf_counter()
+        f = self.scheduler.choose(self.sky, g.index, g.site, t, g.pointing_xyz)
+        self.decision_ms.append((time.perf_counter() - t0) * 1e3)
+        if f is None:
+            g.phase = IDLE
+            return []
+        self.scheduler.claim(f, g.index)
+        g.phase, g.field = SLEWING, f
+        ra, dec = float(self.grid.ra_deg[f]), float(self.grid.dec_deg[f])
+        cmds = [Command(d, "slew", {"ra_deg": ra, "dec_deg": dec}, deadline=t + 120)
+                for d in g.devices]
+        self._expect(g, cmds)
+        return cmds
+
+    def _expect(self, g: GroupState, cmds: list[Command]) -> None:
+        g.pending = {c.cmd_id: c.device for c in cmds}
+        for c in cmds:
+            self._cmd_group[c.cmd_id] = g.index
+
+    def _on_done(self, ev: Done) -> list[Command]:
+        gi = self._cmd_group.pop(ev.cmd_id, None)
+        if gi is None:
+            return []  # open/close/park acknowledgements, or a late duplicate
+        g = self.groups[gi]
+        g.pending.pop(ev.cmd_id, None)
+        if g.phase == EXPOSING:
+            g.t_starts.append(float(ev.result.get("t_start", ev.t)))
+            g.readout_until = max(g.readout_until, float(ev.result.get("t_end", ev.t))
+                                  + self.config.camera.readout_s)
+        if g.pending:
+            return []
+        if g.phase == SLEWING:
+            g.pointing_xyz = self.sky.grid_xyz[g.field]
+            return self._expose(g, ev.t)
+        if g.phase == EXPOSING:
+            t_start = min(g.t_starts)
+            self.scheduler.add_observation(g.field, g.index, t_start)
+            self.visits.append((g.field, g.index, t_start))
+            g.phase, g.field = IDLE, None
+            if not self.sites[g.site].open:
+                return self._close_group(g, ev.t)
+            return self._schedule(g, ev.t)
+        return []
+
+    def _expose(self, g: GroupState, t: float) -> list[Command]:
+        """Safety is checked again on the command itself, at the real start time."""
+        exp = self.config.survey.exposure_s
+        t_start = max(t, g.readout_until)
+        rule = self._field_rule(g.site, g.field, t_start, t_start + exp)
+        if rule != "ok" or not self.sites[g.site].open:
+            self.refusals[rule if rule != "ok" else "site_closed"] += 1
+            self.scheduler.unclaim(g.field)
+            g.phase, g.field = IDLE, None
+            return self._schedule(g, t) if self.sites[g.site].open else []
+        g.phase, g.t_starts = EXPOSING, []
+        self._obs_seq += 1
+        cmds = [Command(d, "expose", {"seconds": exp, "obs_id": f"{d}-{self._obs_seq:07d}",
+                                      "field_id": int(g.field)}, deadline=t + exp + 60)
+                for d in g.devices]
+        self._expect(g, cmds)
+        return cmds
+
+    def _field_rule(self, site: str, f: int, t_start: float, t_end: float) -> str:
+        lim = self.config.limits
+        idx = np.array([f])
+        for t in (t_start, t_end):
+            if self.sky.alt_deg(site, t, idx)[0] < lim.min_alt_deg:
+                return "altitude"
+            if self.sky.night.sites[site].sun_alt(t) > lim.max_sun_alt_deg:
+                return "sun"
+        if self.sky.moon_sep_deg(site, 0.5 * (t_start + t_end), idx)[0] < lim.min_moon_sep_deg:
+            return "moon"
+        return "ok"
+
+    def _on_failed(self, ev: Failed) -> list[Command]:
+        self.refusals[f"device_{ev.code}"] += 1
+        gi = self._cmd_group.pop(ev.cmd_id, None)
+        if gi is None:
+            return []
+        g = self.groups[gi]
+        others = [d for c, d in g.pending.items() if c != ev.cmd_id]
+        for cmd_id in list(g.pending):
+            self._cmd_group.pop(cmd_id, None)
+        g.pending.clear()
+        if g.field is not None:
+            self.scheduler.unclaim(g.field)
+        g.phase, g.field = IDLE, None
+        return [Command(d, "abort", deadline=ev.t + 30) for d in others]
+
+    # Views -------------------------------------------------------------------------
+    def decision_percentiles(self) -> dict[str, float]:
+        if not self.decision_ms:
+            return {"p50": math.nan, "p99": math.nan}
+        a = np.asarray(self.decision_ms)
+        return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}

@@ -1,0 +1,67 @@
+"""What the core hears (events) and what it says (commands).
+
+Commands mirror PROTOCOL.md's ``COMMAND`` body so the daemon shell can put them on the
+wire unchanged; events mirror ``DONE``/``FAILED``/``EVENT`` bodies plus the shells' clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+_ids = itertools.count(1)
+
+IDEMPOTENT = frozenset({"park", "open", "close", "abort", "status"})
+
+
+@dataclass(slots=True)
+class Command:
+    device: str
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    cmd_id: str = field(default_factory=lambda: f"c{next(_ids)}")
+    deadline: float = 0.0  # world time (unix s)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.name in IDEMPOTENT
+
+
+@dataclass(slots=True)
+class Tick:
+    """The shell's clock: sent at least once a minute of world time."""
+
+    t: float
+
+
+@dataclass(slots=True)
+class Weather:
+    t: float
+    site: str
+    wind_mps: float
+    humidity: float
+    rain: bool
+    cloud: float
+    seeing_arcsec: float
+    dew_margin_c: float
+
+
+@dataclass(slots=True)
+class Done:
+    t: float
+    device: str
+    cmd_id: str
+    result: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Failed:
+    t: float
+    device: str
+    cmd_id: str
+    code: str
+    message: str
+
+
+Event = Tick | Weather | Done | Failed

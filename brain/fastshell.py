@@ -1,0 +1,126 @@
+"""The fast shell: a discrete-event loop running the brain core against MiniSiTian.
+
+No sockets and no wall clock: world time jumps from one event to the next. Each minute
+of world time every site's weather station reports and the clock ticks; between
+minutes, the telescopes' replies (a slew ends, a shutter closes) are delivered in time
+order. Deterministic for a given environment.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from datetime import date as Date
+from datetime import timedelta
+
+from brain.config import BrainConfig
+from brain.core import BrainCore
+from brain.events import Done, Failed, Tick, Weather
+from simulator.environment import Environment
+from simulator.ephemeris import NightCache, NightEphemeris
+from simulator.sky import FieldGrid
+from simulator.weather import STEP_S, generate
+from simulator.world import World
+
+WEATHER_LEAD_S = 3600.0  # weather starts this long before the first dusk
+
+
+def night_dates(start: str, nights: int) -> list[str]:
+    d0 = Date.fromisoformat(start)
+    return [(d0 + timedelta(days=k)).isoformat() for k in range(nights)]
+
+
+def make_environment(config: BrainConfig, seed: int, start: str, nights: int,
+                     weather_mode: str, cache: NightCache) -> Environment:
+    """Draw a new environment: the weather of every site on every night."""
+    env = Environment(config.model_dump(mode="json"), seed, start, nights, weather_mode)
+    for k, d in enumerate(night_dates(start, nights)):
+        night, _sky = cache.get(d)
+        for s in config.sites:
+            env.weather[(k, s.id)] = generate(config.climates[s.climate],
+                                              night.t_begin - WEATHER_LEAD_S,
+                                              night.t_end + STEP_S, seed, s.id, k)
+    return env
+
+
+@dataclass
+class NightRun:
+    date: str
+    night: NightEphemeris
+    wall_s: float
+
+
+@dataclass
+class RunResult:
+    config: BrainConfig
+    env: Environment
+    grid: FieldGrid
+    core: BrainCore
+    world: World
+    nights: list[NightRun] = field(default_factory=list)
+
+    @property
+    def sim_seconds(self) -> float:
+        return sum(n.night.t_end - n.night.t_begin for n in self.nights)
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(n.wall_s for n in self.nights)
+
+
+def simulate(config: BrainConfig, env: Environment, progress: bool = False,
+             grid: FieldGrid | None = None) -> RunResult:
+    grid = grid or FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
+    cache = NightCache(config, grid)
+    core = BrainCore(config, grid, cache)
+    world = World(config)
+    result = RunResult(config, env, grid, core, world)
+    dates = night_dates(env.start, env.nights)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dates) * 24, unit="h", desc="simulating", leave=False,
+                   bar_format="{desc} {n:.1f}/{total:.0f} sim-h |{bar}| {elapsed}<{remaining}")
+    for k, d in enumerate(dates):
+        t0 = time.perf_counter()
+        night, sky = cache.get(d)
+        weather = {s.id: env.weather[(k, s.id)] for s in config.sites}
+        world.begin_night(sky, weather)
+        _run_night(core, world, night, weather, bar, k)
+        result.nights.append(NightRun(d, night, time.perf_counter() - t0))
+    if bar is not None:
+        bar.close()
+    return result
+
+
+def _run_night(core, world, night, weather, bar, k) -> None:
+    seq = itertools.count()
+    queue: list = []  # (t, seq, reply)
+
+    def dispatch(cmds, t):
+        for c in cmds:
+            r = world.execute(c.device, c.name, c.args, c.cmd_id, t)
+            heapq.heappush(queue, (r.t, next(seq), r))
+
+    t_minute = night.t_begin
+    hours_done = 0.0
+    while t_minute <= night.t_end:
+        while queue and queue[0][0] < t_minute:
+            t, _, r = heapq.heappop(queue)
+            if not world.is_current(r):
+                continue
+            world.complete(r)
+            ev = (Done(t, r.device, r.cmd_id, r.result) if r.ok
+                  else Failed(t, r.device, r.cmd_id, r.code, r.message))
+            dispatch(core.handle(ev), t)
+        for site, series in weather.items():
+            dispatch(core.handle(Weather(t_minute, site, **series.at(t_minute))), t_minute)
+        dispatch(core.handle(Tick(t_minute)), t_minute)
+        t_minute += 60.0
+        if bar is not None:
+            h = k * 24 + (t_minute - night.t_begin) / 3600
+            bar.update(h - hours_done - k * 24 if hours_done else h - k * 24)
+            hours_done = h - k * 24

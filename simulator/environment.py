@@ -1,0 +1,54 @@
+"""A run's environment: everything outside the brain's control, recorded for replay.
+
+``environment.json`` holds the configuration, seed, dates and versions;
+``environment.npz`` holds every site's weather series for every night. ``brain replay``
+loads both and re-runs the night against exactly the same sky and weather.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from simulator.weather import WeatherSeries
+
+FORMAT = "sitian-environment/1"
+
+
+@dataclass
+class Environment:
+    config: dict  # the array configuration as plain data
+    seed: int
+    start: str  # YYYY-MM-DD of the first night
+    nights: int
+    weather_mode: str
+    weather: dict[tuple[int, str], WeatherSeries] = field(default_factory=dict)
+
+    def save(self, out_dir: Path) -> None:
+        meta = {"format": FORMAT, "seed": self.seed, "start": self.start,
+                "nights": self.nights, "weather_mode": self.weather_mode,
+                "config": self.config,
+                "weather_keys": [[n, s] for n, s in sorted(self.weather)]}
+        (out_dir / "environment.json").write_text(json.dumps(meta, indent=1))
+        arrays = {f"w{n}_{s}_{k}": v for (n, s), ws in self.weather.items()
+                  for k, v in ws.arrays().items()}
+        np.savez_compressed(out_dir / "environment.npz", **arrays)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Environment:
+        meta_path = run_dir / "environment.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{run_dir} holds no environment.json (not a run directory)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: unknown environment format {meta.get('format')!r}")
+        env = cls(meta["config"], int(meta["seed"]), meta["start"], int(meta["nights"]),
+                  meta["weather_mode"])
+        with np.load(run_dir / "environment.npz") as z:
+            for n, s in meta["weather_keys"]:
+                env.weather[(n, s)] = WeatherSeries(
+                    **{k: z[f"w{n}_{s}_{k}"] for k in WeatherSeries.__dataclass_fields__})
+        return env
