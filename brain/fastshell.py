@@ -82,21 +82,23 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(dates) * 24, unit="h", desc="simulating", leave=False,
-                   bar_format="{desc} {n:.1f}/{total:.0f} sim-h |{bar}| {elapsed}<{remaining}")
+        total_h = sum((lambda n: n.t_end - n.t_begin)(cache.get(d)[0]) for d in dates) / 3600
+        bar = tqdm(total=round(total_h, 1), unit="h", desc="simulating", leave=False,
+                   disable=None, mininterval=0.5,
+                   bar_format="{desc} {n:.1f}/{total:.1f} sim-h |{bar}| {elapsed}<{remaining}")
     for k, d in enumerate(dates):
         t0 = time.perf_counter()
         night, sky = cache.get(d)
         weather = {s.id: env.weather[(k, s.id)] for s in config.sites}
         world.begin_night(sky, weather)
-        _run_night(core, world, night, weather, bar, k)
+        _run_night(core, world, night, weather, bar)
         result.nights.append(NightRun(d, night, time.perf_counter() - t0))
     if bar is not None:
         bar.close()
     return result
 
 
-def _run_night(core, world, night, weather, bar, k) -> None:
+def _run_night(core, world, night, weather, bar) -> None:
     seq = itertools.count()
     queue: list = []  # (t, seq, reply)
 
@@ -106,7 +108,6 @@ def _run_night(core, world, night, weather, bar, k) -> None:
             heapq.heappush(queue, (r.t, next(seq), r))
 
     t_minute = night.t_begin
-    hours_done = 0.0
     while t_minute <= night.t_end:
         while queue and queue[0][0] < t_minute:
             t, _, r = heapq.heappop(queue)
@@ -121,6 +122,4 @@ def _run_night(core, world, night, weather, bar, k) -> None:
         dispatch(core.handle(Tick(t_minute)), t_minute)
         t_minute += 60.0
         if bar is not None:
-            h = k * 24 + (t_minute - night.t_begin) / 3600
-            bar.update(h - hours_done - k * 24 if hours_done else h - k * 24)
-            hours_done = h - k * 24
+            bar.update(1 / 60)

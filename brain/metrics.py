@@ -121,3 +121,56 @@ def stats(values) -> dict[str, float | None]:
         return {"median": None, "p10": None, "p90": None}
     return {"median": float(np.median(a)), "p10": float(np.percentile(a, 10)),
             "p90": float(np.percentile(a, 90))}
+
+
+def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
+    """metrics.json content, plus the per-window table and the observation array."""
+    config, world, core = result.config, result.world, result.core
+    obs = observations_array(world.observations)
+    nights = [n.night for n in result.nights]
+    skies = [result.core.nights.get(n.date)[1] for n in result.nights]
+    weathers = [{s.id: result.env.weather[(k, s.id)] for s in config.sites}
+                for k in range(len(nights))]
+    windows = coverage_windows(config, obs, nights, skies, weathers, lattice)
+    visits = visits_from_observations(obs)
+    revisits = revisit_intervals_min(visits)
+    open_s = 0.0
+    for night, weather in zip(nights, weathers, strict=True):
+        for s in config.sites:
+            frac = site_open_fraction(config, night, weather, s.id, night.t_begin, night.t_end)
+            open_s += frac * (night.t_end - night.t_begin) * s.groups * len(config.camera.bands)
+    shutter_s = float(np.sum(obs["t_end"] - obs["t_start"])) if obs.size else 0.0
+    slews = np.array([s[3] for s in world.slews if s[2] > 0]) if world.slews else np.zeros(0)
+    cov = [w["covered_deg2"] for w in windows]
+    metrics = {
+        "seed": result.env.seed, "nights": result.env.nights, "policy": policy,
+        "config": config_name, "start": result.env.start,
+        "weather": result.env.weather_mode,
+        "survey": {
+            "coverage_deg2_per_30min": dict(stats(cov), windows=len(windows)),
+            "coverage_bound_deg2_per_30min": stats([w["bound_deg2"] for w in windows]),
+            "coverage_fraction_of_bound": (float(np.median(cov) / np.median(
+                [w["bound_deg2"] for w in windows])) if windows else None),
+            "open_shutter_fraction": shutter_s / open_s if open_s > 0 else 0.0,
+            "median_slew_s": float(np.median(slews)) if slews.size else None,
+            "visits": int(visits.size),
+            "exposures": int(obs.size),
+            "aborted_exposures": int(world.aborted),
+            "median_revisit_min": float(np.median(revisits)) if revisits.size else None,
+            "revisit_min": stats(revisits),
+            "fields_visited": int(np.unique(visits["field_id"]).size) if visits.size else 0,
+            "median_limiting_mag": {b: float(np.median(obs["limiting_mag"][obs["band"] == b]))
+                                    for b in config.camera.bands if np.any(obs["band"] == b)},
+        },
+        "scheduler": {"decision_ms": core.decision_percentiles(),
+                      "decisions": len(core.decision_ms),
+                      "refusals": dict(core.refusals)},
+        # Filled by the transient, classifier and follow-up issues; null = not measured.
+        "transients": {"injected": 0, "detected": 0, "candidates": 0},
+        "classifier": {"macro_f1": None, "macro_f1_first_night": None},
+        "followup": {"spectra": 0, "hours": 0.0, "reward": 0.0, "reward_per_hour": None,
+                     "confirmed": {}},
+        "sim": {"sim_seconds": result.sim_seconds, "wall_seconds": result.wall_seconds,
+                "speedup": result.sim_seconds / max(result.wall_seconds, 1e-9)},
+    }
+    return metrics, windows, obs

@@ -1,0 +1,174 @@
+"""The ``brain`` command line (shared/CONTRACTS.md). Bad input exits with status 2 and
+one line saying why; no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+POLICIES = ("rl", "greedy", "uncertainty", "brightest", "random")
+WEATHER_MODES = ("climate", "clear")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line."""
+
+
+def _date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
+
+
+def _bounded_int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {v}")
+        return v
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="brain", description="SiTian Brain: control brain for the SiTian array.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sim = sub.add_parser("simulate", help="simulate nights of the array (fast shell)")
+    sim.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    sim.add_argument("--nights", type=_bounded_int(1, 366), default=1)
+    sim.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=7)
+    sim.add_argument("--start", type=_date, default="2026-12-15",
+                     help="date of the first night (its evening), YYYY-MM-DD")
+    sim.add_argument("--policy", choices=POLICIES, default="rl",
+                     help="follow-up target-selection policy")
+    sim.add_argument("--weather", choices=WEATHER_MODES, default="climate",
+                     help="'climate': each site's climate; 'clear': every site clear")
+    sim.add_argument("--out", default="out/run", help="output directory")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    rep = sub.add_parser("replay", help="re-run a recorded environment with another policy")
+    rep.add_argument("run_dir", help="directory of an earlier simulate or replay")
+    rep.add_argument("--policy", choices=POLICIES, required=True)
+    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--quiet", action="store_true")
+
+    bench = sub.add_parser("bench", help="run the benchmarks in tests/bench (JSON lines)")
+    bench.add_argument("name", nargs="?", help="one benchmark, e.g. scheduler or night")
+    return p
+
+
+def _run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: bool):
+    from brain.fastshell import simulate
+    from brain.metrics import run_metrics
+    from brain.runfiles import write_run
+    from simulator.sky import AreaLattice, FieldGrid
+
+    grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
+    result = simulate(config, env, progress=not quiet, grid=grid)
+    metrics, windows, obs = run_metrics(result, policy, config_name, AreaLattice(grid))
+    write_run(out, result, metrics, windows, obs)
+    if not quiet:
+        _summary(metrics, out)
+    return metrics
+
+
+def _summary(m: dict, out: Path) -> None:
+    s = m["survey"]
+    cov = s["coverage_deg2_per_30min"]
+
+    def f(x, fmt):
+        return "n/a" if x is None else fmt.format(x)
+
+    print(f"nights {m['nights']}  seed {m['seed']}  weather {m['weather']}  policy {m['policy']}")
+    print(f"coverage per 30 min: median {f(cov['median'], '{:,.0f}')} deg2 over "
+          f"{cov['windows']} all-dark windows "
+          f"({f(s['coverage_fraction_of_bound'], '{:.1%}')} of the bound "
+          f"{f(s['coverage_bound_deg2_per_30min']['median'], '{:,.0f}')} deg2)")
+    print(f"exposures {s['exposures']:,}  visits {s['visits']:,}  median revisit "
+          f"{f(s['median_revisit_min'], '{:.1f}')} min  open shutter "
+          f"{s['open_shutter_fraction']:.1%}")
+    print(f"decision p99 {f(m['scheduler']['decision_ms']['p99'], '{:.2f}')} ms  "
+          f"speed {m['sim']['speedup']:,.0f}x real time ({m['sim']['wall_seconds']:.1f} s wall)")
+    print(f"wrote {out}/ (report.html, metrics.json, observations.csv, ...)")
+
+
+def cmd_simulate(args) -> int:
+    from brain.config import load_config, with_climate
+    from brain.fastshell import make_environment
+    from simulator.ephemeris import NightCache
+    from simulator.sky import FieldGrid
+
+    config = load_config(args.config)
+    if args.weather == "clear":
+        config = with_climate(config, "clear")
+    grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
+    env = make_environment(config, args.seed, args.start, args.nights, args.weather,
+                           NightCache(config, grid, keep=args.nights + 1))
+    _run_and_write(config, config.name, env, args.policy, Path(args.out), args.quiet)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from brain.config import config_from_dict
+    from simulator.environment import Environment
+
+    src, out = Path(args.run_dir), Path(args.out)
+    if not src.is_dir():
+        raise UsageError(f"run directory {str(src)!r} not found")
+    if out.resolve() == src.resolve():
+        raise UsageError("--out must differ from the recorded run's directory")
+    try:
+        env = Environment.load(src)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot read the environment in {src}: {exc}") from None
+    config = config_from_dict(env.config, source=f"{src}/environment.json")
+    _run_and_write(config, config.name, env, args.policy, out, args.quiet)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    bench_dir = Path(__file__).resolve().parent.parent / "tests" / "bench"
+    scripts = sorted(bench_dir.glob("bench_*.py"))
+    if not scripts:
+        raise UsageError(f"no benchmarks found in {bench_dir}")
+    if args.name:
+        scripts = [s for s in scripts if s.stem == f"bench_{args.name}"]
+        if not scripts:
+            names = ", ".join(s.stem[6:] for s in sorted(bench_dir.glob("bench_*.py")))
+            raise UsageError(f"unknown benchmark {args.name!r}; known: {names}")
+    status = 0
+    for s in scripts:
+        status |= subprocess.call([sys.executable, str(s)])
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    from brain.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    handler = {"simulate": cmd_simulate, "replay": cmd_replay, "bench": cmd_bench}[args.command]
+    try:
+        return handler(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"brain {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"brain {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

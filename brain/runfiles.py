@@ -1,0 +1,64 @@
+"""The files a run writes (shared/CONTRACTS.md): metrics.json, observations.csv,
+followups.csv, objects.csv, the environment record and report.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from simulator.world import OBS_COLUMNS
+
+FOLLOWUP_COLUMNS = ("target_id", "object_id", "telescope", "t_start", "t_end", "mag",
+                    "predicted_class", "p_predicted", "true_class", "label", "before_peak",
+                    "reward")
+OBJECT_COLUMNS = ("object_id", "ra_deg", "dec_deg", "n_detections", "predicted_class",
+                  "p_predicted", "true_class")
+
+
+def _clean(obj):
+    """JSON without NaN: non-finite numbers become null."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _clean(obj.item())
+    return obj
+
+
+def write_observations(path: Path, rows: list[tuple]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(OBS_COLUMNS)
+        for r in rows:
+            w.writerow([*r[:8], f"{r[8]:.3f}", f"{r[9]:.3f}", f"{r[10]:.4f}", f"{r[11]:.4f}",
+                        f"{r[12]:.4f}", f"{r[13]:.4f}", f"{r[14]:.3f}"])
+
+
+def write_header_only(path: Path, columns) -> None:
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerow(columns)
+
+
+def write_run(out_dir: Path, result, metrics: dict, windows, obs) -> None:
+    from brain.report import write_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
+    write_observations(out_dir / "observations.csv", result.world.observations)
+    write_header_only(out_dir / "followups.csv", FOLLOWUP_COLUMNS)
+    write_header_only(out_dir / "objects.csv", OBJECT_COLUMNS)
+    result.env.save(out_dir)
+    with (out_dir / "windows.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["t0", "covered_deg2", "bound_deg2", "visible_deg2", "throughput_deg2"])
+        for x in windows:
+            w.writerow([f"{x['t0']:.1f}", f"{x['covered_deg2']:.1f}", f"{x['bound_deg2']:.1f}",
+                        f"{x['visible_deg2']:.1f}", f"{x['throughput_deg2']:.1f}"])
+    write_report(out_dir, result, metrics, windows, obs)
