@@ -70,15 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: bool):
+def _run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: bool,
+                   cache=None):
     from brain.fastshell import simulate
     from brain.metrics import run_metrics
     from brain.runfiles import write_run
+    from simulator.ephemeris import NightCache
     from simulator.sky import AreaLattice, FieldGrid
 
-    grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
-    result = simulate(config, env, progress=not quiet, grid=grid)
-    metrics, windows, obs = run_metrics(result, policy, config_name, AreaLattice(grid))
+    if cache is None:
+        grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
+        cache = NightCache(config, grid, keep=env.nights + 1)
+    result = simulate(config, env, progress=not quiet, cache=cache)
+    metrics, windows, obs = run_metrics(result, policy, config_name, AreaLattice(cache.grid))
     write_run(out, result, metrics, windows, obs)
     if not quiet:
         _summary(metrics, out)
@@ -115,9 +119,9 @@ def cmd_simulate(args) -> int:
     if args.weather == "clear":
         config = with_climate(config, "clear")
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
-    env = make_environment(config, args.seed, args.start, args.nights, args.weather,
-                           NightCache(config, grid, keep=args.nights + 1))
-    _run_and_write(config, config.name, env, args.policy, Path(args.out), args.quiet)
+    cache = NightCache(config, grid, keep=args.nights + 1)
+    env = make_environment(config, args.seed, args.start, args.nights, args.weather, cache)
+    _run_and_write(config, config.name, env, args.policy, Path(args.out), args.quiet, cache)
     return 0
 
 

@@ -16,18 +16,21 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sitian-54.yaml"
 class SchedulerSettings(Strict):
     """Weights of the survey scheduler's basis functions (see ``brain.survey``)."""
 
-    slew_weight_per_s: float = Field(default=1.0, ge=0, description="score per second of move")
+    slew_weight_per_s: float = Field(default=8.0, ge=0, description="score per second of move")
     due_weight: float = Field(default=30.0, ge=0, description="score of a field due for revisit")
     overdue_weight: float = Field(default=10.0, ge=0,
                                   description="extra score per cadence a field is overdue")
     new_weight: float = Field(default=22.0, ge=0, description="score of a never-visited field")
+    block_penalty: float = Field(default=0.0, ge=0,
+                                 description="penalty for a new field once a group's block "
+                                             "holds a cadence of exposures")
     early_penalty: float = Field(default=100.0, ge=0,
                                  description="penalty for a revisit before the cadence goal")
-    airmass_weight: float = Field(default=6.0, ge=0, description="score per unit airmass")
+    airmass_weight: float = Field(default=2.0, ge=0, description="score per unit airmass")
     depth_weight: float = Field(default=1.0, ge=0, description="score per magnitude of depth")
     setting_penalty: float = Field(default=15.0, ge=0,
                                    description="penalty for a new field that sets before revisit")
-    ownership_factor: float = Field(default=1.6, ge=1,
+    ownership_factor: float = Field(default=1.15, ge=1,
                                     description="cadences a group keeps its fields reserved")
     alt_margin_deg: float = Field(default=0.2, ge=0, le=5,
                                   description="margin kept above the altitude limit")

@@ -61,6 +61,7 @@ class BrainCore:
         self.sites = {s.id: SiteState() for s in config.sites}
         self.sky: FieldSky | None = None
         self._date: str | None = None
+        self._night_span = (math.inf, -math.inf)  # [t0, t1) of the cached night's date
         self._cmd_group: dict[str, int] = {}
         self._obs_seq = 0
         self.decision_ms: list[float] = []
@@ -94,10 +95,15 @@ class BrainCore:
 
     # Sites -------------------------------------------------------------------------
     def _ensure_night(self, t: float) -> None:
+        if self._night_span[0] <= t < self._night_span[1]:
+            return
         date = night_date(self.config, t)
-        if date != self._date:
-            self._date = date
-            _night, self.sky = self.nights.get(date)
+        self._date = date
+        _night, self.sky = self.nights.get(date)
+        lo = t - 86400.0
+        while night_date(self.config, lo) != date:  # find the date's span to the minute
+            lo += 60.0
+        self._night_span = (lo, lo + 86400.0 - 60.0)
 
     def _is_dark(self, site: str, t: float) -> bool:
         sun = self.sky.night.sites[site].sun_alt(t)

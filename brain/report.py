@@ -34,7 +34,7 @@ def _sky_map(path: Path, grid, obs) -> None:
                     linewidths=0)
     fig.colorbar(sc, ax=ax, orientation="horizontal", pad=0.06, fraction=0.05,
                  label="three-band visits per field")
-    ax.set_xticklabels([f"{h}h" for h in (14, 16, 18, 20, 22, 0, 2, 4, 6, 8, 10)])
+    ax.set_xticklabels([f"{h}h" for h in (10, 8, 6, 4, 2, 0, 22, 20, 18, 16, 14)])
     ax.grid(True, alpha=0.3)
     ax.set_title("Sky coverage (RA increases to the left)")
     fig.savefig(path, dpi=90, bbox_inches="tight")
@@ -70,7 +70,7 @@ def _timeline(path: Path, config, obs, t_ref: float, nights) -> None:
                 zip(sel["t_start"], sel["t_end"], strict=True)]
         ax.broken_barh(bars, (row - 0.4, 0.8), color="#2b7bba", linewidth=0)
     for night in nights:
-        for k, (site, ivs) in enumerate(night.dark.items()):
+        for k, ivs in enumerate(night.dark.values()):
             for a, b in ivs:
                 ax.axvspan((a - t_ref) / 3600, (b - t_ref) / 3600, color=f"C{k + 1}",
                            alpha=0.06)

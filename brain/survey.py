@@ -39,6 +39,7 @@ class Decision:
     move_s: np.ndarray  # move time to each candidate (s), slew + settle
     t_start: np.ndarray  # predicted shutter open (unix s)
     t_end: np.ndarray  # predicted shutter close (unix s)
+    sin_alt_start: np.ndarray  # sine of the altitude at shutter open
 
 
 class SurveyState:
@@ -61,8 +62,7 @@ class FeasibilityMask:
 
     def __call__(self, d: Decision, sky: FieldSky, state: SurveyState) -> np.ndarray:
         min_sin = math.sin(math.radians(self.lim.min_alt_deg + self.margin))
-        ok = (sky.sin_alt(d.site, d.t_start, d.idx) >= min_sin) & (
-            sky.sin_alt(d.site, d.t_end, d.idx) >= min_sin)
+        ok = (d.sin_alt_start >= min_sin) & (sky.sin_alt(d.site, d.t_end, d.idx) >= min_sin)
         eph = sky.night.sites[d.site]
         if eph.sun_alt(float(d.t_end.max())) > self.lim.max_sun_alt_deg:
             ok[:] = False
@@ -96,23 +96,33 @@ class SlewtimeBasisFunction:
 
 
 class CadenceBasisFunction:
-    """Due fields score ``due_weight`` plus ``overdue_weight`` per cadence overdue;
-    never-visited fields (or ones left for over two cadences) ``new_weight``; a revisit
-    before the goal costs ``early_penalty`` and more the earlier it is, so in practice a
-    group revisits early only when nothing else is feasible. A revisit at least one goal
-    later can never fall in the same coverage window, so none is wasted."""
+    """Due fields score ``due_weight`` plus ``overdue_weight`` per cadence overdue; a
+    revisit before the goal costs ``early_penalty`` and more the earlier it is (a revisit
+    at least one goal later never falls in the same coverage window, so none is wasted).
+    Never-visited fields (or ones left for over two cadences) score ``new_weight`` while
+    the group's block (the fields it holds reserved) is smaller than one cadence of
+    exposures; beyond that a new
+    field costs ``block_penalty``, so the block stops growing and revisits stay on goal."""
 
     def __init__(self, config: BrainConfig):
         s = config.scheduler
         self.goal_s = config.survey.cadence_min * 60
         self.due, self.new, self.early = s.due_weight, s.new_weight, s.early_penalty
-        self.overdue = s.overdue_weight
+        self.overdue, self.block_penalty = s.overdue_weight, s.block_penalty
+        side = math.sqrt(config.camera.fov_deg2)
+        cycle = (config.survey.exposure_s
+                 + float(move_time_s(side, config.mount)))
+        self.block_size = math.ceil(self.goal_s / cycle)
+        self.reserve_s = s.ownership_factor * self.goal_s
 
     def __call__(self, d, sky, state):
         frac = (d.t_start - state.last_visit[d.idx]) / self.goal_s
         score = np.where(frac >= 1.0, self.due + self.overdue * np.minimum(frac - 1.0, 1.0),
                          -self.early * (2.0 - frac))
-        return np.where(frac > 2.0, self.new, score)
+        block = np.count_nonzero((state.last_group == d.group)
+                                 & (d.t - state.last_visit < self.reserve_s))
+        new = self.new if block < self.block_size else self.new - self.block_penalty
+        return np.where(frac > 2.0, new, score)
 
 
 class AirmassBasisFunction:
@@ -120,8 +130,7 @@ class AirmassBasisFunction:
         self.w = config.scheduler.airmass_weight
 
     def __call__(self, d, sky, state):
-        s = sky.sin_alt(d.site, d.t_start, d.idx)
-        return -self.w * (1.0 / np.maximum(s, 0.05) - 1.0)
+        return -self.w * (1.0 / np.maximum(d.sin_alt_start, 0.05) - 1.0)
 
 
 class SettingBasisFunction:
@@ -175,11 +184,24 @@ class SurveyScheduler:
                          AirmassBasisFunction(config), SettingBasisFunction(config),
                          self.depth]
         self._coarse_sin = math.sin(math.radians(config.limits.min_alt_deg - 3.0))
+        self._coarse: dict[str, tuple[float, int, np.ndarray]] = {}
+
+    COARSE_S = 300.0  # fields rise at most 1.25 deg in this time: a 3 deg margin is safe
+
+    def _candidates(self, sky: FieldSky, site: str, t: float) -> np.ndarray:
+        """Fields near or above the altitude limit, recomputed every ``COARSE_S``."""
+        bucket = math.floor(t / self.COARSE_S)
+        cached = self._coarse.get(site)
+        if cached is None or cached[0] != bucket or cached[1] != id(sky):
+            idx = np.flatnonzero(sky.sin_alt(site, bucket * self.COARSE_S) > self._coarse_sin)
+            cached = (bucket, id(sky), idx)
+            self._coarse[site] = cached
+        return cached[2]
 
     def choose(self, sky: FieldSky, group: int, site: str, t: float,
                pointing_xyz: np.ndarray | None) -> int | None:
         """The best field for ``group`` at ``t`` (unix s), or None if none is feasible."""
-        idx = np.flatnonzero(sky.sin_alt(site, t) > self._coarse_sin)
+        idx = self._candidates(sky, site, t)
         if idx.size == 0:
             return None
         if pointing_xyz is None:
@@ -188,7 +210,8 @@ class SurveyScheduler:
             cos_sep = np.clip(sky.grid_xyz[idx] @ pointing_xyz, -1.0, 1.0)
             move = move_time_s(np.degrees(np.arccos(cos_sep)), self.config.mount)
         t_start = t + np.maximum(move, self.config.camera.readout_s)
-        d = Decision(t, group, site, idx, move, t_start, t_start + self.config.survey.exposure_s)
+        d = Decision(t, group, site, idx, move, t_start, t_start + self.config.survey.exposure_s,
+                     sky.sin_alt(site, t_start, idx))
         score = np.zeros(idx.size)
         for mask in self.masks:
             score += mask(d, sky, self.state)
