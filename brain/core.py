@@ -45,16 +45,16 @@ class GroupState:
 class SiteState:
     open: bool = False
     weather: Weather | None = None
-    verdict: Verdict = Verdict(False, "weather_missing")
+    verdict: Verdict = dc_field(default_factory=lambda: Verdict(False, "weather_missing"))
 
 
 class BrainCore:
     def __init__(self, config: BrainConfig, grid: FieldGrid | None = None,
-                 nights: NightCache | None = None):
+                 nights: NightCache | None = None, scheduler: SurveyScheduler | None = None):
         self.config = config
         self.grid = grid or FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         self.nights = nights or NightCache(config, self.grid)
-        self.scheduler = SurveyScheduler(config, self.grid.size)
+        self.scheduler = scheduler or SurveyScheduler(config, self.grid.size)
         self.groups = [GroupState(i, g.site, g.name,
                                   tuple(g.telescope(b) for b in config.camera.bands))
                        for i, g in enumerate(config.groups)]

@@ -71,11 +71,12 @@ class RunResult:
 
 
 def simulate(config: BrainConfig, env: Environment, progress: bool = False,
-             grid: FieldGrid | None = None, cache: NightCache | None = None) -> RunResult:
+             grid: FieldGrid | None = None, cache: NightCache | None = None,
+             scheduler=None) -> RunResult:
     grid = grid or (cache.grid if cache else FieldGrid.tile(config.camera.fov_deg2,
                                                             config.survey.ring_fit))
     cache = cache or NightCache(config, grid, keep=env.nights + 1)
-    core = BrainCore(config, grid, cache)
+    core = BrainCore(config, grid, cache, scheduler)
     world = World(config)
     result = RunResult(config, env, grid, core, world)
     dates = night_dates(env.start, env.nights)
