@@ -162,7 +162,11 @@ def cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from brain.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand in the one-line error
+        parser.exit(2, f"brain {args.command}: error: unrecognized arguments: "
+                       f"{' '.join(extra)}\n")
     handler = {"simulate": cmd_simulate, "replay": cmd_replay, "bench": cmd_bench}[args.command]
     try:
         return handler(args)

@@ -26,11 +26,13 @@ class SchedulerSettings(Strict):
                                              "holds a cadence of exposures")
     early_penalty: float = Field(default=100.0, ge=0,
                                  description="penalty for a revisit before the cadence goal")
+    path_weight: float = Field(default=30.0, ge=0,
+                               description="score of the field that followed on the last pass")
     airmass_weight: float = Field(default=2.0, ge=0, description="score per unit airmass")
     depth_weight: float = Field(default=1.0, ge=0, description="score per magnitude of depth")
     setting_penalty: float = Field(default=15.0, ge=0,
                                    description="penalty for a new field that sets before revisit")
-    ownership_factor: float = Field(default=1.15, ge=1,
+    ownership_factor: float = Field(default=1.05, ge=1,
                                     description="cadences a group keeps its fields reserved")
     alt_margin_deg: float = Field(default=0.2, ge=0, le=5,
                                   description="margin kept above the altitude limit")

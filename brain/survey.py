@@ -45,11 +45,15 @@ class Decision:
 class SurveyState:
     """Per-field memory of the survey: last three-band visit, who made it, claims."""
 
-    def __init__(self, n_fields: int):
+    def __init__(self, n_fields: int, n_groups: int):
         self.last_visit = np.full(n_fields, -np.inf)
         self.last_group = np.full(n_fields, NO_GROUP, dtype=np.int32)
         self.claimed_by = np.full(n_fields, NO_GROUP, dtype=np.int32)
         self.visits = np.zeros(n_fields, dtype=np.int32)
+        # Each group's path: the field it finished last, and for each field the one it
+        # went to next on its previous pass.
+        self.last_field = np.full(n_groups, -1, dtype=np.int32)
+        self.successor = np.full((n_groups, n_fields), -1, dtype=np.int32)
 
 
 # Masks ------------------------------------------------------------------------------
@@ -72,17 +76,31 @@ class FeasibilityMask:
 
 
 class ClaimMask:
-    """Fields in flight for another group, or recently visited by one, are not ours."""
+    """Fields in flight for another group, or recently visited by one, are not ours.
+
+    A reservation holds only while the owner's site can still observe the field: a
+    field that set for one site passes at once to a site further west that still sees
+    it, instead of waiting out the reservation unobserved."""
 
     def __init__(self, config: BrainConfig):
         self.reserve_s = config.scheduler.ownership_factor * config.survey.cadence_min * 60
+        self.sites = [x.id for x in config.sites]
+        self.group_site = np.array([self.sites.index(g.site) for g in config.groups])
+        self.min_sin = math.sin(math.radians(config.limits.min_alt_deg))
 
     def __call__(self, d: Decision, sky: FieldSky, state: SurveyState) -> np.ndarray:
         claimed = state.claimed_by[d.idx]
         owner = state.last_group[d.idx]
-        recent = (d.t - state.last_visit[d.idx]) < self.reserve_s
-        taken = ((claimed != NO_GROUP) & (claimed != d.group)) | (
-            recent & (owner != NO_GROUP) & (owner != d.group))
+        held = ((d.t - state.last_visit[d.idx]) < self.reserve_s) & (owner != NO_GROUP) & (
+            owner != d.group)
+        where = np.flatnonzero(held)
+        if where.size:
+            owner_site = self.group_site[owner[where]]
+            for k, site in enumerate(self.sites):
+                sel = where[owner_site == k]
+                if sel.size and site != d.site:
+                    held[sel] = sky.sin_alt(site, d.t, d.idx[sel]) >= self.min_sin
+        taken = ((claimed != NO_GROUP) & (claimed != d.group)) | held
         return np.where(taken, -np.inf, 0.0)
 
 
@@ -123,6 +141,23 @@ class CadenceBasisFunction:
                                  & (d.t - state.last_visit < self.reserve_s))
         new = self.new if block < self.block_size else self.new - self.block_penalty
         return np.where(frac > 2.0, new, score)
+
+
+class PathBasisFunction:
+    """Retrace the loop: the field a group took after its current field on its previous
+    pass scores ``path_weight``. Groups then sweep the same loop every cycle, with
+    adjacent moves and revisits just after the goal (the early-revisit penalty makes
+    the loop grow until one pass takes a full cadence)."""
+
+    def __init__(self, config: BrainConfig):
+        self.w = config.scheduler.path_weight
+
+    def __call__(self, d, sky, state):
+        last = state.last_field[d.group]
+        if last < 0:
+            return 0.0
+        nxt = state.successor[d.group, last]
+        return np.where(d.idx == nxt, self.w, 0.0) if nxt >= 0 else 0.0
 
 
 class AirmassBasisFunction:
@@ -177,10 +212,11 @@ class SurveyScheduler:
 
     def __init__(self, config: BrainConfig, n_fields: int):
         self.config = config
-        self.state = SurveyState(n_fields)
+        self.state = SurveyState(n_fields, len(config.groups))
         self.masks = [FeasibilityMask(config), ClaimMask(config)]
         self.depth = DepthBasisFunction(config)
         self.features = [SlewtimeBasisFunction(config), CadenceBasisFunction(config),
+                         PathBasisFunction(config),
                          AirmassBasisFunction(config), SettingBasisFunction(config),
                          self.depth]
         self._coarse_sin = math.sin(math.radians(config.limits.min_alt_deg - 3.0))
@@ -235,10 +271,15 @@ class SurveyScheduler:
         s.last_group[field] = group
         s.claimed_by[field] = NO_GROUP
         s.visits[field] += 1
+        if s.last_field[group] >= 0:
+            s.successor[group, s.last_field[group]] = field
+        s.last_field[group] = field
 
     def release(self, groups: list[int]) -> None:
         """Forget these groups' claims and reservations (their site closed)."""
         s = self.state
         gone = np.isin(s.last_group, groups)
         s.last_group[gone] = NO_GROUP
+        s.last_field[groups] = -1
+        s.successor[groups] = -1
         s.claimed_by[np.isin(s.claimed_by, groups)] = NO_GROUP

@@ -1,0 +1,169 @@
+"""Weather safety: the brain closes a site while its weather is unsafe and reopens it
+when the weather clears; ``weather_verdict`` treats missing, stale or NaN data as
+unsafe and names the rule that decided.
+
+The night tests read the climate night's recorded weather (environment.npz: values held
+on a 60 s grid) and judge it against the config limits with code written here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import CLIMATE_ARGS, read_environment, read_observations
+
+from brain.events import Weather
+from brain.safety import weather_verdict
+
+STEP_S = 60.0
+REOPEN_WITHIN_S = 600.0
+MIN_CLEAR_STRETCH_S = 1200.0
+
+
+# The climate night ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def night_record(climate_run, config):
+    """Per site: sample times, unsafe flag per held sample, dark flag; and the log."""
+    from simulator.ephemeris import NightEphemeris
+
+    date = CLIMATE_ARGS[CLIMATE_ARGS.index("--start") + 1]
+    night = NightEphemeris.compute(config, date)
+    env = read_environment(climate_run)
+    lim = config.limits
+    sites = {}
+    for s in config.sites:
+        t = env[f"w0_{s.id}_t_unix"]
+        assert np.all(np.diff(t) == STEP_S), "weather is not on a 60 s grid"
+        wind, hum = env[f"w0_{s.id}_wind_mps"], env[f"w0_{s.id}_humidity"]
+        rain = env[f"w0_{s.id}_rain"].astype(bool)
+        unsafe = ~(wind <= lim.max_wind_mps) | ~(hum <= lim.max_humidity)
+        if not lim.rain_ok:
+            unsafe |= rain
+        dark = night.sites[s.id].sun_alt(t) <= lim.max_sun_alt_deg
+        sites[s.id] = {"t": t, "unsafe": unsafe, "dark": dark}
+    return sites, read_observations(climate_run)
+
+
+@pytest.mark.slow
+def test_climate_night_has_unsafe_weather_while_dark(night_record):
+    """The night chosen for the safety tests really has unsafe spells in the dark, and a
+    spell that clears while it is still dark (otherwise these tests prove nothing)."""
+    sites, _obs = night_record
+    unsafe_dark = {k: int(np.sum(v["unsafe"] & v["dark"])) for k, v in sites.items()}
+    assert sum(unsafe_dark.values()) >= 30, unsafe_dark
+    assert len(_clearings(sites)) >= 1
+
+
+@pytest.mark.slow
+def test_no_exposure_while_weather_unsafe(night_record):
+    """No exposure starts or runs while its site's weather is unsafe, except during the
+    first weather step of an unsafe spell (one step of reaction time)."""
+    sites, obs = night_record
+    checked = 0
+    for site, rec in sites.items():
+        t, unsafe = rec["t"], rec["unsafe"]
+        # The first held sample of each spell is forgiven (reaction time).
+        forbidden = unsafe & np.concatenate([[False], unsafe[:-1]])
+        before = np.concatenate([[0], np.cumsum(forbidden)])  # forbidden samples before k
+        rows = obs[obs["site"] == site]
+        k_lo = np.searchsorted(t, rows["t_start"], side="right") - 1
+        k_hi = np.searchsorted(t, rows["t_end"], side="left") - 1  # last sample < t_end
+        assert (k_lo >= 0).all() and (k_hi < len(t)).all(), "exposure outside the record"
+        bad = before[k_hi + 1] - before[k_lo] > 0
+        assert not bad.any(), (
+            f"{site}: {int(bad.sum())} exposures during unsafe weather, first "
+            f"{rows['obs_id'][bad][0]} at {rows['t_start'][bad][0]:.0f}")
+        checked += int(forbidden.sum())
+    assert checked > 0
+
+
+def _clearings(sites):
+    """(site, t) where an unsafe spell ends while dark, followed by at least
+    MIN_CLEAR_STRETCH_S of dark, safe weather."""
+    out = []
+    n_need = int(MIN_CLEAR_STRETCH_S // STEP_S)
+    for site, rec in sites.items():
+        ok = ~rec["unsafe"] & rec["dark"]
+        for k in np.flatnonzero(rec["unsafe"][:-1] & ~rec["unsafe"][1:]) + 1:
+            if k + n_need <= len(ok) and ok[k:k + n_need].all():
+                out.append((site, float(rec["t"][k])))
+    return out
+
+
+@pytest.mark.slow
+def test_site_reopens_after_weather_clears(night_record, config):
+    """When a site's weather clears in the dark, every one of its groups observes again
+    within 10 minutes."""
+    sites, obs = night_record
+    clearings = _clearings(sites)
+    assert clearings, "no clearing in the dark on this night"
+    for site, t_clear in clearings:
+        n_groups = config.site(site).groups
+        after = obs[(obs["site"] == site) & (obs["t_start"] >= t_clear)
+                    & (obs["t_start"] <= t_clear + REOPEN_WITHIN_S)]
+        groups = set(after["group"].tolist())
+        assert groups == set(range(1, n_groups + 1)), (
+            f"{site}: after clearing at {t_clear:.0f} only groups {sorted(groups)} observed")
+
+
+# weather_verdict ----------------------------------------------------------------------
+T = 1_797_000_000.0
+
+
+def _wx(age_s=0.0, **kw):
+    values = {"wind_mps": 3.0, "humidity": 0.4, "rain": False, "cloud": 0.0,
+              "seeing_arcsec": 1.0, "dew_margin_c": 10.0}
+    values.update(kw)
+    return Weather(T - age_s, "xl", **values)
+
+
+def test_good_weather_is_safe(config):
+    """Fresh, calm, dry weather is safe (rule 'ok')."""
+    v = weather_verdict(config.limits, _wx(), T)
+    assert (v.safe, v.rule) == (True, "ok")
+
+
+def test_missing_weather_is_unsafe(config):
+    """With no weather report at all the site is unsafe."""
+    v = weather_verdict(config.limits, None, T)
+    assert (v.safe, v.rule) == (False, "weather_missing")
+    assert v.detail
+
+
+@pytest.mark.parametrize(("age_s", "safe"), [(0.0, True), (120.0, True), (120.5, False),
+                                             (3600.0, False)])
+def test_stale_weather_is_unsafe(config, age_s, safe):
+    """A report older than 120 s is stale and unsafe, however good it was."""
+    v = weather_verdict(config.limits, _wx(age_s=age_s), T)
+    assert v.safe is safe
+    assert v.rule == ("ok" if safe else "weather_stale")
+
+
+@pytest.mark.parametrize(("values", "rule"), [
+    ({"wind_mps": math.nan}, "wind"),
+    ({"wind_mps": 15.01}, "wind"),
+    ({"wind_mps": 40.0}, "wind"),
+    ({"humidity": math.nan}, "humidity"),
+    ({"humidity": 0.86}, "humidity"),
+    ({"rain": True}, "rain"),
+])
+def test_each_unsafe_condition_names_its_rule(config, values, rule):
+    """Wind above 15 m/s, humidity above 0.85, rain, and NaN readings are unsafe, and
+    the verdict names the rule with a human-readable detail."""
+    v = weather_verdict(config.limits, _wx(**values), T)
+    assert (v.safe, v.rule) == (False, rule)
+    assert v.detail
+
+
+@pytest.mark.parametrize("values", [{"wind_mps": 15.0}, {"humidity": 0.85}])
+def test_limits_themselves_are_safe(config, values):
+    """The limits are inclusive: exactly 15 m/s or exactly 0.85 humidity is safe."""
+    assert weather_verdict(config.limits, _wx(**values), T).safe
+
+
+def test_rain_allowed_when_configured(config):
+    """With ``rain_ok: true`` rain alone does not close the site."""
+    limits = config.limits.model_copy(update={"rain_ok": True})
+    assert weather_verdict(limits, _wx(rain=True), T).safe
