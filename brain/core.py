@@ -21,7 +21,7 @@ from brain.events import Command, Done, Event, Failed, Tick, Weather
 from brain.safety import Verdict, weather_verdict
 from brain.survey import SurveyScheduler
 from simulator.altaz import FieldSky
-from simulator.ephemeris import NightCache, night_date
+from simulator.ephemeris import NightCache, night_date, night_span
 from simulator.sky import FieldGrid
 
 CLOSED, IDLE, SLEWING, EXPOSING = "closed", "idle", "slewing", "exposing"
@@ -100,10 +100,7 @@ class BrainCore:
         date = night_date(self.config, t)
         self._date = date
         _night, self.sky = self.nights.get(date)
-        lo = t - 86400.0
-        while night_date(self.config, lo) != date:  # find the date's span to the minute
-            lo += 60.0
-        self._night_span = (lo, lo + 86400.0 - 60.0)
+        self._night_span = night_span(self.config, date)
 
     def _is_dark(self, site: str, t: float) -> bool:
         sun = self.sky.night.sites[site].sun_alt(t)

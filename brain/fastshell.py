@@ -84,7 +84,8 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
     if progress:
         from tqdm import tqdm
 
-        total_h = sum((lambda n: n.t_end - n.t_begin)(cache.get(d)[0]) for d in dates) / 3600
+        spans = [cache.get(d)[0] for d in dates]
+        total_h = sum(n.t_end - n.t_begin for n in spans) / 3600
         bar = tqdm(total=round(total_h, 1), unit="h", desc="simulating", leave=False,
                    disable=None, mininterval=0.5,
                    bar_format="{desc} {n:.1f}/{total:.1f} sim-h |{bar}| {elapsed}<{remaining}")

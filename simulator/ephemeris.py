@@ -160,14 +160,28 @@ class NightEphemeris:
         return (lo, hi) if hi > lo else None
 
 
+def _noon_offset_s(config: ArrayConfig) -> float:
+    """Seconds from UTC midnight to local mean noon at the array's mean longitude."""
+    mean_lon = sum(s.lon_deg for s in config.sites) / len(config.sites)
+    return 43200.0 - mean_lon / 15.0 * 3600.0
+
+
 def night_date(config: ArrayConfig, t_unix: float) -> str:
     """The date (YYYY-MM-DD) whose night contains ``t_unix``: nights run from local mean
     noon to noon at the array's mean longitude."""
     from datetime import UTC, datetime
 
-    mean_lon = sum(s.lon_deg for s in config.sites) / len(config.sites)
-    local = t_unix + mean_lon / 15.0 * 3600.0 - 43200.0
+    local = t_unix - _noon_offset_s(config)
     return datetime.fromtimestamp(local, tz=UTC).strftime("%Y-%m-%d")
+
+
+def night_span(config: ArrayConfig, date: str) -> tuple[float, float]:
+    """[start, end) in unix s of the night that ``night_date`` calls ``date``."""
+    from datetime import UTC, datetime
+
+    day = datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    start = day + _noon_offset_s(config)
+    return start, start + 86400.0
 
 
 class NightCache:

@@ -107,6 +107,12 @@ class World:
         tel.ra_deg = tel.dec_deg = None
         return Reply(t, tel.device, cmd_id, True, {"state": "parked"})
 
+    def _cmd_status(self, tel, args, cmd_id, t):
+        state = ("closed" if not tel.is_open else "parked" if tel.ra_deg is None
+                 else "busy" if t < tel.busy_until else "idle")
+        return Reply(t, tel.device, cmd_id, True,
+                     {"state": state, "ra_deg": tel.ra_deg, "dec_deg": tel.dec_deg})
+
     def _cmd_abort(self, tel, args, cmd_id, t):
         self._abort(tel, t)
         return Reply(t, tel.device, cmd_id, True, {})
