@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True, help="output directory")
     rep.add_argument("--quiet", action="store_true")
 
+    cls = sub.add_parser("classify", help="classify light curves from a CSV of detections")
+    cls.add_argument("file", help="CSV with columns object_id, mjd, band, mag, mag_err")
+    cls.add_argument("--out", help="write the JSON here instead of standard output")
+
+    train = sub.add_parser("train", help="retrain a shipped model from simulated data")
+    train.add_argument("what", choices=("classifier",), help="the model to train")
+    train.add_argument("--n-per-class", type=_bounded_int(100, 100_000), default=3000,
+                       help="training light curves per class (default 3000)")
+    train.add_argument("--seed", type=_bounded_int(0, 2**31 - 1), default=1)
+    train.add_argument("--out", help="artifact directory (default: the shipped one)")
+
     bench = sub.add_parser("bench", help="run the benchmarks in tests/bench (JSON lines)")
     bench.add_argument("name", nargs="?", help="one benchmark, e.g. scheduler or night")
     return p
@@ -143,6 +154,46 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_classify(args) -> int:
+    import json
+
+    from brain.lightcurve_io import LightCurveInputError, classification_json, read_detections_csv
+    from policies.classifier import TransientClassifier
+
+    try:
+        table = read_detections_csv(args.file)
+    except LightCurveInputError as exc:
+        raise UsageError(str(exc)) from None
+    model = TransientClassifier.load()
+    prob = model.predict(table.obj, table.mjd, table.band, table.mag, table.err,
+                         len(table.object_ids))
+    text = json.dumps(classification_json(table.object_ids, prob, model.classes), indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"classified {len(table.object_ids)} objects -> {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from policies.classifier import ARTIFACT_DIR, train
+
+    out = Path(args.out) if args.out else ARTIFACT_DIR
+    _model, report = train(n_per_class=args.n_per_class, seed=args.seed, out_dir=out,
+                           progress=True)
+    test = report["test"]
+    print(json.dumps({"artifact": str(out), "macro_f1": test["full"]["macro_f1"],
+                      "macro_f1_first_night": test["first_night"]["macro_f1"],
+                      "transient_vs_variable_first_night":
+                          test["first_night"]["transient_vs_variable_accuracy"],
+                      "ece": test["full"]["ece"], "ece_first_night": test["first_night"]["ece"],
+                      "seeds": report["seeds"]}))
+    return 0
+
+
 def cmd_bench(args) -> int:
     bench_dir = Path(__file__).resolve().parent.parent / "tests" / "bench"
     scripts = sorted(bench_dir.glob("bench_*.py"))
@@ -167,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # name the subcommand in the one-line error
         parser.exit(2, f"brain {args.command}: error: unrecognized arguments: "
                        f"{' '.join(extra)}\n")
-    handler = {"simulate": cmd_simulate, "replay": cmd_replay, "bench": cmd_bench}[args.command]
+    handler = {"simulate": cmd_simulate, "replay": cmd_replay, "classify": cmd_classify,
+               "train": cmd_train, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except (UsageError, ConfigError) as exc:

@@ -38,8 +38,19 @@ class SchedulerSettings(Strict):
                                   description="margin kept above the altitude limit")
 
 
+class TransientSettings(Strict):
+    """Association of detections and classification of candidates."""
+
+    radius_arcsec: float = Field(default=2.0, gt=0, le=60, description="match radius")
+    min_detections: int = Field(default=3, ge=1, le=100,
+                                description="detections that make an object a candidate")
+    classify_interval_s: float = Field(default=1800.0, ge=60,
+                                       description="how often candidates are reclassified")
+
+
 class BrainConfig(ArrayConfig):
     scheduler: SchedulerSettings = SchedulerSettings()
+    transients: TransientSettings = TransientSettings()
 
 
 class ConfigError(ValueError):

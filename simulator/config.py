@@ -112,6 +112,17 @@ class Survey(Strict):
         default="center", description="how fields per declination ring are counted")
 
 
+class SkyModel(Strict):
+    """The simulated transient and variable sky (``simulator.population``)."""
+
+    density_scale: float = Field(default=1.0, gt=0, le=10,
+                                 description="multiplies every class's rate or density")
+    faint_limit_mag: float = Field(default=22.5, ge=15, le=30,
+                                   description="faintest source simulated (AB)")
+    bogus_per_exposure: float = Field(default=2.0, ge=0, le=1000,
+                                      description="mean artefact detections per exposure")
+
+
 class ArrayConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     sites: tuple[Site, ...] = Field(min_length=1)
@@ -122,6 +133,7 @@ class ArrayConfig(Strict):
     survey: Survey
     climates: dict[str, Climate]
     spectrographs: tuple[Spectrograph, ...] = ()
+    sky: SkyModel = SkyModel()
 
     @field_validator("sites")
     @classmethod
