@@ -158,13 +158,18 @@ def cmd_classify(args) -> int:
     import json
 
     from brain.lightcurve_io import LightCurveInputError, classification_json, read_detections_csv
-    from policies.classifier import TransientClassifier
 
     try:
         table = read_detections_csv(args.file)
     except LightCurveInputError as exc:
         raise UsageError(str(exc)) from None
-    model = TransientClassifier.load()
+    from policies.classifier import ARTIFACT_DIR, TransientClassifier
+
+    try:
+        model = TransientClassifier.load()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load the classifier from {ARTIFACT_DIR} ({exc}); "
+                         "run `brain train classifier`") from None
     prob = model.predict(table.obj, table.mjd, table.band, table.mag, table.err,
                          len(table.object_ids))
     text = json.dumps(classification_json(table.object_ids, prob, model.classes), indent=1)

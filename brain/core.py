@@ -16,8 +16,9 @@ from dataclasses import field as dc_field
 
 import numpy as np
 
+from brain.association import Associator, DetectionBatch
 from brain.config import BrainConfig
-from brain.events import Command, Done, Event, Failed, Tick, Weather
+from brain.events import Command, DetectionsEvent, Done, Event, Failed, Tick, Weather
 from brain.safety import Verdict, weather_verdict
 from brain.survey import SurveyScheduler
 from simulator.altaz import FieldSky
@@ -50,7 +51,8 @@ class SiteState:
 
 class BrainCore:
     def __init__(self, config: BrainConfig, grid: FieldGrid | None = None,
-                 nights: NightCache | None = None, scheduler: SurveyScheduler | None = None):
+                 nights: NightCache | None = None, scheduler: SurveyScheduler | None = None,
+                 classifier=None):
         self.config = config
         self.grid = grid or FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         self.nights = nights or NightCache(config, self.grid)
@@ -67,6 +69,13 @@ class BrainCore:
         self.decision_ms: list[float] = []
         self.refusals: Counter[str] = Counter()
         self.visits: list[tuple[int, int, float]] = []  # field, group, t_start
+        # Transients: association each minute, classification every classify_interval_s.
+        self.associator = Associator(config.transients.radius_arcsec)
+        self._pending: list[DetectionBatch] = []
+        self._classifier = classifier
+        self._next_classify = -math.inf
+        self.obj_prob = np.zeros((0, 0))  # (objects, classes), rows of unclassified = 0
+        self.classify_ms: list[float] = []
 
     # Entry point -------------------------------------------------------------------
     def handle(self, event: Event) -> list[Command]:
@@ -81,7 +90,11 @@ class BrainCore:
             site.weather = event
             self.scheduler.depth.conditions[event.site] = (event.seeing_arcsec, event.cloud)
             return self._review_site(event.site, event.t)
+        if isinstance(event, DetectionsEvent):
+            self._pending.append(event.batch)
+            return []
         if isinstance(event, Tick):
+            self._process_detections(event.t)
             cmds: list[Command] = []
             for site_id in self.sites:
                 cmds += self._review_site(site_id, event.t)
@@ -236,6 +249,40 @@ class BrainCore:
             self.scheduler.unclaim(g.field)
         g.phase, g.field = IDLE, None
         return [Command(d, "abort", deadline=ev.t + 30) for d in others]
+
+    # Transients --------------------------------------------------------------------
+    @property
+    def classifier(self):
+        if self._classifier is None:
+            from policies.classifier import TransientClassifier
+
+            self._classifier = TransientClassifier.load()
+        return self._classifier
+
+    def _process_detections(self, t: float) -> None:
+        if self._pending:
+            self.associator.add(DetectionBatch.concat(self._pending))
+            self._pending.clear()
+        if t >= self._next_classify:
+            self._next_classify = t + self.config.transients.classify_interval_s
+            self.classify_candidates()
+
+    def classify_candidates(self) -> np.ndarray:
+        """(Re)classify every candidate; returns their object ids."""
+        cand = self.associator.candidates(self.config.transients.min_detections)
+        n_obj = self.associator.n_objects
+        n_cls = len(self.classifier.classes)
+        if self.obj_prob.shape[0] < n_obj:
+            grown = np.zeros((n_obj, n_cls))
+            grown[:self.obj_prob.shape[0]] = self.obj_prob
+            self.obj_prob = grown
+        if cand.size:
+            t0 = time.perf_counter()
+            obj, mjd, band, mag, err = self.associator.light_curves(cand)
+            local = np.searchsorted(cand, obj)
+            self.obj_prob[cand] = self.classifier.predict(local, mjd, band, mag, err, cand.size)
+            self.classify_ms.append((time.perf_counter() - t0) * 1e3)
+        return cand
 
     # Views -------------------------------------------------------------------------
     def decision_percentiles(self) -> dict[str, float]:

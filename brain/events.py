@@ -64,4 +64,12 @@ class Failed:
     message: str
 
 
-Event = Tick | Weather | Done | Failed
+@dataclass(slots=True)
+class DetectionsEvent:
+    """Detections from one or more exposures (a pipeline's or the simulator's)."""
+
+    t: float
+    batch: Any  # brain.association.DetectionBatch
+
+
+Event = Tick | Weather | Done | Failed | DetectionsEvent

@@ -68,6 +68,7 @@ class World:
         self.observations: list[tuple] = []
         self.slews: list[tuple[str, float, float, float]] = []  # device, t, sep, duration
         self.aborted = 0
+        self.finished: list[tuple[int, int, float, float]] = []  # field, band, t_mid, m5
         self._geometry_cache: dict[tuple[int, float, str], tuple] = {}
 
     def begin_night(self, sky: FieldSky, weather: dict[str, WeatherSeries]) -> None:
@@ -168,6 +169,13 @@ class World:
         if row is not None:
             self.observations.append(row)
             self.telescopes[reply.device].exposure = None
+            self.finished.append((row[5], self.config.camera.bands.index(row[4]),
+                                  0.5 * (row[8] + row[9]), row[14]))
+
+    def take_finished(self) -> list[tuple[int, int, float, float]]:
+        """Exposures finished since the last call: (field, band index, t_mid, m5)."""
+        out, self.finished = self.finished, []
+        return out
 
     def _geometry(self, tel: Telescope, field_id: int, t_start: float, t_end: float,
                   seconds: float):
