@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="retrain a shipped model from simulated data")
     train.add_argument("what", choices=("classifier",), help="the model to train")
-    train.add_argument("--n-per-class", type=_bounded_int(100, 100_000), default=3000,
-                       help="training light curves per class (default 3000)")
+    train.add_argument("--n-per-class", type=_bounded_int(100, 100_000), default=8000,
+                       help="training light curves per class (default 8000, as shipped)")
     train.add_argument("--seed", type=_bounded_int(0, 2**31 - 1), default=1)
     train.add_argument("--out", help="artifact directory (default: the shipped one)")
 
@@ -93,8 +93,9 @@ def _run_and_write(config, config_name: str, env, policy: str, out: Path, quiet:
         grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         cache = NightCache(config, grid, keep=env.nights + 1)
     result = simulate(config, env, progress=not quiet, cache=cache)
-    metrics, windows, obs = run_metrics(result, policy, config_name, AreaLattice(cache.grid))
-    write_run(out, result, metrics, windows, obs)
+    metrics, windows, obs, objects = run_metrics(result, policy, config_name,
+                                                 AreaLattice(cache.grid))
+    write_run(out, result, metrics, windows, obs, objects)
     if not quiet:
         _summary(metrics, out)
     return metrics

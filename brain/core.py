@@ -75,6 +75,7 @@ class BrainCore:
         self._classifier = classifier
         self._next_classify = -math.inf
         self.obj_prob = np.zeros((0, 0))  # (objects, classes), rows of unclassified = 0
+        self.obj_classified_ndet = np.zeros(0, dtype=np.int32)  # detections at last time
         self.classify_ms: list[float] = []
 
     # Entry point -------------------------------------------------------------------
@@ -267,15 +268,25 @@ class BrainCore:
             self._next_classify = t + self.config.transients.classify_interval_s
             self.classify_candidates()
 
-    def classify_candidates(self) -> np.ndarray:
-        """(Re)classify every candidate; returns their object ids."""
-        cand = self.associator.candidates(self.config.transients.min_detections)
+    def classify_candidates(self, everything: bool = False) -> np.ndarray:
+        """Classify candidates whose detections at least doubled since their last
+        classification (all candidates with ``everything``); returns their ids."""
         n_obj = self.associator.n_objects
         n_cls = len(self.classifier.classes)
-        if self.obj_prob.shape[0] < n_obj:
+        if self.obj_prob.shape != (n_obj, n_cls):
             grown = np.zeros((n_obj, n_cls))
-            grown[:self.obj_prob.shape[0]] = self.obj_prob
+            if self.obj_prob.shape[1:] == (n_cls,):
+                grown[:self.obj_prob.shape[0]] = self.obj_prob
             self.obj_prob = grown
+            ndet = np.zeros(n_obj, dtype=np.int32)
+            ndet[:self.obj_classified_ndet.size] = self.obj_classified_ndet
+            self.obj_classified_ndet = ndet
+        n_det = self.associator.n_detections()
+        due = n_det >= self.config.transients.min_detections
+        if not everything:
+            due &= n_det >= 2 * self.obj_classified_ndet
+        cand = np.flatnonzero(due)
+        self.obj_classified_ndet[cand] = n_det[cand]
         if cand.size:
             t0 = time.perf_counter()
             obj, mjd, band, mag, err = self.associator.light_curves(cand)

@@ -15,11 +15,16 @@ from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
 
+import numpy as np
+
+from brain.association import DetectionBatch
 from brain.config import BrainConfig
 from brain.core import BrainCore
-from brain.events import Done, Failed, Tick, Weather
+from brain.events import DetectionsEvent, Done, Failed, Tick, Weather
 from simulator.environment import Environment
 from simulator.ephemeris import NightCache, NightEphemeris
+from simulator.photometry import ExposureBatch, Photometry
+from simulator.population import sample_population
 from simulator.sky import FieldGrid
 from simulator.weather import STEP_S, generate
 from simulator.world import World
@@ -36,12 +41,18 @@ def make_environment(config: BrainConfig, seed: int, start: str, nights: int,
                      weather_mode: str, cache: NightCache) -> Environment:
     """Draw a new environment: the weather of every site on every night."""
     env = Environment(config.model_dump(mode="json"), seed, start, nights, weather_mode)
+    spans = []
     for k, d in enumerate(night_dates(start, nights)):
         night, _sky = cache.get(d)
+        spans.append((night.t_begin, night.t_end))
         for s in config.sites:
             env.weather[(k, s.id)] = generate(config.climates[s.climate],
                                               night.t_begin - WEATHER_LEAD_S,
                                               night.t_end + STEP_S, seed, s.id, k)
+    env.population = sample_population(
+        None, None, config.camera.fov_deg2, spans[0][0], spans[-1][1],
+        np.random.default_rng([seed, 0x5C1]), config.sky.density_scale,
+        config.sky.faint_limit_mag)
     return env
 
 
@@ -78,6 +89,8 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
     cache = cache or NightCache(config, grid, keep=env.nights + 1)
     core = BrainCore(config, grid, cache, scheduler)
     world = World(config)
+    photometry = (Photometry(env.population, grid, env.seed, config.sky.bogus_per_exposure)
+                  if env.population is not None else None)
     result = RunResult(config, env, grid, core, world)
     dates = night_dates(env.start, env.nights)
     bar = None
@@ -94,14 +107,14 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
         night, sky = cache.get(d)
         weather = {s.id: env.weather[(k, s.id)] for s in config.sites}
         world.begin_night(sky, weather)
-        _run_night(core, world, night, weather, bar)
+        _run_night(core, world, night, weather, bar, photometry)
         result.nights.append(NightRun(d, night, time.perf_counter() - t0))
     if bar is not None:
         bar.close()
     return result
 
 
-def _run_night(core, world, night, weather, bar) -> None:
+def _run_night(core, world, night, weather, bar, photometry) -> None:
     seq = itertools.count()
     queue: list = []  # (t, seq, reply)
 
@@ -120,9 +133,21 @@ def _run_night(core, world, night, weather, bar) -> None:
             ev = (Done(t, r.device, r.cmd_id, r.result) if r.ok
                   else Failed(t, r.device, r.cmd_id, r.code, r.message))
             dispatch(core.handle(ev), t)
+        finished = world.take_finished()
+        if photometry is not None and finished:
+            core.handle(DetectionsEvent(t_minute, _detect(photometry, finished, t_minute)))
         for site, series in weather.items():
             dispatch(core.handle(Weather(t_minute, site, **series.at(t_minute))), t_minute)
         dispatch(core.handle(Tick(t_minute)), t_minute)
         t_minute += 60.0
         if bar is not None:
             bar.update(1 / 60)
+
+
+def _detect(photometry: Photometry, finished, t_minute: float) -> DetectionBatch:
+    """The detections of a minute's exposures, as the brain receives them."""
+    f, b, t, m5 = (np.array(x) for x in zip(*finished, strict=True))
+    det = photometry.detect(ExposureBatch(f.astype(np.int64), b.astype(np.int64), t, m5,
+                                          np.arange(len(f))), int(t_minute))
+    return DetectionBatch(det.ra_deg, det.dec_deg, det.mjd, det.band, det.mag, det.mag_err,
+                          det.truth)

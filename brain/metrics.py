@@ -142,6 +142,7 @@ def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
     shutter_s = float(np.sum(obs["t_end"] - obs["t_start"])) if obs.size else 0.0
     slews = np.array([s[3] for s in world.slews if s[2] > 0]) if world.slews else np.zeros(0)
     cov = [w["covered_deg2"] for w in windows]
+    transients, classifier, objects = transient_metrics(result)
     metrics = {
         "seed": result.env.seed, "nights": result.env.nights, "policy": policy,
         "config": config_name, "start": result.env.start,
@@ -165,12 +166,76 @@ def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
         "scheduler": {"decision_ms": core.decision_percentiles(),
                       "decisions": len(core.decision_ms),
                       "refusals": dict(core.refusals)},
-        # Filled by the transient, classifier and follow-up issues; null = not measured.
-        "transients": {"injected": 0, "detected": 0, "candidates": 0},
-        "classifier": {"macro_f1": None, "macro_f1_first_night": None},
+        "transients": transients,
+        "classifier": classifier,
+        # Filled by the follow-up issue; null = not measured.
         "followup": {"spectra": 0, "hours": 0.0, "reward": 0.0, "reward_per_hour": None,
                      "confirmed": {}},
         "sim": {"sim_seconds": result.sim_seconds, "wall_seconds": result.wall_seconds,
                 "speedup": result.sim_seconds / max(result.wall_seconds, 1e-9)},
     }
-    return metrics, windows, obs
+    return metrics, windows, obs, objects
+
+
+def transient_metrics(result) -> tuple[dict, dict, list[tuple]]:
+    """Transient and classifier keys of metrics.json, and the rows of objects.csv.
+
+    ``injected``: transient events of the simulated sky bright enough at some time of
+    the run (whole sky); ``detected``: those with at least one detection; ``candidates``:
+    objects with at least ``min_detections``. The classifier is scored at the end of the
+    run against the simulator's truth (artefacts excluded), on every candidate's whole
+    light curve and on its first night alone.
+    """
+    from sklearn.metrics import f1_score
+
+    from simulator.lightcurves import CLASSES, TRANSIENTS
+
+    core, pop = result.core, result.env.population
+    assoc = core.associator
+    if pop is None:
+        return ({"injected": 0, "detected": 0, "candidates": 0},
+                {"macro_f1": None, "macro_f1_first_night": None}, [])
+    is_tr = np.isin(np.asarray(CLASSES)[pop.cls], TRANSIENTS)
+    truth_det = assoc.det_truth.view
+    seen = np.unique(truth_det[truth_det >= 0])
+    cand = core.classify_candidates(everything=True)
+    truth_obj = assoc.obj_truth.view[cand]
+    prob = core.obj_prob[cand] if cand.size else np.zeros((0, len(CLASSES)))
+    pred = prob.argmax(axis=1) if cand.size else np.zeros(0, dtype=int)
+    real = truth_obj >= 0
+    true_cls = np.where(real, pop.cls[np.maximum(truth_obj, 0)], -1)
+
+    def macro(y, p):
+        labels = np.unique(y)
+        return float(f1_score(y, p, labels=labels, average="macro")) if y.size else None
+
+    first_f1 = None
+    if cand.size:
+        obj, mjd, band, mag, err = assoc.light_curves(cand)
+        local = np.searchsorted(cand, obj)
+        t_first = np.full(cand.size, np.inf)
+        np.minimum.at(t_first, local, mjd)
+        early = mjd - t_first[local] < 0.6
+        counts = np.bincount(local[early], minlength=cand.size)
+        ok = (counts >= core.config.transients.min_detections) & real
+        if ok.any():
+            keep = early & ok[local]
+            ids, lc_local = np.unique(local[keep], return_inverse=True)
+            p1 = core.classifier.predict(lc_local, mjd[keep], band[keep], mag[keep], err[keep],
+                                         ids.size).argmax(axis=1)
+            first_f1 = macro(true_cls[ids], p1)
+    transients = {"injected": int(is_tr.sum()),
+                  "detected": int(is_tr[seen].sum()),
+                  "candidates": int(cand.size),
+                  "candidates_transient": int(np.sum(real & is_tr[np.maximum(truth_obj, 0)])),
+                  "candidates_bogus": int(np.sum(~real)),
+                  "sources_detected": int(seen.size)}
+    classifier = {"macro_f1": macro(true_cls[real], pred[real]),
+                  "macro_f1_first_night": first_f1,
+                  "classified": int(real.sum())}
+    names = np.asarray(CLASSES)
+    rows = [(f"o{c:07d}", float(assoc.obj_ra.view[c]), float(assoc.obj_dec.view[c]),
+             int(assoc.n_det_obj.view[c]), names[pred[k]], float(prob[k, pred[k]]),
+             names[true_cls[k]] if true_cls[k] >= 0 else "bogus")
+            for k, c in enumerate(cand)]
+    return transients, classifier, rows

@@ -82,12 +82,50 @@ def _timeline(path: Path, config, obs, t_ref: float, nights) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: Path, result, metrics: dict, windows, obs) -> None:
+def _light_curves(path: Path, result, objects, per_page: int = 12) -> bool:
+    """A page of candidates (transients first, then the most detected) with their
+    g, r, i points and the classifier's three most likely classes."""
+    if not objects:
+        return False
+    plt = _plt()
+    core = result.core
+    classes = core.classifier.classes
+    rows = sorted(objects, key=lambda r: (r[6] in ("bogus",) or r[6] in
+                                          ("RRL", "EB", "DSCT", "LPV", "AGN"), -r[3]))
+    rows = rows[:per_page]
+    ids = np.array([int(r[0][1:]) for r in rows])
+    obj, mjd, band, mag, err = core.associator.light_curves(ids)
+    cols = 4
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(12, 2.6 * (
+        (len(rows) + cols - 1) // cols)), squeeze=False)
+    for ax, oid, row in zip(axes.ravel(), ids, rows, strict=False):
+        sel = obj == oid
+        t0 = mjd[sel].min()
+        for b, colour in enumerate(("#2ca02c", "#d62728", "#8c564b")):
+            m = sel & (band == b)
+            ax.errorbar((mjd[m] - t0) * 24, mag[m], err[m], fmt=".", ms=3, color=colour,
+                        lw=0.6, label="gri"[b])
+        ax.invert_yaxis()
+        top = np.argsort(core.obj_prob[oid])[::-1][:3]
+        probs = ", ".join(f"{classes[k]} {core.obj_prob[oid][k]:.2f}" for k in top)
+        ax.set_title(f"{row[0]} true {row[6]}\n{probs}", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("hours since first detection", fontsize=6)
+    for ax in axes.ravel()[len(rows):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=85)
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: Path, result, metrics: dict, windows, obs, objects=()) -> None:
     nights = [n.night for n in result.nights]
     t_ref = nights[0].t_begin if nights else 0.0
     _sky_map(out_dir / "sky_coverage.png", result.grid, obs)
     _coverage_plot(out_dir / "coverage_windows.png", windows, t_ref)
     _timeline(out_dir / "open_shutter.png", result.config, obs, t_ref, nights)
+    has_lc = _light_curves(out_dir / "light_curves.png", result, list(objects))
     s = metrics["survey"]
     cov, bound = s["coverage_deg2_per_30min"], s["coverage_bound_deg2_per_30min"]
 
@@ -123,8 +161,11 @@ img{{max-width:100%}} .note{{color:#777}}</style></head><body>
 <h2>Open shutter per group</h2><img src="open_shutter.png" alt="open-shutter timeline">
 <h2>Follow-up</h2><p class="note">Spectra taken: {metrics['followup']['spectra']}.
 Spectroscopic follow-up is not part of this build yet; followups.csv has its header.</p>
-<h2>Light curves</h2><p class="note">Candidates: {metrics['transients']['candidates']}.
-The transient sky is not part of this build yet; objects.csv has its header.</p>
+<h2>Light curves</h2><p>Candidates: {metrics['transients']['candidates']:,}
+(transients {metrics['transients'].get('candidates_transient', 0):,}, artefacts
+{metrics['transients'].get('candidates_bogus', 0):,}); classifier macro-F1 against the
+simulator's truth: {num(metrics['classifier']['macro_f1'], '{:.3f}')}.</p>
+{'<img src="light_curves.png" alt="light curves">' if has_lc else ''}
 <h2>Metrics</h2><pre>{html.escape(json.dumps(metrics, indent=1))}</pre>
 </body></html>
 """

@@ -47,14 +47,18 @@ def write_header_only(path: Path, columns) -> None:
         csv.writer(fh).writerow(columns)
 
 
-def write_run(out_dir: Path, result, metrics: dict, windows, obs) -> None:
+def write_run(out_dir: Path, result, metrics: dict, windows, obs, objects) -> None:
     from brain.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
     write_observations(out_dir / "observations.csv", result.world.observations)
     write_header_only(out_dir / "followups.csv", FOLLOWUP_COLUMNS)
-    write_header_only(out_dir / "objects.csv", OBJECT_COLUMNS)
+    with (out_dir / "objects.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(OBJECT_COLUMNS)
+        for oid, ra, dec, n, pc, p, tc in objects:
+            w.writerow([oid, f"{ra:.6f}", f"{dec:.6f}", n, pc, f"{p:.4f}", tc])
     result.env.save(out_dir)
     with (out_dir / "windows.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -62,4 +66,4 @@ def write_run(out_dir: Path, result, metrics: dict, windows, obs) -> None:
         for x in windows:
             w.writerow([f"{x['t0']:.1f}", f"{x['covered_deg2']:.1f}", f"{x['bound_deg2']:.1f}",
                         f"{x['visible_deg2']:.1f}", f"{x['throughput_deg2']:.1f}"])
-    write_report(out_dir, result, metrics, windows, obs)
+    write_report(out_dir, result, metrics, windows, obs, objects)

@@ -5,7 +5,8 @@ survey: SiTian-like (g, r, i together, 18-60 min revisits, 2-10 h nights, nights
 to weather) or sparse (ZTF-like: one band per visit, 1-3 visits a night, gaps of days),
 its own depth per visit (5-sigma limits 19.3-21.8), its own error floor (0.005-0.04
 mag), and its own window on the event (from long before a transient starts to long
-after its peak; any phase of a variable). A copy truncated to its first night of
+after its peak; any phase of a variable) and its own brightness (uniform in 15.5-20.8
+mag at peak or mean, so the model learns no magnitude prior). A copy truncated to its first night of
 detections teaches early classification.
 """
 
@@ -49,7 +50,9 @@ def _window_offset(cls: str, params: dict, n: int, rng) -> np.ndarray:
 
 def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8):
     """Detections of n sources of one class through n random surveys."""
-    params = lc.sample_params(cls, n, rng)
+    # Brightness uniform over the detectable range: no magnitude prior to learn, and
+    # every light curve has a chance to be seen.
+    params = lc.sample_params(cls, n, rng, rng.uniform(15.5, 20.8, n))
     sitian = rng.random(n) < 0.6
     cadence = np.where(sitian, rng.uniform(0.0125, 0.042, n), rng.uniform(0.03, 0.2, n))
     night_keep = rng.uniform(0.4, 1.0, n)

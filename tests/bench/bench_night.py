@@ -47,12 +47,12 @@ def main() -> None:
     setup_s = time.perf_counter() - t0
     result = simulate(config, env, cache=cache)
     t0 = time.perf_counter()
-    metrics, _windows, _obs = run_metrics(result, "rl", config.name, AreaLattice(grid))
+    metrics, _windows, _obs, _objects = run_metrics(result, "rl", config.name, AreaLattice(grid))
     metrics_s = time.perf_counter() - t0
 
     # Baseline, same night, same shell: naive nearest-unvisited-field greedy.
     naive = simulate(config, env, cache=cache, scheduler=NaiveGreedy(config, grid.size))
-    naive_metrics, _w, _o = run_metrics(naive, "rl", config.name, AreaLattice(grid))
+    naive_metrics, _w, _o, _ob = run_metrics(naive, "rl", config.name, AreaLattice(grid))
     ns = naive_metrics["survey"]
 
     s = metrics["survey"]
