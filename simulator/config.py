@@ -117,8 +117,9 @@ class SkyModel(Strict):
 
     density_scale: float = Field(default=1.0, gt=0, le=10,
                                  description="multiplies every class's rate or density")
-    faint_limit_mag: float = Field(default=22.5, ge=15, le=30,
-                                   description="faintest source simulated (AB)")
+    faint_limit_mag: float = Field(default=21.8, ge=15, le=30,
+                                   description="faintest source simulated (AB r; nothing "
+                                               "fainter reaches 5 sigma in 30 s here)")
     bogus_per_exposure: float = Field(default=2.0, ge=0, le=1000,
                                       description="mean artefact detections per exposure")
 

@@ -1,8 +1,9 @@
 """A run's environment: everything outside the brain's control, recorded for replay.
 
 ``environment.json`` holds the configuration, seed, dates and versions;
-``environment.npz`` holds every site's weather series for every night. ``brain replay``
-loads both and re-runs the night against exactly the same sky and weather.
+``environment.npz`` holds every site's weather series for every night and
+``population.npz`` every variable and transient source of the sky. ``brain replay``
+loads them and re-runs the nights against exactly the same sky and weather.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Environment:
     nights: int
     weather_mode: str
     weather: dict[tuple[int, str], WeatherSeries] = field(default_factory=dict)
+    population: object | None = None  # simulator.population.Population
 
     def save(self, out_dir: Path) -> None:
         meta = {"format": FORMAT, "seed": self.seed, "start": self.start,
@@ -36,6 +38,8 @@ class Environment:
         arrays = {f"w{n}_{s}_{k}": v for (n, s), ws in self.weather.items()
                   for k, v in ws.arrays().items()}
         np.savez_compressed(out_dir / "environment.npz", **arrays)
+        if self.population is not None:
+            self.population.save(out_dir / "population.npz")
 
     @classmethod
     def load(cls, run_dir: Path) -> Environment:
@@ -51,4 +55,9 @@ class Environment:
             for n, s in meta["weather_keys"]:
                 env.weather[(n, s)] = WeatherSeries(
                     **{k: z[f"w{n}_{s}_{k}"] for k in WeatherSeries.__dataclass_fields__})
+        pop_path = run_dir / "population.npz"
+        if pop_path.is_file():
+            from simulator.population import Population
+
+            env.population = Population.load(pop_path)
         return env
