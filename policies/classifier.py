@@ -113,7 +113,8 @@ def evaluate(model: TransientClassifier, data) -> dict:
         if sel.sum() >= 50:
             out["by_nights"][f"{lo}-{hi}"] = {
                 "n": int(sel.sum()),
-                "macro_f1": float(f1_score(y[sel], pred[sel], labels=labels, average="macro"))}
+                "macro_f1": float(f1_score(y[sel], pred[sel], labels=labels, average="macro",
+                                           zero_division=0))}
     transient = np.isin(np.array(CLASSES), TRANSIENTS)
     fn = data.first_night
     out["first_night"]["transient_vs_variable_accuracy"] = float(
@@ -143,7 +144,7 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
                 train_set.n)
     xv = extract(valid_set.obj, valid_set.mjd, valid_set.band, valid_set.mag, valid_set.err,
                  valid_set.n)
-    params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.08,
+    params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.2,
               "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.8,
               "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbosity": -1, "seed": seed, "num_threads": 0, "deterministic": True}

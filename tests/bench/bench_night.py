@@ -1,8 +1,9 @@
 """Simulated-night speed and peak memory: the issue's reference night.
 
-One JSON line. Clear night starting 2026-12-15, seed 7, default array. The in-run
-baseline is the same night and shell with a naive nearest-unvisited-field greedy
-scheduler (the issue's reference point): coverage and speed are compared with it.
+One JSON line. Clear night starting 2026-12-15, seed 7, default array. Three runs of the
+same night and weather: the survey alone (the scheduler's figures), the survey with the
+transient sky (photometry, association and classification during the night), and the
+in-run baseline, a naive nearest-unvisited-field greedy scheduler on the survey alone.
 """
 
 from __future__ import annotations
@@ -45,13 +46,19 @@ def main() -> None:
     t0 = time.perf_counter()
     env = make_environment(config, 7, "2026-12-15", 1, "clear", cache)
     setup_s = time.perf_counter() - t0
-    result = simulate(config, env, cache=cache)
+    # With the transient sky: photometry, association, classification during the night.
+    full = simulate(config, env, cache=cache)
     t0 = time.perf_counter()
-    metrics, _windows, _obs, _objects = run_metrics(result, "rl", config.name, AreaLattice(grid))
+    full_metrics, _w, _o, _ob = run_metrics(full, "rl", config.name, AreaLattice(grid))
     metrics_s = time.perf_counter() - t0
+    # The survey alone (issue 2's reference figures), same night and weather.
+    population, env.population = env.population, None
+    result = simulate(config, env, cache=cache)
+    metrics, _windows, _obs, _objects = run_metrics(result, "rl", config.name, AreaLattice(grid))
 
     # Baseline, same night, same shell: naive nearest-unvisited-field greedy.
     naive = simulate(config, env, cache=cache, scheduler=NaiveGreedy(config, grid.size))
+    env.population = population
     naive_metrics, _w, _o, _ob = run_metrics(naive, "rl", config.name, AreaLattice(grid))
     ns = naive_metrics["survey"]
 
@@ -62,7 +69,7 @@ def main() -> None:
         "sim_seconds": round(result.sim_seconds, 1),
         "wall_seconds": round(result.wall_seconds, 2),
         "speedup": round(result.sim_seconds / result.wall_seconds, 1),
-        "setup_seconds": round(setup_s, 2), "metrics_seconds": round(metrics_s, 2),
+        "setup_seconds": round(setup_s, 2),
         "peak_rss_mib": round(peak_mib, 1),
         "decision_ms": metrics["scheduler"]["decision_ms"],
         "coverage_deg2_per_30min": s["coverage_deg2_per_30min"]["median"],
@@ -71,6 +78,14 @@ def main() -> None:
         "median_revisit_min": s["median_revisit_min"],
         "open_shutter_fraction": s["open_shutter_fraction"],
         "median_limiting_mag_r": s["median_limiting_mag"].get("r"),
+        "with_transients": {
+            "wall_seconds": round(full.wall_seconds, 2),
+            "speedup": round(full.sim_seconds / full.wall_seconds, 1),
+            "metrics_seconds": round(metrics_s, 2),
+            "sources": int(population.size),
+            "detections": int(full.core.associator.det_obj.n),
+            "transients": full_metrics["transients"],
+            "classifier": full_metrics["classifier"]},
         "baseline_naive_greedy": {
             "median_limiting_mag_r": ns["median_limiting_mag"].get("r"),
             "coverage_deg2_per_30min": ns["coverage_deg2_per_30min"]["median"],

@@ -1,0 +1,52 @@
+"""Classifier inference throughput: light curves per second in batch on this machine.
+
+One JSON line. Light curves from the training generator (seed 4242, never trained on),
+all classes, randomised cadences. Ours: features and prediction for the whole batch at
+once. In-run baseline: the same model called one light curve at a time (a service
+without batching), timed on a subset. The issue's target is 20,000 per second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from policies.classifier import TransientClassifier
+from policies.features import extract
+from policies.training import make_set
+
+
+def main() -> None:
+    model = TransientClassifier.load()
+    data = make_set(1500, seed=4242)
+    n_det = np.bincount(data.obj)
+    t0 = time.perf_counter()
+    feats = extract(data.obj, data.mjd, data.band, data.mag, data.err, data.n)
+    t1 = time.perf_counter()
+    model.predict_features(feats)
+    t2 = time.perf_counter()
+    subset = 300
+    starts = np.searchsorted(data.obj, np.arange(subset))
+    stops = np.searchsorted(data.obj, np.arange(subset) + 1)
+    t3 = time.perf_counter()
+    for a, b in zip(starts, stops, strict=True):
+        model.predict(np.zeros(b - a, int), data.mjd[a:b], data.band[a:b], data.mag[a:b],
+                      data.err[a:b], 1)
+    t4 = time.perf_counter()
+    batch_rate = data.n / (t2 - t0)
+    single_rate = subset / (t4 - t3)
+    print(json.dumps({
+        "bench": "classifier", "light_curves": int(data.n),
+        "detections_median": int(np.median(n_det)), "trees": model.booster.num_trees(),
+        "features_per_s": round(data.n / (t1 - t0)), "predict_per_s": round(data.n / (t2 - t1)),
+        "batch_light_curves_per_s": round(batch_rate),
+        "baseline_one_at_a_time_per_s": round(single_rate),
+        "speedup_vs_baseline": round(batch_rate / single_rate, 1),
+        "target_per_s": 20000,
+    }))
+
+
+if __name__ == "__main__":
+    main()
