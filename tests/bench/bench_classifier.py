@@ -45,7 +45,9 @@ def main() -> None:
     night_rate = ids.size / (time.perf_counter() - t5)
     print(json.dumps({
         "bench": "classifier", "light_curves": int(data.n),
+        "detections_mean": round(float(np.mean(n_det)), 1),
         "detections_median": int(np.median(n_det)), "trees": model.booster.num_trees(),
+        "detections_per_s": round(len(data.obj) / (t2 - t0)),
         "features_per_s": round(data.n / (t1 - t0)), "predict_per_s": round(data.n / (t2 - t1)),
         "batch_light_curves_per_s": round(batch_rate),
         "baseline_one_at_a_time_per_s": round(single_rate),
