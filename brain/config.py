@@ -44,7 +44,7 @@ class TransientSettings(Strict):
     radius_arcsec: float = Field(default=2.0, gt=0, le=60, description="match radius")
     min_detections: int = Field(default=3, ge=1, le=100,
                                 description="detections that make an object a candidate")
-    classify_interval_s: float = Field(default=3600.0, ge=60,
+    classify_interval_s: float = Field(default=7200.0, ge=60,
                                        description="how often candidates are reclassified")
 
 

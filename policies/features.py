@@ -55,8 +55,7 @@ def feature_names() -> list[str]:
                   f"{b}_eta", f"{b}_skew", f"{b}_fast"]
     names += ["n_nights", "log_span_d", "peak_phase", "log_rise_rate", "log_decline_rate",
               "rise_d", "decline_d", "g_r_mean", "r_i_mean", "g_r_peak", "g_r_slope",
-              "r_i_slope", "amp_ratio_g_i", "bright_frac", "turning_rate", "intra_night_frac",
-              "log_intra_night_slope"]
+              "r_i_slope", "amp_ratio_g_i", "bright_frac"]
     return names
 
 
@@ -143,47 +142,10 @@ def extract(obj: np.ndarray, mjd: np.ndarray, band: np.ndarray, mag: np.ndarray,
                                   minlength=n) / np.bincount(obj, minlength=n)
     cols += [n_nights, np.log10(span + 0.01), peak_phase, rise_rate, decline_rate,
              np.log10(rise_d + 0.01), np.log10(decline_d + 0.01), gr_mean, ri_mean, gr_peak,
-             gr_slope, ri_slope, amp_ratio, bright_frac,
-             *_intra_night(obj, mjd, band, rel, err, new_night, n)]
+             gr_slope, ri_slope, amp_ratio, bright_frac]
     out = np.stack(cols, axis=1)
     out[~np.isfinite(out)] = np.nan
     return out
-
-
-def _intra_night(obj, mjd, band, rel, err, new_night, n):
-    """Within-night behaviour, which 30-minute revisits resolve: how often the light
-    curve turns (oscillation), how much of the variance lies within nights, and the
-    steepest significant within-night trend (mag/d)."""
-    night_id = np.cumsum(new_night) - 1
-    nn = int(night_id[-1]) + 1 if len(night_id) else 0
-    key = night_id * N_BANDS + band  # one series per night and band
-    cnt, mean, _std = _group_stats(key, rel, np.ones_like(rel), nn * N_BANDS)
-    resid = rel - mean[key]
-    _, _, tot_std = _group_stats(obj, rel, np.ones_like(rel), n)
-    within = np.bincount(obj, weights=resid * resid, minlength=n)
-    count = np.bincount(obj, minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        intra_frac = np.sqrt(within / count) / tot_std
-    # Turning points: sign changes of consecutive differences within one series.
-    order = np.lexsort((mjd, key))
-    k2, r2, e2 = key[order], rel[order], err[order]
-    d = np.diff(r2)
-    same = k2[1:] == k2[:-1]
-    sig = same & (np.abs(d) > 2 * np.hypot(e2[1:], e2[:-1]))
-    sgn = np.sign(d) * sig
-    turn = (sgn[1:] * sgn[:-1] < 0) & same[1:] & same[:-1]
-    owner = obj[order]
-    turns = np.bincount(owner[1:-1], weights=turn.astype(float), minlength=n)
-    steps = np.bincount(owner[1:-1], weights=(same[1:] & same[:-1]).astype(float), minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        turning_rate = np.where(steps > 0, turns / steps, np.nan)
-    slope = _slope(key, mjd, rel, nn * N_BANDS)
-    ok = (cnt >= 4) & np.isfinite(slope)
-    series_obj = np.full(nn * N_BANDS, -1)
-    series_obj[key] = obj
-    steep = np.zeros(n)
-    np.maximum.at(steep, series_obj[ok], np.abs(slope[ok]))
-    return turning_rate, intra_frac, np.log10(steep + 1e-2)
 
 
 def _value_at(k, y, t, t_target, n, nearest: bool = False):
