@@ -116,6 +116,10 @@ def _summary(m: dict, out: Path) -> None:
     print(f"exposures {s['exposures']:,}  visits {s['visits']:,}  median revisit "
           f"{f(s['median_revisit_min'], '{:.1f}')} min  open shutter "
           f"{s['open_shutter_fraction']:.1%}")
+    tr, cl = m["transients"], m["classifier"]
+    print(f"transients: {tr['injected']:,} injected on the sky, {tr['detected']:,} detected; "
+          f"{tr['candidates']:,} candidates; classifier macro-F1 "
+          f"{f(cl['macro_f1'], '{:.2f}')} against the simulator's truth")
     print(f"decision p99 {f(m['scheduler']['decision_ms']['p99'], '{:.2f}')} ms  "
           f"speed {m['sim']['speedup']:,.0f}x real time ({m['sim']['wall_seconds']:.1f} s wall)")
     print(f"wrote {out}/ (report.html, metrics.json, observations.csv, ...)")
