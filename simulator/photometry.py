@@ -12,13 +12,11 @@ the cost is a few numpy calls per batch, not per exposure or per source.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from simulator.sky import FieldGrid, in_footprint, unit_vectors
+from simulator.sky import FieldGrid, points_in_fields
 
 CALIBRATION_FLOOR_MAG = 0.01
 UNIX_TO_MJD = 1.0 / 86400.0
@@ -60,17 +58,9 @@ class Photometry:
         self.seed = seed
         self.bogus_rate = bogus_per_exposure
         # Sources of each field (a source in an overlap belongs to both fields).
-        xyz = unit_vectors(population.ra_deg, population.dec_deg)
-        tree = cKDTree(xyz)
-        radius = 2 * math.sin(math.radians(grid.side_deg / math.sqrt(2) * 1.02) / 2)
-        near = tree.query_ball_point(grid.xyz, r=radius)
-        counts = np.fromiter((len(c) for c in near), dtype=np.int64, count=grid.size)
-        flat = np.fromiter((j for c in near for j in c), dtype=np.int64, count=int(counts.sum()))
-        owner = np.repeat(np.arange(grid.size), counts)
-        inside = in_footprint(population.ra_deg[flat], population.dec_deg[flat],
-                              grid.ra_deg[owner], grid.dec_deg[owner], grid.side_deg)
-        self.sources = flat[inside]
-        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[inside],
+        self.sources, owner = points_in_fields(population.ra_deg, population.dec_deg,
+                                               grid.ra_deg, grid.dec_deg, grid.side_deg)
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(owner,
                                                                   minlength=grid.size))])
 
     def sources_in(self, field_id: int) -> np.ndarray:

@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from simulator import lightcurves as lc
-from simulator.sky import FULL_SKY_DEG2, in_footprint, unit_vectors
+from simulator.sky import FULL_SKY_DEG2, points_in_fields, unit_vectors
 
 DAY_S = 86400.0
 REFERENCE_MAG = 21.0
@@ -356,18 +355,9 @@ def _float32_exact(values: np.ndarray) -> np.ndarray:
 
 def _in_fields(ra, dec, field_ra, field_dec, area_deg2) -> np.ndarray:
     """True for positions inside any of the square fields (deg)."""
-    field_ra = np.atleast_1d(np.asarray(field_ra, dtype=float))
-    field_dec = np.atleast_1d(np.asarray(field_dec, dtype=float))
-    side = math.sqrt(area_deg2)
     inside = np.zeros(len(ra), dtype=bool)
-    if len(ra) == 0 or len(field_ra) == 0:
+    if len(ra) == 0 or np.size(field_ra) == 0:
         return inside
-    radius = 2 * math.sin(math.radians(side / math.sqrt(2) * 1.02) / 2)
-    near = cKDTree(unit_vectors(ra, dec)).query_ball_point(unit_vectors(field_ra, field_dec),
-                                                           r=radius)
-    counts = np.fromiter((len(c) for c in near), dtype=np.int64, count=len(near))
-    flat = np.fromiter((j for c in near for j in c), dtype=np.int64, count=int(counts.sum()))
-    owner = np.repeat(np.arange(len(near)), counts)
-    hit = in_footprint(ra[flat], dec[flat], field_ra[owner], field_dec[owner], side)
-    inside[flat[hit]] = True
+    points, _fields = points_in_fields(ra, dec, field_ra, field_dec, math.sqrt(area_deg2))
+    inside[points] = True
     return inside

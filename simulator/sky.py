@@ -52,6 +52,27 @@ def in_footprint(ra_deg, dec_deg, ra0_deg, dec0_deg, side_deg: float) -> np.ndar
     return (cosc > 0) & (np.abs(xi) <= half) & (np.abs(eta) <= half)
 
 
+def points_in_fields(ra_deg, dec_deg, field_ra_deg, field_dec_deg, side_deg: float,
+                     tree: cKDTree | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every (point, field) pair with the point inside the field's square footprint.
+
+    Returns two equal-length index arrays (points, fields), grouped by field in field
+    order. A k-d tree over the points (built here unless given) finds candidates within
+    the footprint's half-diagonal; ``in_footprint`` keeps those really inside."""
+    field_ra = np.atleast_1d(np.asarray(field_ra_deg, dtype=float))
+    field_dec = np.atleast_1d(np.asarray(field_dec_deg, dtype=float))
+    if tree is None:
+        tree = cKDTree(unit_vectors(np.asarray(ra_deg), np.asarray(dec_deg)))
+    radius = 2 * math.sin(math.radians(side_deg / math.sqrt(2) * 1.02) / 2)
+    near = tree.query_ball_point(unit_vectors(field_ra, field_dec), r=radius)
+    counts = np.fromiter((len(c) for c in near), dtype=np.int64, count=len(near))
+    flat = np.fromiter((j for c in near for j in c), dtype=np.int64, count=int(counts.sum()))
+    owner = np.repeat(np.arange(len(near)), counts)
+    inside = in_footprint(np.asarray(ra_deg)[flat], np.asarray(dec_deg)[flat],
+                          field_ra[owner], field_dec[owner], side_deg)
+    return flat[inside], owner[inside]
+
+
 def _ring_count(dec_edge_deg: float, dec_center_deg: float, side_deg: float) -> int:
     """Fields needed in a ring so that footprints centred at ``dec_center_deg`` cover
     the whole circle at ``dec_edge_deg`` (the ring edge nearest the equator)."""
@@ -124,17 +145,9 @@ class AreaLattice:
         i = np.arange(n_points) + 0.5
         dec = np.degrees(np.arcsin(1 - 2 * i / n_points))
         ra = np.degrees(np.pi * (1 + 5**0.5) * i) % 360.0
-        tree = cKDTree(unit_vectors(ra, dec))
-        radius = 2 * math.sin(math.radians(grid.side_deg / math.sqrt(2) * 1.02) / 2)
-        candidates = tree.query_ball_point(grid.xyz, r=radius)
-        counts = np.fromiter((len(c) for c in candidates), dtype=np.int64, count=grid.size)
-        flat = np.fromiter((j for c in candidates for j in c), dtype=np.int64,
-                           count=int(counts.sum()))
-        owner = np.repeat(np.arange(grid.size), counts)
-        inside = in_footprint(ra[flat], dec[flat], grid.ra_deg[owner], grid.dec_deg[owner],
-                              grid.side_deg)
-        self.points = flat[inside]
-        per_field = np.bincount(owner[inside], minlength=grid.size)
+        self.points, owner = points_in_fields(ra, dec, grid.ra_deg, grid.dec_deg,
+                                              grid.side_deg)
+        per_field = np.bincount(owner, minlength=grid.size)
         self.offsets = np.concatenate([[0], np.cumsum(per_field)])
 
     def field_points(self, field_ids: np.ndarray) -> np.ndarray:
