@@ -74,7 +74,7 @@ class Associator:
     def __init__(self, radius_arcsec: float = 2.0, rebuild_fraction: float = 0.2):
         self.radius_chord = 2 * math.sin(math.radians(radius_arcsec / 3600) / 2)
         self.rebuild_fraction = rebuild_fraction
-        self.obj_xyz = np.empty((0, 3))
+        self._xyz = np.empty((1024, 3))  # growable: no full copy per batch
         self.obj_ra = _Grow(np.float64)
         self.obj_dec = _Grow(np.float64)
         self.obj_truth = _Grow(np.int64)
@@ -93,6 +93,10 @@ class Associator:
     @property
     def n_objects(self) -> int:
         return self.obj_ra.n
+
+    @property
+    def obj_xyz(self) -> np.ndarray:
+        return self._xyz[:self.n_objects]
 
     def _nearest(self, xyz: np.ndarray) -> np.ndarray:
         """Nearest known object within the radius for each point, or -1."""
@@ -133,7 +137,12 @@ class Associator:
             self.obj_truth.extend(batch.truth[members] if batch.truth is not None
                                   else np.full(len(members), -1))
             self.n_det_obj.extend(np.zeros(len(members), dtype=np.int32))
-            self.obj_xyz = np.concatenate([self.obj_xyz, xyz[members]])
+            need = first_id + len(members)
+            if need > len(self._xyz):
+                bigger = np.empty((max(need, 2 * len(self._xyz)), 3))
+                bigger[:first_id] = self._xyz[:first_id]
+                self._xyz = bigger
+            self._xyz[first_id:need] = xyz[members]
             self._reindex()
         self.det_obj.extend(obj)
         self.det_mjd.extend(batch.mjd)

@@ -10,7 +10,7 @@ as astroplan's default of zero pressure).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,6 +55,7 @@ class SiteEphemeris:
     moon_xyz: np.ndarray  # apparent topocentric unit vectors (n, 3)
     moon_phase_angle_deg: np.ndarray
     lst0_deg: float  # apparent local sidereal time at t_unix[0]
+    _moon_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def lat_rad(self) -> float:
@@ -73,10 +74,23 @@ class SiteEphemeris:
         return np.interp(t_unix, self.t_unix, self.moon_phase_angle_deg)
 
     def moon_vec(self, t_unix) -> np.ndarray:
-        t = np.atleast_1d(t_unix)
+        if np.ndim(t_unix) == 0:
+            # The moon moves 0.0014 deg in 10 s: scalar look-ups (many per minute of
+            # simulation, at nearly the same instants) share one interpolation.
+            key = round(float(t_unix) / 10.0)
+            cache = self._moon_cache
+            v = cache.get(key)
+            if v is None:
+                if len(cache) > 50_000:
+                    cache.clear()
+                v = cache[key] = self._moon_vec(np.array([key * 10.0]))[0]
+            return v
+        return self._moon_vec(np.atleast_1d(t_unix))
+
+    def _moon_vec(self, t: np.ndarray) -> np.ndarray:
         v = np.stack([np.interp(t, self.t_unix, self.moon_xyz[:, k]) for k in range(3)], -1)
         v /= np.linalg.norm(v, axis=-1, keepdims=True)
-        return v if np.ndim(t_unix) else v[0]
+        return v
 
     def dark_intervals(self, max_sun_alt_deg: float) -> list[tuple[float, float]]:
         """Intervals (unix s) when the sun is at or below ``max_sun_alt_deg``."""
