@@ -81,6 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_dir(path: str) -> Path:
+    """Create the output directory now, before any work, or fail in one line."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output directory {path!r}: {exc.strerror}") from None
+    return out
+
+
+def _output_file(path: str) -> Path:
+    """Check that a file can be written there, before any work."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {path!r}: directory {str(out.parent)!r} not found")
+    if out.is_dir():
+        raise UsageError(f"cannot write {path!r}: it is a directory")
+    return out
+
+
 def _run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: bool,
                    cache=None):
     from brain.fastshell import simulate
@@ -134,10 +154,11 @@ def cmd_simulate(args) -> int:
     config = load_config(args.config)
     if args.weather == "clear":
         config = with_climate(config, "clear")
+    out = _output_dir(args.out)  # after the inputs are known good, before any work
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid, keep=args.nights + 1)
     env = make_environment(config, args.seed, args.start, args.nights, args.weather, cache)
-    _run_and_write(config, config.name, env, args.policy, Path(args.out), args.quiet, cache)
+    _run_and_write(config, config.name, env, args.policy, out, args.quiet, cache)
     return 0
 
 
@@ -155,6 +176,7 @@ def cmd_replay(args) -> int:
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"cannot read the environment in {src}: {exc}") from None
     config = config_from_dict(env.config, source=f"{src}/environment.json")
+    out = _output_dir(args.out)
     _run_and_write(config, config.name, env, args.policy, out, args.quiet)
     return 0
 
@@ -164,6 +186,7 @@ def cmd_classify(args) -> int:
 
     from brain.lightcurve_io import LightCurveInputError, classification_json, read_detections_csv
 
+    out = _output_file(args.out) if args.out else None
     try:
         table = read_detections_csv(args.file)
     except LightCurveInputError as exc:
@@ -178,9 +201,9 @@ def cmd_classify(args) -> int:
     prob = model.predict(table.obj, table.mjd, table.band, table.mag, table.err,
                          len(table.object_ids))
     text = json.dumps(classification_json(table.object_ids, prob, model.classes), indent=1)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-        print(f"classified {len(table.object_ids)} objects -> {args.out}", file=sys.stderr)
+    if out is not None:
+        out.write_text(text + "\n")
+        print(f"classified {len(table.object_ids)} objects -> {out}", file=sys.stderr)
     else:
         print(text)
     return 0
@@ -191,7 +214,7 @@ def cmd_train(args) -> int:
 
     from policies.classifier import ARTIFACT_DIR, train
 
-    out = Path(args.out) if args.out else ARTIFACT_DIR
+    out = _output_dir(args.out) if args.out else ARTIFACT_DIR
     _model, report = train(n_per_class=args.n_per_class, seed=args.seed, out_dir=out,
                            progress=True)
     test = report["test"]

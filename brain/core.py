@@ -68,7 +68,6 @@ class BrainCore:
         self._obs_seq = 0
         self.decision_ms: list[float] = []
         self.refusals: Counter[str] = Counter()
-        self.visits: list[tuple[int, int, float]] = []  # field, group, t_start
         # Transients: association each minute, classification every classify_interval_s.
         self.associator = Associator(config.transients.radius_arcsec)
         self._pending: list[DetectionBatch] = []
@@ -199,7 +198,6 @@ class BrainCore:
         if g.phase == EXPOSING:
             t_start = min(g.t_starts)
             self.scheduler.add_observation(g.field, g.index, t_start)
-            self.visits.append((g.field, g.index, t_start))
             g.phase, g.field = IDLE, None
             if not self.sites[g.site].open:
                 return self._close_group(g, ev.t)

@@ -49,7 +49,6 @@ class SurveyState:
         self.last_visit = np.full(n_fields, -np.inf)
         self.last_group = np.full(n_fields, NO_GROUP, dtype=np.int32)
         self.claimed_by = np.full(n_fields, NO_GROUP, dtype=np.int32)
-        self.visits = np.zeros(n_fields, dtype=np.int32)
         # Each group's path: the field it finished last, and for each field the one it
         # went to next on its previous pass.
         self.last_field = np.full(n_groups, -1, dtype=np.int32)
@@ -270,7 +269,6 @@ class SurveyScheduler:
         s.last_visit[field] = t_start
         s.last_group[field] = group
         s.claimed_by[field] = NO_GROUP
-        s.visits[field] += 1
         if s.last_field[group] >= 0:
             s.successor[group, s.last_field[group]] = field
         s.last_field[group] = field
