@@ -223,6 +223,10 @@ def cmd_train(args) -> int:
                       "transient_vs_variable_first_night":
                           test["first_night"]["transient_vs_variable_accuracy"],
                       "ece": test["full"]["ece"], "ece_first_night": test["first_night"]["ece"],
+                      "randomised_surveys": {
+                          "macro_f1": report["test_random"]["full"]["macro_f1"],
+                          "macro_f1_first_night":
+                              report["test_random"]["first_night"]["macro_f1"]},
                       "seeds": report["seeds"]}))
     return 0
 

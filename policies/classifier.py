@@ -130,37 +130,53 @@ def _nights(data) -> np.ndarray:
 
 
 def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed: int = 3,
-          rounds: int = 600, out_dir: Path | None = ARTIFACT_DIR, progress: bool = False):
-    """Train on simulated light curves; returns (model, report). Seeds: train ``seed``,
-    temperature fitted on ``valid_seed``, report on ``test_seed`` (never trained on)."""
+          rounds: int = 600, out_dir: Path | None = ARTIFACT_DIR, progress: bool = False,
+          sitian_per_class: int | None = None):
+    """Train on simulated light curves; returns (model, report).
+
+    Training data: randomised surveys (``n_per_class`` per class, seed ``seed``) plus the
+    continuous SiTian survey (``sitian_per_class``, default 3/8 of that, seed
+    ``seed + 10``, half of them first-night light curves). The temperature is fitted on
+    ``valid_seed`` (and ``valid_seed + 10``); the report's two test sets, never trained
+    on, are the SiTian survey (``test_seed + 10``: the set the targets are measured on)
+    and randomised surveys (``test_seed``: robustness to other cadences and depths)."""
     import lightgbm
 
     from policies.training import make_set
 
-    train_set = make_set(n_per_class, seed)
-    valid_set = make_set(max(n_per_class // 3, 200), valid_seed)
-    test_set = make_set(max(n_per_class // 3, 200), test_seed)
-    x = extract(train_set.obj, train_set.mjd, train_set.band, train_set.mag, train_set.err,
-                train_set.n)
-    xv = extract(valid_set.obj, valid_set.mjd, valid_set.band, valid_set.mag, valid_set.err,
-                 valid_set.n)
-    params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.2,
-              "num_leaves": 31, "min_data_in_leaf": 20, "feature_fraction": 0.8,
+    n_s = sitian_per_class if sitian_per_class is not None else max(n_per_class * 3 // 8, 20)
+    sets = {
+        "train": (make_set(n_per_class, seed), make_set(n_s, seed + 10, 0.5, "sitian")),
+        "valid": (make_set(max(n_per_class // 3, 20), valid_seed),
+                  make_set(max(n_s // 3, 20), valid_seed + 10, 0.5, "sitian")),
+    }
+    xy = {}
+    for name, pair in sets.items():
+        xy[name] = (np.vstack([extract(d.obj, d.mjd, d.band, d.mag, d.err, d.n) for d in pair]),
+                    np.concatenate([d.label for d in pair]))
+        if progress:
+            print(f"{name}: {len(xy[name][1])} light curves", flush=True)
+    params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.3,
+              "num_leaves": 31, "min_data_in_leaf": 100, "feature_fraction": 0.8,
               "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbosity": -1, "seed": seed, "num_threads": 0, "deterministic": True}
-    dtrain = lightgbm.Dataset(x, train_set.label, feature_name=feature_names())
-    dvalid = lightgbm.Dataset(xv, valid_set.label, reference=dtrain)
+    dtrain = lightgbm.Dataset(xy["train"][0], xy["train"][1], feature_name=feature_names())
+    dvalid = lightgbm.Dataset(xy["valid"][0], xy["valid"][1], reference=dtrain)
     callbacks = [lightgbm.early_stopping(30, verbose=False)]
     if progress:
         callbacks.append(lightgbm.log_evaluation(50))
     booster = lightgbm.train(params, dtrain, rounds, valid_sets=[dvalid],
                              callbacks=callbacks)
-    raw = booster.predict(xv, raw_score=True, num_iteration=booster.best_iteration)
+    raw = booster.predict(xy["valid"][0], raw_score=True, num_iteration=booster.best_iteration)
     booster = booster if booster.best_iteration <= 0 else _trim(booster)
-    model = TransientClassifier(booster, fit_temperature(np.asarray(raw), valid_set.label))
-    report = {"seeds": {"train": seed, "valid": valid_seed, "test": test_seed},
-              "n_train": int(train_set.n), "rounds": int(booster.current_iteration()),
-              "temperature": model.temperature, "test": evaluate(model, test_set)}
+    model = TransientClassifier(booster, fit_temperature(np.asarray(raw), xy["valid"][1]))
+    test_sitian = make_set(max(n_s // 2, 20), test_seed + 10, 0.5, "sitian")
+    test_random = make_set(max(n_per_class // 3, 20), test_seed)
+    report = {"seeds": {"train": [seed, seed + 10], "valid": [valid_seed, valid_seed + 10],
+                        "test_sitian": test_seed + 10, "test_random": test_seed},
+              "n_train": len(xy["train"][1]), "rounds": int(booster.current_iteration()),
+              "temperature": model.temperature, "test": evaluate(model, test_sitian),
+              "test_random": evaluate(model, test_random)}
     if out_dir is not None:
         model.save(out_dir, report)
     return model, report

@@ -462,7 +462,7 @@ def simulated_control(expected: str, bands: tuple[str, ...], n: int = 400, seed:
     from policies.training import observe_class
 
     model = TransientClassifier.load() if model is None else model
-    src, t, band, mag, err = observe_class(expected, n, np.random.default_rng(seed))
+    src, t, band, mag, err, _ = observe_class(expected, n, np.random.default_rng(seed))
     keep = np.isin(band, [BANDS[b] for b in bands])
     src, t, band, mag, err = src[keep], t[keep], band[keep], mag[keep], err[keep]
     good = np.bincount(src, minlength=n) >= MIN_DETECTIONS

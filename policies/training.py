@@ -89,35 +89,115 @@ def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float =
     keep_band = (one_band[src] < 0) | (band == one_band[src])
     src, t, band = src[keep_band], t[keep_band], band[keep_band]
     m5 = depth[src] + rng.normal(0, 0.3, src.size) - np.array([0.0, 0.2, 0.6])[band]
+    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit)
+
+
+def _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit):
+    """Detections (5-sigma, with a 20 % scatter in the threshold) and their errors."""
     true = lc.magnitudes(cls, params, src, t + offset[src], band)
     with np.errstate(over="ignore", invalid="ignore"):
         snr = 5.0 * 10 ** (0.4 * (m5 - true))
     sigma = np.hypot(1.0857 / np.maximum(snr, 1e-3), floor[src])
     obs = true + rng.normal(0, 1, src.size) * sigma
     ok = np.isfinite(true) & (snr * (1 + rng.normal(0, 0.2, src.size)) >= 5) & (obs < mag_limit)
-    return src[ok], t[ok], band[ok], obs[ok], sigma[ok]
+    if cls in lc.TRANSIENTS:
+        # In outburst: 0.2 mag or more above the steady counterpart (if it has one).
+        base = lc.baseline_magnitudes(cls, params, src[ok], band[ok])
+        active = true[ok] < base - 0.2
+    else:
+        active = np.ones(int(ok.sum()), dtype=bool)
+    return src[ok], t[ok], band[ok], obs[ok], sigma[ok], active
 
 
-def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35) -> LightCurveSet:
+SITIAN_NIGHTS = 45
+
+
+def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8):
+    """Detections of n sources of one class by a continuous SiTian stare survey.
+
+    The held-out set the targets are measured on: g, r and i together every 25-40
+    minutes while the field is up (3-9 h a night), 30 % of nights lost to weather,
+    per-visit r depth around the simulator's 20.2 (g 0.1 deeper, i 0.3 shallower), and
+    brightness from the population's own flux-limited magnitude distribution. The survey
+    runs for 45 nights and, for a transient, starts well before its rise, so the first
+    night with detections is the night it crosses the limit.
+    """
+    bright = lc.mag_distribution(cls, n, rng, faint_limit=21.0)
+    params = lc.sample_params(cls, n, rng, bright)
+    if cls in lc.TRANSIENTS:
+        peak = lc.peak_time_days(cls, params)
+        offset = peak - np.maximum(1.5 * np.abs(peak), 10.0) - rng.uniform(0, 20, n)
+    else:
+        offset = rng.uniform(0, 2000, n)
+    cadence = rng.uniform(25, 40, n) / 1440
+    hours = rng.uniform(3, 9, n)
+    depth = rng.normal(20.2, 0.25, n)
+    floor = rng.uniform(0.008, 0.02, n)
+    slots = np.arange(N_SLOTS)
+    clear = rng.random((n, SITIAN_NIGHTS)) >= 0.3
+    start = rng.uniform(0.0, 0.3, (n, SITIAN_NIGHTS))
+    keep = clear[:, :, None] & (slots[None, None, :] * cadence[:, None, None]
+                                <= hours[:, None, None] / 24)
+    src, nt, sl = np.nonzero(keep)
+    t = nt + start[src, nt] + sl * cadence[src] + rng.normal(0, 0.001, src.size)
+    src = np.repeat(src, 3)
+    t = np.repeat(t, 3)
+    band = np.tile(np.array([0, 1, 2]), src.size // 3)
+    visit_depth = depth[src] + np.repeat(rng.normal(0, 0.2, src.size // 3), 3)
+    m5 = visit_depth + np.array([0.1, 0.0, -0.3])[band]
+    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit)
+
+
+def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
+             survey: str = "random") -> LightCurveSet:
     """A labelled set; roughly ``first_night_fraction`` of light curves are truncated to
-    the night of their first detection. Light curves with under 3 detections dropped."""
+    the night of their first detection. Light curves with under 3 detections dropped.
+
+    ``survey``: "random" (randomised surveys of ``observe_class``, for training and the
+    stress test) or "sitian" (the continuous survey of ``observe_sitian``; sources are
+    drawn until every class has ``n_per_class`` light curves, so the set is balanced).
+    """
+    observe = {"random": observe_class, "sitian": observe_sitian}[survey]
     rng = np.random.default_rng(seed)
     parts, offset = [], 0
     for k, cls in enumerate(lc.CLASSES):
-        src, t, band, mag, err = observe_class(cls, n_per_class, rng)
-        first = rng.random(n_per_class) < first_night_fraction
-        t0 = np.full(n_per_class, np.inf)
-        np.minimum.at(t0, src, t)
-        keep = ~first[src] | (t - t0[src] < 0.6)
-        src, t, band, mag, err = src[keep], t[keep], band[keep], mag[keep], err[keep]
-        counts = np.bincount(src, minlength=n_per_class)
-        good = counts >= 3
-        sel = good[src]
-        ids, src2 = np.unique(src[sel], return_inverse=True)
-        parts.append((src2 + offset, t[sel] + 60000.0, band[sel], mag[sel], err[sel],
-                      np.full(ids.size, k), first[ids]))
-        offset += ids.size
+        got, need = [], n_per_class
+        for _ in range(40 if survey == "sitian" else 1):
+            piece = _one_chunk(observe, cls, n_per_class, rng, first_night_fraction)
+            got.append(_take(piece, need))
+            need -= got[-1][5].size
+            if need <= 0:
+                break
+        ids = 0
+        for src, t, band, mag, err, first in got:
+            parts.append((src + offset + ids, t, band, mag, err, np.full(first.size, k), first))
+            ids += first.size
+        offset += ids
     cat = [np.concatenate([p[i] for p in parts]) for i in range(7)]
     order = np.lexsort((cat[1], cat[0]))
     return LightCurveSet(cat[0][order], cat[1][order], cat[2][order], cat[3][order],
                          cat[4][order], cat[5], cat[6])
+
+
+def _one_chunk(observe, cls, n, rng, first_night_fraction):
+    """Light curves (with at least 3 detections) of n sources, renumbered 0..m-1."""
+    src, t, band, mag, err, active = observe(cls, n, rng)
+    first = rng.random(n) < first_night_fraction
+    # The first night of a transient is the night its outburst is first detected (a
+    # quiescent counterpart seen on earlier nights is not the transient yet); that
+    # night's detections of the counterpart before the outburst stay in.
+    t0 = np.full(n, np.inf)
+    np.minimum.at(t0, src[active], t[active])
+    keep = ~first[src] | ((t - t0[src] < 0.6) & (t - t0[src] > -0.5))
+    src, t, band, mag, err = src[keep], t[keep], band[keep], mag[keep], err[keep]
+    good = np.bincount(src, minlength=n) >= 3
+    sel = good[src]
+    ids, src2 = np.unique(src[sel], return_inverse=True)
+    return src2, t[sel] + 60000.0, band[sel], mag[sel], err[sel], first[ids]
+
+
+def _take(piece, m):
+    """The first m light curves of a chunk."""
+    src, t, band, mag, err, first = piece
+    sel = src < m
+    return src[sel], t[sel], band[sel], mag[sel], err[sel], first[:m]
