@@ -6,8 +6,9 @@ one batch (features and trees are vectorised, so one call on many light curves c
 little more than one call on a few), and hands the brain a ``RemoteClassifier`` with the
 same ``predict`` signature, so ``BrainCore`` cannot tell the two apart.
 
-Ray is started locally unless an address is given (``connect``): on 2 cores without a
-dashboard or usage reporting, its temporary files inside the workspace.
+Ray is started locally unless an address is given (``connect``): no dashboard, no
+usage reporting, temporary files in ``$BRAIN_RAY_TMP`` (default ``/tmp/sitian-ray``,
+short enough for Ray's socket paths).
 """
 
 from __future__ import annotations
@@ -112,12 +113,12 @@ class ClassifierService:
         if not batch:
             return
         offsets = np.cumsum([0] + [n for _, n, _ in batch])
-        cols = [np.concatenate([np.asarray(t[c]) for t, _, _ in batch]) for c in range(5)]
-        cols[0] = np.concatenate([np.asarray(t[0]) + off
-                                  for (t, _, _), off in zip(batch, offsets[:-1], strict=True)])
+        obj = np.concatenate([t[0] + off for (t, _, _), off in zip(batch, offsets, strict=False)])
+        cols = [np.concatenate([t[c] for t, _, _ in batch]) for c in range(1, 5)]
         try:
-            prob = self.model.predict(*cols, int(offsets[-1]))
-        except Exception as exc:  # one bad request must not take the others down
+            prob = self.model.predict(obj, *cols, int(offsets[-1]))
+        except Exception as exc:  # requests were checked alone; a model failure is
+            # reported to every waiting caller instead of leaving them hanging
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)

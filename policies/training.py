@@ -168,6 +168,9 @@ def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
             need -= got[-1][5].size
             if need <= 0:
                 break
+        if survey == "sitian" and need > 0:
+            raise ValueError(f"{cls}: only {n_per_class - need} of {n_per_class} light "
+                             f"curves with 3+ detections after {len(got)} draws")
         ids = 0
         for src, t, band, mag, err, first in got:
             parts.append((src + offset + ids, t, band, mag, err, np.full(first.size, k), first))
