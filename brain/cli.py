@@ -24,6 +24,29 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
 
 
+def _policy_list(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in names if x not in POLICIES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown policy {bad[0] if bad else text!r} "
+                                         f"(choose from {', '.join(POLICIES)})")
+    return list(dict.fromkeys(names))
+
+
+def _seed_range(text: str) -> list[int]:
+    try:
+        if ".." in text:
+            a, b = (int(x) for x in text.split("..", 1))
+            seeds = list(range(a, b + 1))
+        else:
+            seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seed range A..B or list: {text!r}") from None
+    if not seeds or len(seeds) > 1000 or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"need 1 to 1000 non-negative seeds, got {text!r}")
+    return seeds
+
+
 def _bounded_int(lo: int, hi: int):
     def parse(text: str) -> int:
         try:
@@ -69,8 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("file", help="CSV with columns object_id, mjd, band, mag, mag_err")
     cls.add_argument("--out", help="write the JSON here instead of standard output")
 
+    ev = sub.add_parser("evaluate", help="compare follow-up policies over many seeds (Ray)")
+    ev.add_argument("--policies", type=_policy_list, default=list(POLICIES),
+                    help="comma-separated policies (default: all)")
+    ev.add_argument("--seeds", type=_seed_range, default=list(range(9001, 9009)),
+                    help="A..B or a comma list (default 9001..9008); training seeds refused")
+    ev.add_argument("--nights", type=_bounded_int(1, 30), default=1)
+    ev.add_argument("--start", type=_date, default="2026-12-15")
+    ev.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    ev.add_argument("--out", default="out/evaluation", help="output directory")
+
     train = sub.add_parser("train", help="retrain a shipped model from simulated data")
-    train.add_argument("what", choices=("classifier",), help="the model to train")
+    train.add_argument("what", choices=("classifier", "policy"), help="the model to train")
+    train.add_argument("--from-runs", nargs="+", default=[], metavar="DIR",
+                       help="classifier: also learn from the spectroscopic labels of "
+                            "these runs (labelled.csv)")
+    train.add_argument("--iterations", type=_bounded_int(1, 10_000), default=40,
+                       help="policy: PPO iterations")
     train.add_argument("--n-per-class", type=_bounded_int(100, 100_000), default=8000,
                        help="training light curves per class (default 8000, as shipped)")
     train.add_argument("--seed", type=_bounded_int(0, 2**31 - 1), default=1)
@@ -112,13 +150,24 @@ def _run_and_write(config, config_name: str, env, policy: str, out: Path, quiet:
     if cache is None:
         grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         cache = NightCache(config, grid, keep=env.nights + 1)
-    result = simulate(config, env, progress=not quiet, cache=cache)
+    result = simulate(config, env, progress=not quiet, cache=cache,
+                      policy=_policy(policy, env.seed))
     metrics, windows, obs, objects = run_metrics(result, policy, config_name,
                                                  AreaLattice(cache.grid))
     write_run(out, result, metrics, windows, obs, objects)
     if not quiet:
         _summary(metrics, out)
     return metrics
+
+
+def _policy(name: str, seed: int):
+    """The follow-up policy by name; a missing or stale RL artifact is a one-line error."""
+    from policies.followup import make_policy
+
+    try:
+        return make_policy(name, seed)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _summary(m: dict, out: Path) -> None:
@@ -154,6 +203,7 @@ def cmd_simulate(args) -> int:
     config = load_config(args.config)
     if args.weather == "clear":
         config = with_climate(config, "clear")
+    _policy(args.policy, args.seed)
     out = _output_dir(args.out)  # after the inputs are known good, before any work
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid, keep=args.nights + 1)
@@ -176,6 +226,7 @@ def cmd_replay(args) -> int:
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"cannot read the environment in {src}: {exc}") from None
     config = config_from_dict(env.config, source=f"{src}/environment.json")
+    _policy(args.policy, env.seed)
     out = _output_dir(args.out)
     _run_and_write(config, config.name, env, args.policy, out, args.quiet)
     return 0
@@ -212,11 +263,14 @@ def cmd_classify(args) -> int:
 def cmd_train(args) -> int:
     import json
 
+    if args.what == "policy":
+        return _train_policy(args)
     from policies.classifier import ARTIFACT_DIR, train
 
+    labelled = _read_labelled(args.from_runs)
     out = _output_dir(args.out) if args.out else ARTIFACT_DIR
     _model, report = train(n_per_class=args.n_per_class, seed=args.seed, out_dir=out,
-                           progress=True)
+                           progress=True, labelled=labelled)
     test = report["test"]
     print(json.dumps({"artifact": str(out), "macro_f1": test["full"]["macro_f1"],
                       "macro_f1_first_night": test["first_night"]["macro_f1"],
@@ -227,7 +281,74 @@ def cmd_train(args) -> int:
                           "macro_f1": report["test_random"]["full"]["macro_f1"],
                           "macro_f1_first_night":
                               report["test_random"]["first_night"]["macro_f1"]},
+                      "labelled_light_curves": report.get("n_labelled", 0),
                       "seeds": report["seeds"]}))
+    return 0
+
+
+def _read_labelled(dirs: list[str]):
+    """The labelled light curves of earlier runs (their labelled.csv), merged."""
+    from brain.lightcurve_io import read_labelled
+
+    if not dirs:
+        return None
+    paths = []
+    for d in dirs:
+        p = Path(d) / "labelled.csv"
+        if not p.is_file():
+            raise UsageError(f"{d}: no labelled.csv (not a run with follow-up)")
+        paths.append(p)
+    try:
+        return read_labelled(paths)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _train_policy(args) -> int:
+    import json
+
+    from brain.config import load_config
+    from brain.policytrain import train_policy
+    from policies.rl import ARTIFACT_DIR
+
+    out = _output_dir(args.out) if args.out else ARTIFACT_DIR
+    report = train_policy(load_config(), out, Path("out/policy-train"),
+                          iterations=args.iterations, seed=args.seed)
+    print(json.dumps({"artifact": str(out), **{k: report[k] for k in
+                                               ("iterations", "seconds", "record_seconds")},
+                      "final_episode_return_mean": report["episode_return_mean"][-1]}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from brain.config import load_config
+    from brain.policytrain import check_seeds, evaluate_many, write_evaluation
+
+    try:
+        check_seeds(args.seeds)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    config = load_config(args.config)
+    for name in args.policies:
+        _policy(name, 0)
+    out = _output_dir(args.out)
+    rows = evaluate_many(config, args.seeds, args.start, args.nights, args.policies)
+    path = write_evaluation(out, rows)
+    print(f"{len(args.seeds)} seeds x {args.nights} night(s); survey coverage median "
+          f"{np.median([r['coverage_deg2_per_30min'] or 0 for r in rows]):,.0f} deg2 per 30 min")
+    print(f"{'policy':<12} {'reward/h median':>15} {'p25..p75':>14} {'reward median':>13} "
+          f"{'spectra':>8} {'hours':>6}")
+    for name in args.policies:
+        mine = [r for r in rows if r["policy"] == name]
+        rph = np.array([r["reward_per_hour"] or 0.0 for r in mine])
+        rew = np.array([r["reward"] for r in mine])
+        print(f"{name:<12} {np.median(rph):>15.2f} "
+              f"{np.percentile(rph, 25):>6.2f}..{np.percentile(rph, 75):<6.2f} "
+              f"{np.median(rew):>13.1f} {np.median([r['spectra'] for r in mine]):>8.0f} "
+              f"{np.median([r['hours'] for r in mine]):>6.1f}")
+    print(f"wrote {path}")
     return 0
 
 
@@ -256,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"brain {args.command}: error: unrecognized arguments: "
                        f"{' '.join(extra)}\n")
     handler = {"simulate": cmd_simulate, "replay": cmd_replay, "classify": cmd_classify,
-               "train": cmd_train, "bench": cmd_bench}[args.command]
+               "train": cmd_train, "bench": cmd_bench,
+               "evaluate": cmd_evaluate}[args.command]
     try:
         return handler(args)
     except (UsageError, ConfigError) as exc:

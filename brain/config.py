@@ -44,13 +44,39 @@ class TransientSettings(Strict):
     radius_arcsec: float = Field(default=2.0, gt=0, le=60, description="match radius")
     min_detections: int = Field(default=3, ge=1, le=100,
                                 description="detections that make an object a candidate")
-    classify_interval_s: float = Field(default=7200.0, ge=60,
+    classify_interval_s: float = Field(default=1800.0, ge=60,
                                        description="how often candidates are reclassified")
+
+
+def _default_reward() -> dict[str, float]:
+    from simulator.spectroscopy import DEFAULT_REWARD
+
+    return dict(DEFAULT_REWARD)
+
+
+class FollowupSettings(Strict):
+    """Spectroscopic follow-up: the budget, the candidates offered to the policy, and
+    the science reward every policy is scored by (shared/CONTRACTS.md)."""
+
+    max_hours_per_night: float | None = Field(
+        default=None, gt=0, le=24,
+        description="spectroscopic hours per telescope per night (default: all dark time)")
+    wait_s: float = Field(default=600.0, ge=60, le=7200,
+                          description="how long a telescope stays idle when the policy waits")
+    recent_days: float = Field(default=1.5, gt=0, le=30,
+                               description="a candidate needs a detection this recent")
+    faint_margin_mag: float = Field(default=0.5, ge=0, le=3,
+                                    description="candidates up to the label limit plus this")
+    alt_margin_deg: float = Field(default=0.5, ge=0, le=10,
+                                  description="margin kept above the altitude limit")
+    reward: dict[str, float] = Field(default_factory=_default_reward)
+    before_peak_factor: float = Field(default=2.0, ge=1, le=10)
 
 
 class BrainConfig(ArrayConfig):
     scheduler: SchedulerSettings = SchedulerSettings()
     transients: TransientSettings = TransientSettings()
+    followup: FollowupSettings = FollowupSettings()
 
 
 class ConfigError(ValueError):

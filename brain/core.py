@@ -52,7 +52,7 @@ class SiteState:
 class BrainCore:
     def __init__(self, config: BrainConfig, grid: FieldGrid | None = None,
                  nights: NightCache | None = None, scheduler: SurveyScheduler | None = None,
-                 classifier=None):
+                 classifier=None, followup=None):
         self.config = config
         self.grid = grid or FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         self.nights = nights or NightCache(config, self.grid)
@@ -76,10 +76,16 @@ class BrainCore:
         self.obj_prob = np.zeros((0, 0))  # (objects, classes), rows of unclassified = 0
         self.obj_classified_ndet = np.zeros(0, dtype=np.int32)  # detections at last time
         self.classify_ms: list[float] = []
+        # Spectroscopic follow-up (brain.followup.FollowupManager), when a policy is given.
+        self.followup = followup
 
     # Entry point -------------------------------------------------------------------
     def handle(self, event: Event) -> list[Command]:
         self._ensure_night(event.t)
+        if (self.followup is not None and isinstance(event, Done | Failed)
+                and event.device in self.followup.specs):
+            self.followup.on_reply(event)
+            return []
         if isinstance(event, Done):
             return self._on_done(event)
         if isinstance(event, Weather):
@@ -101,6 +107,9 @@ class BrainCore:
             for g in self.groups:
                 if g.phase == IDLE and self.sites[g.site].open:
                     cmds += self._schedule(g, event.t)
+            if self.followup is not None:
+                cmds += self.followup.tick(event.t, {k: s.open for k, s in self.sites.items()},
+                                           self.sky.night)
             return cmds
         if isinstance(event, Failed):
             return self._on_failed(event)
@@ -265,6 +274,13 @@ class BrainCore:
         if t >= self._next_classify:
             self._next_classify = t + self.config.transients.classify_interval_s
             self.classify_candidates()
+            if self.followup is not None:
+                from brain.followup import take_snapshot
+
+                tr = self.config.transients
+                self.followup.update(take_snapshot(
+                    t, self.associator, self.obj_prob, tr.min_detections,
+                    self.config.followup.recent_days, self.followup.max_mag))
 
     def classify_candidates(self, everything: bool = False) -> np.ndarray:
         """Classify candidates whose detections at least doubled since their last

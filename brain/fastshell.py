@@ -83,12 +83,21 @@ class RunResult:
 
 def simulate(config: BrainConfig, env: Environment, progress: bool = False,
              grid: FieldGrid | None = None, cache: NightCache | None = None,
-             scheduler=None) -> RunResult:
+             scheduler=None, policy=None, classifier=None) -> RunResult:
+    """Run the nights of ``env``. ``policy`` (a ``policies.followup.Policy``) turns on
+    spectroscopic follow-up; without one the spectroscopic telescopes stay closed."""
     grid = grid or (cache.grid if cache else FieldGrid.tile(config.camera.fov_deg2,
                                                             config.survey.ring_fit))
     cache = cache or NightCache(config, grid, keep=env.nights + 1)
-    core = BrainCore(config, grid, cache, scheduler)
+    followup = None
     world = World(config)
+    if policy is not None and env.population is not None and config.spectrographs:
+        from brain.followup import FollowupManager
+        from simulator.spectroscopy import Spectrographs
+
+        followup = FollowupManager(config, policy, env.seed)
+        world.attach_spectrographs(Spectrographs(config, env.population, env.seed))
+    core = BrainCore(config, grid, cache, scheduler, classifier=classifier, followup=followup)
     photometry = (Photometry(env.population, grid, env.seed, config.sky.bogus_per_exposure)
                   if env.population is not None else None)
     result = RunResult(config, env, grid, core, world)

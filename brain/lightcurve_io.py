@@ -97,3 +97,42 @@ def classification_json(object_ids: list[str], prob: np.ndarray, classes) -> dic
         out[oid] = {"class": classes[int(np.argmax(p))],
                     "probabilities": {c: float(x) for c, x in zip(classes, p, strict=True)}}
     return out
+
+
+@dataclass
+class LabelledSet:
+    """Light curves with spectroscopic labels (from runs' labelled.csv files)."""
+
+    obj: np.ndarray
+    mjd: np.ndarray
+    band: np.ndarray
+    mag: np.ndarray
+    err: np.ndarray
+    label: np.ndarray  # index into the taxonomy, one per object
+
+    @property
+    def n(self) -> int:
+        return len(self.label)
+
+
+def read_labelled(paths) -> LabelledSet:
+    """Merge labelled.csv files (the detection columns plus ``label``); object ids are
+    made unique per file. Unknown labels are an error."""
+    from simulator.lightcurves import CLASSES
+
+    parts, offset = [], 0
+    for path in paths:
+        table = read_detections_csv(path)
+        labels: dict[str, str] = {}
+        with Path(path).open(newline="") as fh:
+            for row_no, row in enumerate(csv.DictReader(fh), start=2):
+                lab = (row.get("label") or "").strip()
+                if lab not in CLASSES:
+                    raise LightCurveInputError(f"{path}: row {row_no}: unknown label {lab!r}")
+                labels[row["object_id"].strip()] = lab
+        y = np.array([CLASSES.index(labels[o]) for o in table.object_ids], dtype=np.int64)
+        parts.append((table.obj + offset, table.mjd, table.band, table.mag, table.err, y))
+        offset += len(table.object_ids)
+    if not parts:
+        raise LightCurveInputError("no labelled runs given")
+    return LabelledSet(*(np.concatenate([p[k] for p in parts]) for k in range(6)))

@@ -168,9 +168,7 @@ def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
                       "refusals": dict(core.refusals)},
         "transients": transients,
         "classifier": classifier,
-        # Filled by the follow-up issue; null = not measured.
-        "followup": {"spectra": 0, "hours": 0.0, "reward": 0.0, "reward_per_hour": None,
-                     "confirmed": {}},
+        "followup": followup_metrics(result),
         "sim": {"sim_seconds": result.sim_seconds, "wall_seconds": result.wall_seconds,
                 "speedup": result.sim_seconds / max(result.wall_seconds, 1e-9)},
     }
@@ -239,3 +237,14 @@ def transient_metrics(result) -> tuple[dict, dict, list[tuple]]:
              names[true_cls[k]] if true_cls[k] >= 0 else "bogus")
             for k, c in enumerate(cand)]
     return transients, classifier, rows
+
+
+def followup_metrics(result) -> dict:
+    """The follow-up keys of metrics.json (zeros when the run had no follow-up)."""
+    from brain.followup import followup_rows, followup_summary
+
+    manager = result.core.followup
+    if manager is None or result.world.spec is None:
+        return {"spectra": 0, "hours": 0.0, "reward": 0.0, "reward_per_hour": None,
+                "confirmed": {}}
+    return followup_summary(manager, followup_rows(manager, result.world.spec.log))

@@ -15,6 +15,8 @@ from simulator.world import OBS_COLUMNS
 FOLLOWUP_COLUMNS = ("target_id", "object_id", "telescope", "t_start", "t_end", "mag",
                     "predicted_class", "p_predicted", "true_class", "label", "before_peak",
                     "reward")
+EVALUATION_COLUMNS = ("policy", "seed", "spectra", "hours", "reward", "reward_per_hour",
+                      "coverage_deg2_per_30min", "macro_f1")
 OBJECT_COLUMNS = ("object_id", "ra_deg", "dec_deg", "n_detections", "predicted_class",
                   "p_predicted", "true_class")
 
@@ -53,7 +55,7 @@ def write_run(out_dir: Path, result, metrics: dict, windows, obs, objects) -> No
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
     write_observations(out_dir / "observations.csv", result.world.observations)
-    write_header_only(out_dir / "followups.csv", FOLLOWUP_COLUMNS)
+    write_followups(out_dir, result)
     with (out_dir / "objects.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(OBJECT_COLUMNS)
@@ -67,3 +69,46 @@ def write_run(out_dir: Path, result, metrics: dict, windows, obs, objects) -> No
             w.writerow([f"{x['t0']:.1f}", f"{x['covered_deg2']:.1f}", f"{x['bound_deg2']:.1f}",
                         f"{x['visible_deg2']:.1f}", f"{x['throughput_deg2']:.1f}"])
     write_report(out_dir, result, metrics, windows, obs, objects)
+
+
+def write_followups(out_dir: Path, result) -> None:
+    """followups.csv; with follow-up on, also the labelled objects' light curves
+    (``labelled.csv``: the data flywheel's training data) and ``stream.npz`` (what
+    ``brain evaluate``-style re-runs of the follow-up alone need)."""
+    from brain.followup import followup_rows
+
+    manager = result.core.followup
+    if manager is None or result.world.spec is None:
+        write_header_only(out_dir / "followups.csv", FOLLOWUP_COLUMNS)
+        return
+    rows = followup_rows(manager, result.world.spec.log)
+    with (out_dir / "followups.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(FOLLOWUP_COLUMNS)
+        for r in rows:
+            w.writerow([r["target_id"], r["object_id"], r["telescope"], f"{r['t_start']:.1f}",
+                        f"{r['t_end']:.1f}", f"{r['mag']:.3f}", r["predicted_class"],
+                        f"{r['p_predicted']:.4f}", r["true_class"], r["label"],
+                        int(r["before_peak"]), f"{r['reward']:g}"])
+    write_labelled(out_dir / "labelled.csv", result.core.associator, manager.labels)
+    manager.stream.save(out_dir / "stream.npz")
+
+
+LABELLED_COLUMNS = ("object_id", "mjd", "band", "mag", "mag_err", "label")
+
+
+def write_labelled(path: Path, associator, labels: dict[int, str]) -> None:
+    """Light curves of the objects a spectrum labelled, with the spectrum's label."""
+    import numpy as np
+
+    ids = np.array(sorted(labels), dtype=np.int64)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(LABELLED_COLUMNS)
+        if ids.size == 0:
+            return
+        obj, mjd, band, mag, err = associator.light_curves(ids)
+        names = "gri"
+        for o, t, b, m, e in zip(obj, mjd, band, mag, err, strict=True):
+            w.writerow([f"o{o:07d}", f"{t:.6f}", names[b], f"{m:.4f}", f"{e:.4f}",
+                        labels[int(o)]])

@@ -131,7 +131,7 @@ def _nights(data) -> np.ndarray:
 
 def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed: int = 3,
           rounds: int = 600, out_dir: Path | None = ARTIFACT_DIR, progress: bool = False,
-          sitian_per_class: int | None = None):
+          sitian_per_class: int | None = None, labelled=None, labelled_weight: float = 5.0):
     """Train on simulated light curves; returns (model, report).
 
     Training data: randomised surveys (``n_per_class`` per class, seed ``seed``) plus the
@@ -139,7 +139,11 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
     ``seed + 10``, half of them first-night light curves). The temperature is fitted on
     ``valid_seed`` (and ``valid_seed + 10``); the report's two test sets, never trained
     on, are the SiTian survey (``test_seed + 10``: the set the targets are measured on)
-    and randomised surveys (``test_seed``: robustness to other cadences and depths)."""
+    and randomised surveys (``test_seed``: robustness to other cadences and depths).
+
+    ``labelled``: light curves with spectroscopic labels from earlier runs (the data
+    flywheel; ``brain.lightcurve_io.LabelledSet``), added to the training set with
+    weight ``labelled_weight`` each."""
     import lightgbm
 
     from policies.training import make_set
@@ -156,11 +160,21 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
                     np.concatenate([d.label for d in pair]))
         if progress:
             print(f"{name}: {len(xy[name][1])} light curves", flush=True)
+    weight = np.ones(len(xy["train"][1]))
+    n_labelled = 0
+    if labelled is not None and labelled.n:
+        xl = extract(labelled.obj, labelled.mjd, labelled.band, labelled.mag, labelled.err,
+                     labelled.n)
+        xy["train"] = (np.vstack([xy["train"][0], xl]),
+                       np.concatenate([xy["train"][1], labelled.label]))
+        weight = np.concatenate([weight, np.full(labelled.n, labelled_weight)])
+        n_labelled = int(labelled.n)
     params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.3,
               "num_leaves": 31, "min_data_in_leaf": 100, "feature_fraction": 0.8,
               "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbosity": -1, "seed": seed, "num_threads": 0, "deterministic": True}
-    dtrain = lightgbm.Dataset(xy["train"][0], xy["train"][1], feature_name=feature_names())
+    dtrain = lightgbm.Dataset(xy["train"][0], xy["train"][1], weight=weight,
+                              feature_name=feature_names())
     dvalid = lightgbm.Dataset(xy["valid"][0], xy["valid"][1], reference=dtrain)
     callbacks = [lightgbm.early_stopping(30, verbose=False)]
     if progress:
@@ -174,7 +188,8 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
     test_random = make_set(max(n_per_class // 3, 20), test_seed)
     report = {"seeds": {"train": [seed, seed + 10], "valid": [valid_seed, valid_seed + 10],
                         "test_sitian": test_seed + 10, "test_random": test_seed},
-              "n_train": len(xy["train"][1]), "rounds": int(booster.current_iteration()),
+              "n_train": len(xy["train"][1]), "n_labelled": n_labelled,
+              "rounds": int(booster.current_iteration()),
               "temperature": model.temperature, "test": evaluate(model, test_sitian),
               "test_random": evaluate(model, test_random)}
     if out_dir is not None:

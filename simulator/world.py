@@ -70,16 +70,24 @@ class World:
         self.aborted = 0
         self.finished: list[tuple[int, int, float, float]] = []  # field, band, t_mid, m5
         self._geometry_cache: dict[tuple[int, float, str], tuple] = {}
+        self.spec = None  # simulator.spectroscopy.Spectrographs, when the sky has sources
+
+    def attach_spectrographs(self, spectrographs) -> None:
+        self.spec = spectrographs
 
     def begin_night(self, sky: FieldSky, weather: dict[str, WeatherSeries]) -> None:
         self.sky = sky
         self.weather = weather
         self._geometry_cache.clear()
+        if self.spec is not None:
+            self.spec.begin_night(sky)
 
     # Commands ------------------------------------------------------------------
     def execute(self, device: str, name: str, args: dict, cmd_id: str, t: float) -> Reply:
         tel = self.telescopes.get(device)
         if tel is None:
+            if self.spec is not None and device in self.spec:
+                return self.spec.execute(device, name, args, cmd_id, t)
             return Reply(t, device, cmd_id, False, code="unknown_device", message=device)
         handler = getattr(self, f"_cmd_{name}", None)
         if handler is None:
@@ -92,6 +100,10 @@ class World:
 
     def is_current(self, reply: Reply) -> bool:
         """False for a reply that an abort overtook."""
+        if self.spec is not None and reply.device in self.spec:
+            return self.spec.is_current(reply)
+        if reply.device not in self.telescopes:
+            return True  # a refusal for an unknown device
         return reply.generation == self.telescopes[reply.device].generation
 
     def _cmd_open(self, tel, args, cmd_id, t):
@@ -165,6 +177,10 @@ class World:
 
     def complete(self, reply: Reply) -> None:
         """Called when a current reply is delivered: finished exposures enter the log."""
+        if reply.device not in self.telescopes:
+            if self.spec is not None and reply.ok:
+                self.spec.complete(reply)
+            return
         row = reply.result.pop("_row", None)
         if row is not None:
             self.observations.append(row)
