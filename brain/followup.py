@@ -434,7 +434,8 @@ class FollowupLoop:
     or step it: ``start()`` then ``decide(choice)`` until ``done``; each returns the
     next (device, table) needing a decision and the reward earned since the last one."""
 
-    def __init__(self, config, stream: Stream, population, seed: int, cache, policy=None):
+    def __init__(self, config, stream: Stream, population, seed: int, cache, policy=None,
+                 credit_at_decision: bool = False):
         from simulator.spectroscopy import Spectrographs
 
         self.config = config
@@ -446,7 +447,9 @@ class FollowupLoop:
         self.sites = [st.site for st in self.manager.specs.values()]
         self.reward_table = config.followup.reward
         self.factor = config.followup.before_peak_factor
-        self.total_reward = 0.0
+        # Training: credit a spectrum's reward to the decision that took it (its outcome
+        # is fixed when the command is accepted; only a later closure could void it).
+        self.credit_at_decision = credit_at_decision
         self.done = False
         self._gen = None
 
@@ -491,7 +494,7 @@ class FollowupLoop:
                     continue
                 if r.ok:
                     entry = spectro.complete(r)
-                    if entry is not None:
+                    if entry is not None and not self.credit_at_decision:
                         self._earned += science_reward(entry["true_class"], entry["label"],
                                                        entry["before_peak"], self.reward_table,
                                                        self.factor)
@@ -512,6 +515,11 @@ class FollowupLoop:
             for c in cmds:
                 r = spectro.execute(c.device, c.name, c.args, c.cmd_id, t)
                 heapq.heappush(queue, (r.t, next(seq), r))
+                truth = r.result.get("_truth") if r.ok else None
+                if truth is not None and self.credit_at_decision:
+                    self._earned += science_reward(truth["true_class"], r.result["label"],
+                                                   truth["before_peak"], self.reward_table,
+                                                   self.factor)
 
 
 def followup_rows(manager: FollowupManager, log: list[dict]) -> list[dict]:

@@ -164,3 +164,53 @@ def start_classifier(directory: str | None = None, name: str = "classifier",
         max_concurrency=1000, num_cpus=1,
     ).remote(directory, max_wait_s, max_objects)
     return RemoteClassifier(actor)
+
+
+class PolicyService:
+    """The target-selection policy as an actor: ``choose(table)`` with a
+    ``policies.followup.CandidateTable``. It holds only the exported network (or a
+    baseline), so a restarted actor answers as the old one did."""
+
+    def __init__(self, name: str = "rl", seed: int = 0, directory: str | None = None):
+        from policies.followup import make_policy
+
+        self.policy = make_policy(name, seed, directory)
+        self.calls = 0
+
+    def choose(self, table) -> int:
+        self.calls += 1
+        return int(self.policy.choose(table))
+
+    def max_candidates(self):
+        return getattr(self.policy, "max_candidates", None)
+
+    def stats(self) -> dict:
+        return {"calls": self.calls, "policy": self.policy.name}
+
+
+class RemotePolicy:
+    """A policy object for the follow-up manager, answered by a ``PolicyService``."""
+
+    def __init__(self, handle, timeout_s: float = 30.0):
+        import ray
+
+        self._ray = ray
+        self.handle = handle
+        self.timeout_s = timeout_s
+        self.max_candidates = ray.get(handle.max_candidates.remote(), timeout=timeout_s)
+        self.name = ray.get(handle.stats.remote(), timeout=timeout_s)["policy"]
+
+    def choose(self, table) -> int:
+        return int(self._ray.get(self.handle.choose.remote(table), timeout=self.timeout_s))
+
+
+def start_policy(name: str = "rl", seed: int = 0, directory: str | None = None,
+                 actor_name: str = "policy"):
+    """The policy actor (named, restarted by Ray if its process dies) and a
+    ``RemotePolicy`` in front of it."""
+    import ray
+
+    actor = ray.remote(PolicyService).options(
+        name=actor_name, get_if_exists=True, max_restarts=-1, max_task_retries=3, num_cpus=0,
+    ).remote(name, seed, directory)
+    return RemotePolicy(actor)

@@ -126,7 +126,7 @@ class StreamLoops:
         d = self.dirs[int(rng.integers(len(self.dirs)))]
         config, env, stream = self._load(d)
         loop = FollowupLoop(config, stream, env.population, env.seed,
-                            self._cache["night_cache"])
+                            self._cache["night_cache"], credit_at_decision=True)
         loop.manager.policy = _Shortlist(RLPolicy.max_candidates)
         return loop
 
@@ -176,7 +176,6 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
 
     from brain.hosting import connect
     from policies.env import FollowupEnv
-    from policies.rl import RLPolicy
 
     t0 = time.time()
     dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress)
@@ -188,8 +187,8 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
         .environment(FollowupEnv, env_config={"make_loop": StreamLoops(dirs)})
         .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
                      rollout_fragment_length="auto")
-        .training(lr=3e-4, gamma=0.995, lambda_=0.95, train_batch_size_per_learner=2000,
-                  minibatch_size=250, num_epochs=6, entropy_coeff=0.01, clip_param=0.2,
+        .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=3000,
+                  minibatch_size=300, num_epochs=8, entropy_coeff=0.005, clip_param=0.2,
                   vf_clip_param=100.0)
         .rl_module(model_config={"fcnet_hiddens": [64, 64], "fcnet_activation": "tanh",
                                  "vf_share_layers": False})

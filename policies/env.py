@@ -23,7 +23,7 @@ from policies.rl import N_ACTIONS, OBS_SIZE, action_to_choice, encode
 
 
 class FollowupEnv(gym.Env):
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ()}  # noqa: RUF012 -- gymnasium's attribute
 
     def __init__(self, env_config: dict | None = None):
         env_config = env_config or {}

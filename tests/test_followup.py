@@ -9,8 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from simulator.spectroscopy import (DEFAULT_REWARD, Spectrographs, exposure_s,
-                                    science_reward, target_alt_deg)
+from simulator.spectroscopy import (
+    DEFAULT_REWARD,
+    Spectrographs,
+    exposure_s,
+    science_reward,
+    target_alt_deg,
+)
 from tests.conftest import read_metrics, run_brain
 
 
@@ -178,12 +183,15 @@ def test_spectra_are_taken_in_the_dark_above_the_limit(clear_run, config):
             assert target_alt_deg(eph, obj[0], obj[1], t) >= 30.0
 
 
-def _object_positions(run_dir, _cache={}):
-    if run_dir not in _cache:
+_POSITIONS: dict = {}
+
+
+def _object_positions(run_dir):
+    if run_dir not in _POSITIONS:
         with (run_dir / "objects.csv").open(newline="") as fh:
-            _cache[run_dir] = {r["object_id"]: (float(r["ra_deg"]), float(r["dec_deg"]))
-                               for r in csv.DictReader(fh)}
-    return _cache[run_dir]
+            _POSITIONS[run_dir] = {r["object_id"]: (float(r["ra_deg"]), float(r["dec_deg"]))
+                                   for r in csv.DictReader(fh)}
+    return _POSITIONS[run_dir]
 
 
 @pytest.mark.slow

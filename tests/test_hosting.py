@@ -87,3 +87,26 @@ def test_bad_request_fails_alone(ray_local):
     # A band index out of range is an error for that request only, reported, not a hang.
     with pytest.raises(ValueError, match="band indices"):
         ray.get(ref_bad, timeout=60)
+
+
+def test_policy_actor_answers_as_in_process(ray_local):
+    """The RL policy as a Ray actor chooses exactly what the in-process network chooses,
+    and asks the manager for the same shortlist."""
+    from brain.hosting import start_policy
+    from policies.followup import CandidateTable
+    from policies.rl import RLPolicy
+
+    rng = np.random.default_rng(3)
+    local = RLPolicy.load()
+    remote = start_policy("rl", actor_name="policy-test")
+    assert remote.max_candidates == local.max_candidates and remote.name == "rl"
+    for _ in range(5):
+        n = int(rng.integers(1, 30))
+        prob = rng.dirichlet(np.ones(14), n)
+        table = CandidateTable(
+            np.arange(n), rng.uniform(0, 360, n), rng.uniform(-20, 60, n),
+            rng.uniform(16, 21.5, n), rng.normal(0, 0.3, n), rng.uniform(0, 3, n),
+            rng.integers(3, 60, n), rng.integers(1, 3, n), prob, rng.uniform(30, 90, n),
+            rng.uniform(300, 500, n), rng.uniform(300, 3600, n), rng.uniform(0, 3e4, n),
+            rng.uniform(0, 1, n), prob @ rng.uniform(0, 50, 14), 3e4, 3e4)
+        assert remote.choose(table) == local.choose(table)
