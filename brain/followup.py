@@ -546,13 +546,15 @@ def followup_rows(manager: FollowupManager, log: list[dict]) -> list[dict]:
     return rows
 
 
-def followup_summary(manager: FollowupManager, rows: list[dict]) -> dict:
-    """The ``followup`` keys of metrics.json."""
+def followup_summary(manager: FollowupManager, rows: list[dict], ticks=None) -> dict:
+    """The ``followup`` keys of metrics.json (``ticks``: the stream's minutes, when the
+    manager re-ran over a recorded stream instead of recording one)."""
     hours = sum(r["_hours"] for r in rows) + sum(
         (rec.t_end - rec.t_cmd) / 3600.0 for rec in manager.records.values()
         if rec.status == "aborted")
     reward = float(sum(r["reward"] for r in rows))
-    dark_h = sum(sum(o) for _t, _d, o in manager.stream.ticks) / 60.0
+    ticks = manager.stream.ticks if ticks is None else ticks
+    dark_h = sum(sum(o) for _t, _d, o in ticks) / 60.0
     confirmed: dict[str, int] = {}
     for r in rows:
         if r["label"] and r["label"] == r["true_class"]:

@@ -71,7 +71,7 @@ def replay_followup(config, env, stream, cache, policy):
     loop = FollowupLoop(config, stream, env.population, env.seed, cache)
     manager = loop.run(policy)
     rows = followup_rows(manager, loop.spectro.log)
-    return followup_summary(manager, rows), rows
+    return followup_summary(manager, rows, stream.ticks), rows
 
 
 def evaluate_seed(config_data: dict, seed: int, start: str, nights: int,
