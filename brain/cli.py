@@ -263,6 +263,12 @@ def cmd_classify(args) -> int:
 def cmd_train(args) -> int:
     import json
 
+    only = {"policy": ("--from-runs", "--n-per-class"), "classifier": ("--iterations",)}
+    given = {"--from-runs": bool(args.from_runs), "--n-per-class": args.n_per_class != 8000,
+             "--iterations": args.iterations != 40}
+    for flag in only[args.what]:
+        if given[flag]:
+            raise UsageError(f"{flag} does not apply to `train {args.what}`")
     if args.what == "policy":
         return _train_policy(args)
     from policies.classifier import ARTIFACT_DIR, train

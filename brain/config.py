@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from simulator.config import ArrayConfig, Strict
 
@@ -71,6 +71,21 @@ class FollowupSettings(Strict):
                                   description="margin kept above the altitude limit")
     reward: dict[str, float] = Field(default_factory=_default_reward)
     before_peak_factor: float = Field(default=2.0, ge=1, le=10)
+
+    @field_validator("reward")
+    @classmethod
+    def _taxonomy(cls, reward: dict[str, float]) -> dict[str, float]:
+        from simulator.lightcurves import CLASSES
+        from simulator.spectroscopy import DEFAULT_REWARD
+
+        unknown = sorted(set(reward) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"unknown class {unknown[0]!r} (taxonomy: {', '.join(CLASSES)})")
+        bad = [c for c, v in reward.items() if not (0 <= v < 1e6)]
+        if bad:
+            raise ValueError(f"reward of {bad[0]} must be between 0 and 1e6")
+        # Classes the config leaves out keep the default (CONTRACTS.md) reward.
+        return {c: float(reward.get(c, DEFAULT_REWARD[c])) for c in CLASSES}
 
 
 class BrainConfig(ArrayConfig):

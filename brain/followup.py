@@ -31,6 +31,7 @@ import numpy as np
 from brain.events import Command, Done, Failed
 from policies.followup import WAIT, CandidateTable, label_probability
 from simulator.lightcurves import CLASSES
+from simulator.mount import move_time_s
 from simulator.photometry import unix_to_mjd
 from simulator.sky import unit_vectors
 from simulator.spectroscopy import SPEC_MOUNT, exposure_s, science_reward, target_alt_deg
@@ -165,18 +166,15 @@ class FollowupManager:
         self._cmd_target: dict[str, str] = {}
         self._seq = itertools.count(1)
         self._date: str | None = None
-        self.decisions = 0
+        self.n_decisions = 0
         # What the loop needs to re-run the manager without the survey.
         self.stream = Stream()
         self.record = True
-        lims = config.limits
-        self._min_alt = lims.min_alt_deg + self.settings.alt_margin_deg
-        self._max_mag = (max((s.label_limit_mag for s in config.spectrographs), default=21.5)
-                         + self.settings.faint_margin_mag)
-
-    @property
-    def max_mag(self) -> float:
-        return self._max_mag
+        self._min_alt = config.limits.min_alt_deg + self.settings.alt_margin_deg
+        self.max_mag = (max((s.label_limit_mag for s in config.spectrographs), default=21.5)
+                        + self.settings.faint_margin_mag)
+        self._reward = np.array([self.settings.reward.get(c, 0.0) for c in CLASSES])
+        self._dark: dict[tuple[str, str], list[tuple[float, float]]] = {}
 
     # Inputs ------------------------------------------------------------------------
     def update(self, snapshot: Snapshot) -> None:
@@ -190,9 +188,8 @@ class FollowupManager:
             return  # open/close/park acknowledgements, or a reply after an abort
         rec = self.records[tid]
         st = self.specs[rec.telescope]
-        planned_end = st.busy["t_end"] if st.busy is not None else ev.t
-        if st.busy is not None and st.busy["target_id"] == tid:
-            st.busy = None
+        planned_end = st.busy["t_end"]  # a reply with a known command: its spectrum is busy
+        st.busy = None
         if isinstance(ev, Done):
             rec.status = "done"
             rec.t_start = float(ev.result.get("t_start", rec.t_start))
@@ -211,9 +208,22 @@ class FollowupManager:
     # Every minute -------------------------------------------------------------------
     def tick(self, t: float, open_sites: dict[str, bool], night) -> list[Command]:
         cmds = self.open_close(t, open_sites, night)
+        gen = self.decisions(t, night)
+        try:
+            _dev, table, _rows = next(gen)
+            while True:
+                _dev, table, _rows = gen.send(self.policy.choose(table))
+        except StopIteration as stop:
+            return cmds + stop.value
+
+    def decisions(self, t: float, night):
+        """For each free telescope with candidates, yield (device, table, rows) and take
+        the policy's choice sent back; returns the commands. The shells drive it with
+        their policy (``tick``); ``FollowupLoop`` lets an agent answer instead."""
+        cmds: list[Command] = []
         for dev in self.ready(t):
             table, rows = self.candidates_for(dev, t, night)
-            choice = self.policy.choose(table) if table.n else WAIT
+            choice = (yield dev, table, rows) if table.n else WAIT
             cmds += self.act(dev, t, table, rows, choice)
         return cmds
 
@@ -269,17 +279,18 @@ class FollowupManager:
         order = self._priority_order(st.spec) if limit else np.arange(snap.n)
         if self.taken:
             order = order[~np.isin(snap.object_id[order], np.fromiter(self.taken, np.int64))]
-        if not limit:
-            return self._table(st, eph, t, order, night_left, budget_left)
-        # Scan in priority order until enough observable candidates are found.
-        found, count, a, step = [], 0, 0, 8 * limit
-        while a < order.size and count < limit:
-            _tab, rows = self._table(st, eph, t, order[a:a + step], night_left, budget_left)
-            found.append(rows)
-            count += rows.size
-            a, step = a + step, 2 * step
-        rows = np.concatenate(found)[:limit] if found else order[:0]
-        return self._table(st, eph, t, rows, night_left, budget_left)
+        if limit:
+            # Scan in priority order until enough observable candidates are found.
+            found, count, a, step = [], 0, 0, 8 * limit
+            while a < order.size and count < limit:
+                rows = self._observable(st, eph, t, order[a:a + step], night_left, budget_left)
+                found.append(rows)
+                count += rows.size
+                a, step = a + step, 2 * step
+            rows = np.concatenate(found)[:limit] if found else order[:0]
+        else:
+            rows = self._observable(st, eph, t, order, night_left, budget_left)
+        return self._table(st, eph, t, rows, night_left, budget_left), rows
 
     def _priority_order(self, spec) -> np.ndarray:
         snap = self.snapshot
@@ -288,59 +299,63 @@ class FollowupManager:
         key = (spec.base_exposure_s, spec.reference_mag, spec.min_exposure_s,
                spec.max_exposure_s, spec.acquisition_s, spec.label_limit_mag)
         if key not in self._orders:
-            reward = np.array([self.settings.reward.get(c, 0.0) for c in CLASSES])
             cost = exposure_s(spec, snap.mag) + spec.acquisition_s
-            prio = (snap.prob @ reward) * label_probability(snap.mag, spec.label_limit_mag) / cost
+            prio = (snap.prob @ self._reward) * label_probability(
+                snap.mag, spec.label_limit_mag) / cost
             self._orders[key] = np.argsort(-prio, kind="stable")
         return self._orders[key]
 
-    def _table(self, st, eph, t, rows, night_left, budget_left):
-        snap = self.snapshot
-        ra, dec = snap.ra_deg[rows], snap.dec_deg[rows]
-        if rows.size == 0:
-            return _empty_table(night_left, budget_left), rows
+    def _move_s(self, st, eph, t, ra, dec) -> np.ndarray:
+        """Slew + settle + acquisition (s) from the telescope's pointing (zenith: parked)."""
         if st.ra_deg is None:
             ra0, dec0 = float(eph.lst_deg(t)), eph.site.lat_deg
         else:
             ra0, dec0 = st.ra_deg, st.dec_deg
-        xyz = unit_vectors(ra, dec)
-        sep = np.degrees(np.arccos(np.clip(xyz @ unit_vectors(np.array([ra0]),
-                                                              np.array([dec0]))[0], -1, 1)))
-        from simulator.mount import move_time_s
+        here = unit_vectors(np.array([ra0]), np.array([dec0]))[0]
+        sep = np.degrees(np.arccos(np.clip(unit_vectors(ra, dec) @ here, -1, 1)))
+        return move_time_s(sep, SPEC_MOUNT) + st.spec.acquisition_s
 
-        move = move_time_s(sep, SPEC_MOUNT) + st.spec.acquisition_s
-        expo = exposure_s(st.spec, snap.mag[rows])
-        t_start, t_end = t + move, t + move + expo
-        alt_now = target_alt_deg(eph, ra, dec, t)
+    def _observable(self, st, eph, t, rows, night_left, budget_left) -> np.ndarray:
+        """The snapshot rows this telescope can observe now: above the limit (with the
+        margin) from the end of acquisition to the end of the exposure, away from a risen
+        moon, finished before dawn and within the budget."""
+        if rows.size == 0:
+            return rows
+        snap = self.snapshot
+        ra, dec = snap.ra_deg[rows], snap.dec_deg[rows]
+        t_start = t + self._move_s(st, eph, t, ra, dec)
+        t_end = t_start + exposure_s(st.spec, snap.mag[rows])
         lim = self._min_alt
         ok = ((target_alt_deg(eph, ra, dec, t_start) >= lim)
               & (target_alt_deg(eph, ra, dec, t_end) >= lim)
               & (t_end <= t + min(night_left, budget_left)))
-        moon = eph.moon_vec(t)
         if eph.moon_alt(t) > 0:
-            ok &= np.degrees(np.arccos(np.clip(xyz @ moon, -1, 1))) \
+            ok &= np.degrees(np.arccos(np.clip(unit_vectors(ra, dec) @ eph.moon_vec(t), -1, 1))) \
                 >= self.config.limits.min_moon_sep_deg
-        rows = rows[ok]
+        return rows[ok]
+
+    def _table(self, st, eph, t, rows, night_left, budget_left) -> CandidateTable:
         if rows.size == 0:
-            return _empty_table(night_left, budget_left), rows
-        ra, dec, move, expo, alt_now = ra[ok], dec[ok], move[ok], expo[ok], alt_now[ok]
-        window = self._window(eph, ra, dec, t, night_left)
+            return _empty_table(night_left, budget_left)
+        snap = self.snapshot
+        ra, dec, mag = snap.ra_deg[rows], snap.dec_deg[rows], snap.mag[rows]
         prob = snap.prob[rows]
-        reward = np.array([self.settings.reward.get(c, 0.0) for c in CLASSES])
-        table = CandidateTable(
-            object_id=snap.object_id[rows], ra_deg=ra, dec_deg=dec, mag=snap.mag[rows],
+        return CandidateTable(
+            object_id=snap.object_id[rows], ra_deg=ra, dec_deg=dec, mag=mag,
             slope_mag_per_day=snap.slope_mag_per_day[rows],
             age_days=np.maximum(float(unix_to_mjd(t)) - snap.first_mjd[rows], 0.0),
             n_det=snap.n_det[rows], n_nights=snap.n_nights[rows], prob=prob,
-            alt_deg=alt_now, move_s=move, exposure_s=expo, window_s=window,
-            p_label=label_probability(snap.mag[rows], st.spec.label_limit_mag),
-            expected_reward=prob @ reward, night_left_s=night_left, budget_left_s=budget_left)
-        return table, rows
+            alt_deg=target_alt_deg(eph, ra, dec, t), move_s=self._move_s(st, eph, t, ra, dec),
+            exposure_s=exposure_s(st.spec, mag), window_s=self._window(eph, ra, dec, t,
+                                                                       night_left),
+            p_label=label_probability(mag, st.spec.label_limit_mag),
+            expected_reward=prob @ self._reward, night_left_s=night_left,
+            budget_left_s=budget_left)
 
     def act(self, device: str, t: float, table: CandidateTable, rows, choice: int
             ) -> list[Command]:
         st = self.specs[device]
-        self.decisions += 1
+        self.n_decisions += 1
         if choice == WAIT or not (0 <= choice < table.n):
             st.next_decision = t + self.settings.wait_s
             return []
@@ -368,8 +383,10 @@ class FollowupManager:
     # Sky -----------------------------------------------------------------------------
     def _dark_left(self, eph, t: float) -> float:
         """Seconds of astronomical darkness left at the site after ``t``."""
-        lim = self.config.limits.max_sun_alt_deg
-        for t0, t1 in eph.dark_intervals(lim):
+        key = (self._date, eph.site.id)
+        if key not in self._dark:
+            self._dark[key] = eph.dark_intervals(self.config.limits.max_sun_alt_deg)
+        for t0, t1 in self._dark[key]:
             if t0 <= t < t1:
                 return t1 - t
         return 0.0
@@ -506,12 +523,7 @@ class FollowupLoop:
                 si += 1
             open_sites = dict(zip(self.sites, open_flags, strict=True))
             cmds = m.open_close(t, open_sites, night)
-            for dev in m.ready(t):
-                table, rows = m.candidates_for(dev, t, night)
-                choice = WAIT
-                if table.n:
-                    choice = yield (dev, table, rows)
-                cmds += m.act(dev, t, table, rows, choice)
+            cmds += yield from m.decisions(t, night)
             for c in cmds:
                 r = spectro.execute(c.device, c.name, c.args, c.cmd_id, t)
                 heapq.heappush(queue, (r.t, next(seq), r))
@@ -568,4 +580,4 @@ def followup_summary(manager: FollowupManager, rows: list[dict], ticks=None) -> 
             "aborted": statuses.count("aborted"), "refused": statuses.count("failed"),
             "open_hours": dark_h,
             "reward_per_open_hour": reward / dark_h if dark_h > 0 else None,
-            "decisions": manager.decisions}
+            "decisions": manager.n_decisions}

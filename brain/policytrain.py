@@ -41,9 +41,10 @@ def _grid_cache(config, nights):
     return NightCache(config, grid, keep=nights + 1)
 
 
-def record(config, seed: int, start: str, nights: int, out_dir: Path | None = None):
-    """Simulate and return (env, stream, survey metrics); with ``out_dir``, save the
-    environment and the stream there."""
+def record(config, seed: int, start: str, nights: int, out_dir: Path | None = None,
+           survey_metrics: bool = True):
+    """Simulate and return (env, stream, survey metrics, night cache); with ``out_dir``,
+    save the environment and the stream there. Training needs no survey metrics."""
     from brain.fastshell import make_environment, simulate
     from policies.followup import GreedyPolicy
 
@@ -55,6 +56,8 @@ def record(config, seed: int, start: str, nights: int, out_dir: Path | None = No
         out_dir.mkdir(parents=True, exist_ok=True)
         env.save(out_dir)
         stream.save(out_dir / "stream.npz")
+    if not survey_metrics:
+        return env, stream, {}, cache
     from brain.metrics import run_metrics
     from simulator.sky import AreaLattice
 
@@ -164,7 +167,7 @@ def record_streams(config, seeds, dates, out_root: Path, progress: bool = True) 
 def _record_task(config_data, seed, start, out_dir):
     from brain.config import config_from_dict
 
-    record(config_from_dict(config_data), seed, start, 1, Path(out_dir))
+    record(config_from_dict(config_data), seed, start, 1, Path(out_dir), survey_metrics=False)
     return out_dir
 
 

@@ -75,6 +75,23 @@ def target_alt_deg(eph, ra_deg, dec_deg, t_unix) -> np.ndarray:
     return np.degrees(np.arcsin(np.clip(s, -1, 1)))
 
 
+_TREES: dict[int, tuple[object, cKDTree]] = {}
+
+
+def source_tree(population) -> cKDTree | None:
+    """k-d tree of a population's positions, built once per population object (replays
+    and training episodes reuse the same sky many times)."""
+    if population is None or not population.size:
+        return None
+    hit = _TREES.get(id(population))
+    if hit is None or hit[0] is not population:
+        if len(_TREES) > 16:
+            _TREES.clear()
+        hit = _TREES[id(population)] = (population, cKDTree(
+            unit_vectors(population.ra_deg, population.dec_deg)))
+    return hit[1]
+
+
 @dataclass(slots=True)
 class SpecTelescope:
     device: str
@@ -105,9 +122,7 @@ class Spectrographs:
         for s in self.config.spectrographs:
             dev = f"{s.site}.spec"
             self.units[dev] = SpecTelescope(dev, s.site, s)
-        pop = self.population
-        self._tree = (cKDTree(unit_vectors(pop.ra_deg, pop.dec_deg))
-                      if pop is not None and pop.size else None)
+        self._tree = source_tree(self.population)
         self._chord = 2 * math.sin(math.radians(MATCH_ARCSEC / 3600) / 2)
         self.sky = None
 

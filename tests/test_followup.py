@@ -348,3 +348,28 @@ def test_labels_feed_the_next_classifier(clear_run, tmp_path):
     assert f'"labelled_light_curves": {labelled.n}' in r.stdout
     bad = run_brain("train", "classifier", "--from-runs", str(tmp_path))
     assert bad.returncode == 2 and "no labelled.csv" in bad.stderr
+
+
+def test_reward_config_is_checked_and_merged_onto_the_contract(config):
+    from brain.config import ConfigError, config_from_dict
+
+    data = config.model_dump(mode="json")
+    data["followup"] = {"reward": {"KN": 80}}
+    merged = config_from_dict(data).followup.reward
+    assert merged["KN"] == 80 and merged["TDE"] == 20 and len(merged) == 14
+    for bad, needle in (({"Unicorn": 3}, "unknown class 'Unicorn'"),
+                        ({"KN": -1}, "reward of KN")):
+        data["followup"] = {"reward": bad}
+        with pytest.raises(ConfigError, match=needle):
+            config_from_dict(data)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "policy", "--from-runs", "x"], "--from-runs does not apply"),
+    (["train", "policy", "--n-per-class", "200"], "--n-per-class does not apply"),
+    (["train", "classifier", "--iterations", "3"], "--iterations does not apply"),
+])
+def test_train_options_of_the_other_model_are_refused(args, needle):
+    r = run_brain(*args)
+    assert r.returncode == 2 and needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
