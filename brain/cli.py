@@ -116,7 +116,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run the benchmarks in tests/bench (JSON lines)")
     bench.add_argument("name", nargs="?", help="one benchmark, e.g. scheduler or night")
+
+    run = sub.add_parser("run", help="the observatory daemon (daemon shell, SBP1 devices)")
+    _link_args(run)
+    run.add_argument("--metrics-port", type=_bounded_int(0, 65535), default=9180,
+                     help="Prometheus /metrics on 127.0.0.1 (0: off)")
+    run.add_argument("--journal", default="out/daemon/journal.sqlite",
+                     help="SQLite journal (WAL); a restart continues from it")
+    run.add_argument("--until", help="stop at this world time (ISO, UTC)")
+    run.add_argument("--policy", choices=(*POLICIES, "none"), default="rl",
+                     help="follow-up policy ('none': spectrographs stay closed)")
+    run.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=7,
+                     help="seed of the random follow-up policy")
+    run.add_argument("--failsafe-s", type=float, default=60.0,
+                     help="devices close on their own after this long without the brain")
+
+    drv = sub.add_parser("sim-drivers", help="serve the simulated array's devices over SBP1")
+    _link_args(drv)
+    drv.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=7)
+    drv.add_argument("--nights", type=_bounded_int(1, 366), default=1)
+    drv.add_argument("--weather", choices=WEATHER_MODES, default="climate")
+    drv.add_argument("--until", help="stop at this world time (ISO, UTC)")
+    drv.add_argument("--only", help="comma-separated device ids to serve (default: all)")
+
+    keys = sub.add_parser("keys", help="create CURVE key pairs for the brain and devices")
+    keys.add_argument("dir", help="key directory (created)")
+    keys.add_argument("--name", default="devices",
+                      help="name of the device key pair to add (authorised at once)")
     return p
+
+
+def _link_args(p) -> None:
+    p.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    p.add_argument("--start", help="world clock start, ISO UTC (default: now, real time)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="world clock speed, times real time (rehearsals)")
+    p.add_argument("--router", default="tcp://127.0.0.1:5550", help="the brain's device link")
+    p.add_argument("--pub", default="tcp://127.0.0.1:5551", help="the brain's event feed")
+    p.add_argument("--security", choices=("none", "curve"), default=None,
+                   help="default: none on loopback, curve elsewhere")
+    p.add_argument("--keys", help="CURVE key directory (brain keys DIR)")
 
 
 def _output_dir(path: str) -> Path:
@@ -374,6 +413,122 @@ def cmd_bench(args) -> int:
     return status
 
 
+def _clock_args(args):
+    from drivers.clock import parse_start
+
+    if not (args.speed > 0 and args.speed <= 10_000):
+        raise UsageError(f"--speed must be in (0, 10000], not {args.speed}")
+    try:
+        start = parse_start(args.start)
+        until = parse_start(args.until)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    from drivers.link import is_loopback
+
+    security = args.security or ("none" if is_loopback(args.router) else "curve")
+    if security == "none" and not (is_loopback(args.router) and is_loopback(args.pub)):
+        raise UsageError("refusing security 'none' on a non-loopback address: use "
+                         "--security curve --keys DIR (brain keys DIR)")
+    if security == "curve" and not args.keys:
+        raise UsageError("--security curve needs --keys DIR (create it with brain keys DIR)")
+    return start, until, security
+
+
+def cmd_run(args) -> int:
+    import logging
+
+    from brain.config import load_config
+    from brain.daemon import run_daemon
+    from drivers.link import SecurityError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    start, until, security = _clock_args(args)
+    if not args.failsafe_s > 0:
+        raise UsageError("--failsafe-s must be positive")
+    config = load_config(args.config)
+    _output_dir(str(Path(args.journal).parent))
+    _output_file(args.journal)
+    policy = None if args.policy == "none" else _policy(args.policy, args.seed)
+    try:
+        run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
+                       policy, args.router, args.pub, security, args.keys)
+    except (SecurityError, OSError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(f"stopped; journal {args.journal}")
+    return 0
+
+
+def cmd_sim_drivers(args) -> int:
+    import logging
+    import time as _time
+
+    from brain.config import load_config, with_climate
+    from brain.fastshell import make_environment
+    from drivers.clock import WorldClock
+    from drivers.device import DeviceHost
+    from drivers.simdevices import SimArray
+    from simulator.ephemeris import NightCache, night_date
+    from simulator.sky import FieldGrid
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    start, until, security = _clock_args(args)
+    config = load_config(args.config)
+    if args.weather == "clear":
+        config = with_climate(config, "clear")
+    clock = WorldClock(start, args.speed)
+    grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
+    cache = NightCache(config, grid, keep=3)
+    first = night_date(config, clock.now())
+    env = make_environment(config, args.seed, first, args.nights, args.weather, cache)
+    array = SimArray(config, env, cache)
+    devices = array.devices()
+    if args.only:
+        want = {x.strip() for x in args.only.split(",") if x.strip()}
+        unknown = want - {d.id for d in devices}
+        if unknown:
+            raise UsageError(f"unknown device {sorted(unknown)[0]!r}")
+        devices = [d for d in devices if d.id in want]
+    curve = _device_curve(args.keys) if security == "curve" else None
+    host = DeviceHost(devices, args.router, clock, curve=curve, follow_brain_clock=True)
+    print(f"serving {len(devices)} simulated devices to {args.router}, world clock "
+          f"x{args.speed:g} from {_time.strftime('%Y-%m-%dT%H:%M:%SZ', _time.gmtime(clock.now()))}",
+          flush=True)
+    stop = {"now": False}
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+    try:
+        host.run(lambda: stop["now"] or (until is not None and clock.now() >= until))
+    finally:
+        host.close()
+    return 0
+
+
+def _device_curve(keys_dir: str):
+    import zmq.auth
+
+    d = Path(keys_dir)
+    try:
+        server_pub, _ = zmq.auth.load_certificate(d / "brain.key")
+        pub, sec = zmq.auth.load_certificate(d / "devices.key_secret")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read CURVE keys in {keys_dir}: {exc}") from None
+    return server_pub, pub, sec
+
+
+def cmd_keys(args) -> int:
+    from drivers.keys import create_keys
+
+    try:
+        made = create_keys(args.dir, args.name)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    for path in made:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from brain.config import ConfigError
 
@@ -383,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"brain {args.command}: error: unrecognized arguments: "
                        f"{' '.join(extra)}\n")
     handler = {"simulate": cmd_simulate, "replay": cmd_replay, "classify": cmd_classify,
-               "train": cmd_train, "bench": cmd_bench,
-               "evaluate": cmd_evaluate}[args.command]
+               "train": cmd_train, "bench": cmd_bench, "evaluate": cmd_evaluate,
+               "run": cmd_run, "sim-drivers": cmd_sim_drivers, "keys": cmd_keys}[args.command]
     try:
         return handler(args)
     except (UsageError, ConfigError) as exc:

@@ -18,7 +18,7 @@ import numpy as np
 
 from brain.association import Associator, DetectionBatch
 from brain.config import BrainConfig
-from brain.events import Command, DetectionsEvent, Done, Event, Failed, Tick, Weather
+from brain.events import Command, DetectionsEvent, DeviceState, Done, Event, Failed, Tick, Weather
 from brain.safety import Verdict, weather_verdict
 from brain.survey import SurveyScheduler
 from simulator.altaz import FieldSky
@@ -52,7 +52,7 @@ class SiteState:
 class BrainCore:
     def __init__(self, config: BrainConfig, grid: FieldGrid | None = None,
                  nights: NightCache | None = None, scheduler: SurveyScheduler | None = None,
-                 classifier=None, followup=None):
+                 classifier=None, followup=None, require_devices: bool = False):
         self.config = config
         self.grid = grid or FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         self.nights = nights or NightCache(config, self.grid)
@@ -78,6 +78,14 @@ class BrainCore:
         self.classify_ms: list[float] = []
         # Spectroscopic follow-up (brain.followup.FollowupManager), when a policy is given.
         self.followup = followup
+        # Daemon shell: only devices that said HELLO (and are alive) are used; a group is
+        # scheduled only while all three of its telescopes are up.
+        self.down: set[str] = set()
+        if require_devices:
+            self.down = {d for g in self.groups for d in g.devices}
+            if followup is not None:
+                self.down |= set(followup.specs)
+        self.on_visit = None  # callback(field, group, t_start): the daemon journals visits
 
     # Entry point -------------------------------------------------------------------
     def handle(self, event: Event) -> list[Command]:
@@ -105,14 +113,19 @@ class BrainCore:
             for site_id in self.sites:
                 cmds += self._review_site(site_id, event.t)
             for g in self.groups:
-                if g.phase == IDLE and self.sites[g.site].open:
+                if g.phase == IDLE and self.sites[g.site].open and self.group_up(g):
                     cmds += self._schedule(g, event.t)
             if self.followup is not None:
-                cmds += self.followup.tick(event.t, {k: s.open for k, s in self.sites.items()},
-                                           self.sky.night)
+                open_sites = {k: s.open for k, s in self.sites.items()}
+                if self.down:
+                    open_sites = {k: v and f"{k}.spec" not in self.down
+                                  for k, v in open_sites.items()}
+                cmds += self.followup.tick(event.t, open_sites, self.sky.night)
             return cmds
         if isinstance(event, Failed):
             return self._on_failed(event)
+        if isinstance(event, DeviceState):
+            return self._on_device(event)
         raise TypeError(f"unknown event {type(event).__name__}")
 
     # Sites -------------------------------------------------------------------------
@@ -137,8 +150,9 @@ class BrainCore:
             site.open = True
             cmds = []
             for g in groups:
-                g.phase = IDLE
-                cmds += [Command(d, "open", deadline=t + 120) for d in g.devices]
+                if self.group_up(g):
+                    g.phase = IDLE
+                    cmds += [Command(d, "open", deadline=t + 120) for d in g.devices]
             return cmds
         if site.open and not site.verdict.safe:
             self.refusals[site.verdict.rule] += 1
@@ -167,6 +181,61 @@ class BrainCore:
         g.pending.clear()
         g.phase, g.field, g.pointing_xyz = CLOSED, None, None
         return [Command(d, n, deadline=t + 180) for d in g.devices for n in ("close", "park")]
+
+    # Devices -----------------------------------------------------------------------
+    def group_up(self, g: GroupState) -> bool:
+        return not self.down or not any(d in self.down for d in g.devices)
+
+    def _on_device(self, ev: DeviceState) -> list[Command]:
+        """A device came up or went down. A group with a dead telescope is closed and
+        parked (what still answers); it rejoins, opened, once all three are back."""
+        if ev.up:
+            self.down.discard(ev.device)
+        else:
+            self.down.add(ev.device)
+        for g in self.groups:
+            if ev.device not in g.devices:
+                continue
+            if not ev.up and g.phase != CLOSED:
+                return self._close_group(g, ev.t)
+            if ev.up and self.group_up(g) and g.phase == CLOSED and self.sites[g.site].open:
+                g.phase = IDLE
+                return [Command(d, "open", deadline=ev.t + 120) for d in g.devices]
+        return []
+
+    def review_safety(self, t: float) -> list[Command]:
+        """Safety between ticks (the daemon calls it every few seconds of world time)."""
+        self._ensure_night(t)
+        cmds: list[Command] = []
+        for site_id in self.sites:
+            cmds += self._review_site(site_id, t)
+        return cmds
+
+    def guard(self, cmd: Command, t: float) -> str | None:
+        """The last check before a command leaves the brain: the rule that forbids it,
+        or None. Moving or opening needs a safe, dark site (missing weather is unsafe);
+        a slew must stay above the altitude limit."""
+        if cmd.name not in ("open", "slew", "expose", "spectrum"):
+            return None
+        site_id = cmd.device.split(".", 1)[0]
+        site = self.sites.get(site_id)
+        if site is None:
+            return "unknown_site"
+        verdict = weather_verdict(self.config.limits, site.weather, t)
+        if not verdict.safe:
+            return verdict.rule
+        if not self._is_dark(site_id, t):
+            return "sun"
+        if cmd.name == "slew":
+            from simulator.spectroscopy import target_alt_deg
+
+            alt = float(target_alt_deg(self.sky.night.sites[site_id], cmd.args["ra_deg"],
+                                       cmd.args["dec_deg"], t))
+            # J2000 against the apparent sky: up to 0.4 deg off, hence the 0.5 deg slack;
+            # the exact limit is checked at both ends of every exposure (_field_rule).
+            if alt < self.config.limits.min_alt_deg - 0.5:
+                return "altitude"
+        return None
 
     # Groups ------------------------------------------------------------------------
     def _schedule(self, g: GroupState, t: float) -> list[Command]:
@@ -207,6 +276,8 @@ class BrainCore:
         if g.phase == EXPOSING:
             t_start = min(g.t_starts)
             self.scheduler.add_observation(g.field, g.index, t_start)
+            if self.on_visit is not None:
+                self.on_visit(g.field, g.index, t_start)
             g.phase, g.field = IDLE, None
             if not self.sites[g.site].open:
                 return self._close_group(g, ev.t)

@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _ids = itertools.count(1)
+_prefix = ["c"]
+
+
+def set_command_prefix(prefix: str) -> None:
+    """Command ids become ``{prefix}{n}``: the daemon uses its session, so ids never repeat
+    across restarts (devices remember finished ids and would not act on a reused one)."""
+    _prefix[0] = prefix
 
 IDEMPOTENT = frozenset({"park", "open", "close", "abort", "status"})
 
@@ -20,7 +27,7 @@ class Command:
     device: str
     name: str
     args: dict[str, Any] = field(default_factory=dict)
-    cmd_id: str = field(default_factory=lambda: f"c{next(_ids)}")
+    cmd_id: str = field(default_factory=lambda: f"{_prefix[0]}{next(_ids)}")
     deadline: float = 0.0  # world time (unix s)
 
     @property
@@ -72,4 +79,14 @@ class DetectionsEvent:
     batch: Any  # brain.association.DetectionBatch
 
 
-Event = Tick | Weather | Done | Failed | DetectionsEvent
+@dataclass(slots=True)
+class DeviceState:
+    """A device came up (welcomed) or went down (dead, said BYE). Daemon shell only: the
+    fast shell's devices are always up."""
+
+    t: float
+    device: str
+    up: bool
+
+
+Event = Tick | Weather | Done | Failed | DetectionsEvent | DeviceState

@@ -1,0 +1,304 @@
+"""The daemon shell (``brain run``): the brain core on a clock, behind SBP1.
+
+Same core as the fast shell (ARCHITECTURE.md: no second scheduler); what differs is
+around it. Devices come and go over ZeroMQ (:class:`drivers.link.BrainLink`); the core
+schedules only groups whose three telescopes are up. Every command is journalled before
+it is sent and every device event before the core acts on it (:class:`Journal`). Each
+command passes :meth:`BrainCore.guard` last: a refusal names its rule, is journalled and
+counted (``sitian_safety_vetoes_total{rule}``), and comes back to the core as ``FAILED
+unsafe``. Safety is reviewed every ``SAFETY_EVERY_S`` of world time as well as on each
+weather report, and the clock ticks each minute of world time as in the fast shell.
+
+On start the daemon recovers the journal: commands left in flight are marked ``unknown``
+(non-idempotent, never resent) or ``lost``; the scheduler's visits, the detections and the
+exposure counter are read back, so the night continues where it stopped. It comes up
+safe: every site starts closed and opens only on fresh, safe weather.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from brain.association import DetectionBatch
+from brain.config import BrainConfig
+from brain.core import BrainCore
+from brain.events import (
+    Command,
+    DetectionsEvent,
+    DeviceState,
+    Done,
+    Failed,
+    Tick,
+    Weather,
+    set_command_prefix,
+)
+from brain.journal import Journal
+from drivers.clock import WorldClock
+from drivers.link import (
+    BrainLink,
+    CommandDone,
+    CommandFailed,
+    DeviceDown,
+    DeviceEvent,
+    DeviceSpec,
+    DeviceUp,
+)
+from simulator.photometry import unix_to_mjd
+
+log = logging.getLogger("brain.daemon")
+
+TICK_S = 60.0
+SAFETY_EVERY_S = 5.0
+
+
+def device_specs(config: BrainConfig) -> dict[str, DeviceSpec]:
+    """Every device the configuration knows (CONTRACTS.md ids)."""
+    specs = {}
+    for g in config.groups:
+        for b in config.camera.bands:
+            specs[g.telescope(b)] = DeviceSpec("telescope", g.site, g.number, b)
+    for s in config.sites:
+        specs[f"{s.id}.wx"] = DeviceSpec("weather", s.id)
+    for sp in config.spectrographs:
+        specs[f"{sp.site}.spec"] = DeviceSpec("spectrograph", sp.site)
+    return specs
+
+
+class Daemon:
+    def __init__(self, config: BrainConfig, journal: str | Path, clock: WorldClock | None = None,
+                 router: str = "tcp://127.0.0.1:5550", pub: str | None = "tcp://127.0.0.1:5551",
+                 security: str = "none", keys_dir: str | None = None, policy=None,
+                 classifier=None, registry=None, heartbeat_s: float = 1.0,
+                 failsafe_s: float = 60.0, seed: int = 0):
+        self.config = config
+        self.clock = clock or WorldClock()
+        self.registry = registry
+        self.link = BrainLink(device_specs(config), router, pub, self.clock, heartbeat_s,
+                              failsafe_s, security, keys_dir, registry)
+        set_command_prefix(f"{self.link.session[:8]}-")
+        followup = None
+        if policy is not None and config.spectrographs:
+            from brain.followup import FollowupManager
+
+            followup = FollowupManager(config, policy, seed)
+        self.core = BrainCore(config, classifier=classifier, followup=followup,
+                              require_devices=True)
+        self.core.on_visit = self._on_visit
+        self.journal = Journal(journal)
+        self.recovered = self.journal.start_session(self.link.session, self.clock.now())
+        self._restore()
+        self._next_tick = -math.inf
+        self._next_safety = -math.inf
+        self._cmds: dict[str, Command] = {}  # in flight, for journalling the results
+        self.vetoes: dict[str, int] = {}
+        self._veto_metric = None
+        if registry is not None:
+            from prometheus_client import Counter
+
+            self._veto_metric = Counter("sitian_safety_vetoes_total",
+                                        "Commands refused by a safety rule", ["rule"],
+                                        registry=registry)
+        self.stopping = False
+        self.loop_s: list[float] = []
+
+    # Recovery --------------------------------------------------------------------
+    def _restore(self) -> None:
+        j, core = self.journal, self.core
+        for field_id, group, t_start in j.visits():
+            core.scheduler.add_observation(int(field_id), int(group), float(t_start))
+        core._obs_seq = j.max_obs_seq()
+        batches = [self._batch(arr) for _o, _p, _t, arr in j.iter_detections()]
+        batches = [b for b in batches if len(b)]
+        if batches:
+            core.associator.add(DetectionBatch.concat(batches))
+        if any(self.recovered.values()) or batches:
+            log.warning("journal recovered: %s; %d visits, %d detection messages",
+                        self.recovered, len(j.visits()), len(batches))
+
+    # Loop ------------------------------------------------------------------------
+    def run(self, until: float | None = None, max_wall_s: float | None = None) -> None:
+        """Serve until world time ``until``, ``max_wall_s`` of wall time, or a signal."""
+        t_wall0 = time.monotonic()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, lambda *_: setattr(self, "stopping", True))
+            except ValueError:  # not the main thread (tests): stop via .stopping
+                pass
+        try:
+            while not self.stopping:
+                now = self.clock.now()
+                if until is not None and now >= until:
+                    break
+                if max_wall_s is not None and time.monotonic() - t_wall0 > max_wall_s:
+                    break
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        now = self.clock.now()
+        wait_world = min(self._next_tick, self._next_safety) - now
+        timeout_ms = int(np.clip(self.clock.wall_s(wait_world) * 1e3, 0, 20))
+        for ev in self.link.poll(timeout_ms):
+            self._on_link(ev)
+        now = self.clock.now()
+        if now >= self._next_safety:
+            self._next_safety = now + SAFETY_EVERY_S
+            self._send(self.core.review_safety(now), now)
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_S
+            self._send(self.core.handle(Tick(now)), now)
+        self.loop_s.append(time.perf_counter() - t0)
+        if len(self.loop_s) > 100_000:
+            del self.loop_s[:50_000]
+
+    def close(self) -> None:
+        self.link.close()
+        self.journal.close()
+
+    # Link events -----------------------------------------------------------------
+    def _on_link(self, ev) -> None:
+        j, core = self.journal, self.core
+        if isinstance(ev, DeviceUp):
+            j.event(ev.t, ev.device, "up", ev.state)
+            self._send(core.handle(DeviceState(ev.t, ev.device, True)), ev.t)
+        elif isinstance(ev, DeviceDown):
+            j.event(ev.t, ev.device, "down", {"reason": ev.reason})
+            self._send(core.handle(DeviceState(ev.t, ev.device, False)), ev.t)
+        elif isinstance(ev, CommandDone):
+            cmd = self._cmds.pop(ev.cmd_id, None)
+            j.finish(ev.cmd_id, "done", ev.t, ev.result)
+            if cmd is not None and cmd.name == "expose":
+                self._journal_observation(cmd, ev.result)
+            if cmd is not None and cmd.name == "spectrum":
+                j.followup(ev.cmd_id, cmd.args.get("target_id"), cmd.device, "done", ev.result)
+            self._send(core.handle(Done(ev.t, ev.device, ev.cmd_id, ev.result)), ev.t)
+        elif isinstance(ev, CommandFailed):
+            self._failed(ev.t, ev.device, ev.cmd_id, ev.code, ev.message)
+        elif isinstance(ev, DeviceEvent):
+            self._on_event(ev)
+
+    def _failed(self, t, device, cmd_id, code, message) -> None:
+        cmd = self._cmds.pop(cmd_id, None)
+        status = ("unknown" if code == "unknown" or (code == "timeout" and cmd is not None
+                                                      and not cmd.idempotent) else "failed")
+        self.journal.finish(cmd_id, status, t, code=code, message=message)
+        self._send(self.core.handle(Failed(t, device, cmd_id, code, message)), t)
+
+    def _on_event(self, ev: DeviceEvent) -> None:
+        now = self.clock.now()
+        if ev.name == "weather":
+            site = ev.device.split(".", 1)[0]
+            self.journal.event(ev.t, ev.device, ev.name, ev.data)
+            d = ev.data
+            w = Weather(min(ev.t, now), site, float(d["wind_mps"]), float(d["humidity"]),
+                        bool(d["rain"]), float(d["cloud"]), float(d["seeing_arcsec"]),
+                        float(d["dew_margin_c"]))
+            self._send(self.core.handle(w), now)
+        elif ev.name == "detections":
+            arrays = self._arrays(ev.data)
+            if self.journal.detections(ev.data["obs_id"], int(ev.data.get("part", 0)), ev.t,
+                                       arrays):
+                self.core.handle(DetectionsEvent(now, self._batch(arrays)))
+        else:  # state, fault and extensions: journalled for the operators
+            self.journal.event(ev.t, ev.device, ev.name, ev.data)
+            if ev.name == "fault":
+                log.warning("%s fault %s: %s", ev.device, ev.data.get("code"),
+                            ev.data.get("message"))
+
+    def _arrays(self, data: dict) -> dict[str, np.ndarray]:
+        src = data["sources"]
+        bands = self.config.camera.bands
+        band = bands.index(data["band"]) if data["band"] in bands else -1
+        out = {k: np.array([s[k] for s in src], dtype=float)
+               for k in ("ra_deg", "dec_deg", "mag", "mag_err")}
+        out["mjd"] = np.full(len(src), float(unix_to_mjd(float(data["t_mid"]))))
+        out["band"] = np.full(len(src), band, dtype=np.int64)
+        if src and all("truth" in s for s in src):
+            out["truth"] = np.array([int(s["truth"]) for s in src], dtype=np.int64)
+        return out
+
+    @staticmethod
+    def _batch(a: dict[str, np.ndarray]) -> DetectionBatch:
+        keep = a["band"] >= 0
+        truth = a.get("truth")
+        return DetectionBatch(a["ra_deg"][keep], a["dec_deg"][keep], a["mjd"][keep],
+                              a["band"][keep], a["mag"][keep], a["mag_err"][keep],
+                              truth[keep] if truth is not None else None)
+
+    def _journal_observation(self, cmd: Command, result: dict) -> None:
+        core = self.core
+        spec = self.link.peers[cmd.device].spec
+        f = int(cmd.args["field_id"])
+        t0, t1 = float(result.get("t_start", 0)), float(result.get("t_end", 0))
+        t_mid = 0.5 * (t0 + t1)
+        idx = np.array([f])
+        try:
+            alt = float(core.sky.alt_deg(spec.site, t_mid, idx)[0])
+            moon = float(core.sky.moon_sep_deg(spec.site, t_mid, idx)[0])
+            sun = float(core.sky.night.sites[spec.site].sun_alt(t_mid))
+        except Exception:  # an exposure from another night's cache: geometry unknown
+            alt = moon = sun = float("nan")
+        from simulator.altaz import airmass
+
+        self.journal.observation((
+            str(result.get("obs_id", cmd.args["obs_id"])), cmd.device, spec.site,
+            int(spec.group), spec.band, f, float(core.grid.ra_deg[f]),
+            float(core.grid.dec_deg[f]), t0, t1, alt, float(airmass(alt)), moon, sun,
+            float(result.get("limiting_mag", float("nan")))))
+
+    def _on_visit(self, field_id: int, group: int, t_start: float) -> None:
+        self.journal.visit(int(field_id), int(group), float(t_start))
+
+    # Commands --------------------------------------------------------------------
+    def _send(self, cmds: list[Command], t: float) -> None:
+        queue = list(cmds)
+        while queue:
+            cmd = queue.pop(0)
+            rule = self.core.guard(cmd, t)
+            if rule is not None:
+                self.journal.refused(self.link.session, cmd, t, rule)
+                self.vetoes[rule] = self.vetoes.get(rule, 0) + 1
+                if self._veto_metric is not None:
+                    self._veto_metric.labels(rule).inc()
+                queue += self.core.handle(Failed(t, cmd.device, cmd.cmd_id, "unsafe",
+                                                 f"refused by safety rule {rule}"))
+                continue
+            self.journal.command(self.link.session, cmd, t)
+            self._cmds[cmd.cmd_id] = cmd
+            fail = self.link.send_command(cmd.device, cmd.cmd_id, cmd.name, cmd.args,
+                                          cmd.deadline, cmd.idempotent)
+            if fail is not None:
+                self._cmds.pop(cmd.cmd_id, None)
+                self.journal.finish(cmd.cmd_id, "failed", t, code=fail.code,
+                                    message=fail.message)
+                queue += self.core.handle(Failed(t, cmd.device, cmd.cmd_id, fail.code,
+                                                 fail.message))
+
+
+def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: float,
+               metrics_port: int, until: float | None = None, policy=None,
+               router: str = "tcp://127.0.0.1:5550", pub: str = "tcp://127.0.0.1:5551",
+               security: str = "none", keys_dir: str | None = None) -> Daemon:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    clock = WorldClock(start, speed)
+    d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
+               registry=registry)
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+    log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,
+             d.link.router_endpoint, getattr(d.link, "pub_endpoint", "-"), speed,
+             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now())))
+    d.run(until=until)
+    return d
+
+

@@ -1,0 +1,168 @@
+"""The daemon's crash-safe journal: one SQLite file in WAL mode.
+
+Write-ahead discipline (ARCHITECTURE.md step 9): every command is written (status
+``sent``) and committed before it goes on the wire; every event from a device is written
+before the core acts on it. WAL with ``synchronous=NORMAL`` survives a killed process
+(kill -9) without losing a committed row; only a power loss can cost the last
+transactions. On restart, :meth:`Journal.recover` marks every command still in flight:
+idempotent ones ``lost`` (they may be sent again), non-idempotent ones ``unknown`` —
+never resent blindly (PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from simulator.world import OBS_COLUMNS
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, started_wall REAL NOT NULL,
+    started_world REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (
+    cmd_id TEXT PRIMARY KEY, session TEXT NOT NULL, device TEXT NOT NULL,
+    name TEXT NOT NULL, args TEXT NOT NULL, idempotent INTEGER NOT NULL,
+    t_sent REAL NOT NULL, deadline REAL NOT NULL,
+    status TEXT NOT NULL,            -- sent, done, failed, timeout, unknown, lost, refused
+    code TEXT, message TEXT, result TEXT, t_end REAL);
+CREATE INDEX IF NOT EXISTS commands_status ON commands(status);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, device TEXT NOT NULL,
+    name TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS observations (
+    obs_id TEXT PRIMARY KEY, telescope TEXT, site TEXT, grp INTEGER, band TEXT,
+    field_id INTEGER, ra_deg REAL, dec_deg REAL, t_start REAL, t_end REAL, alt_deg REAL,
+    airmass REAL, moon_sep_deg REAL, sun_alt_deg REAL, limiting_mag REAL);
+CREATE TABLE IF NOT EXISTS visits (
+    field_id INTEGER NOT NULL, group_index INTEGER NOT NULL, t_start REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS detections (
+    obs_id TEXT NOT NULL, part INTEGER NOT NULL, t REAL NOT NULL, arrays BLOB NOT NULL,
+    PRIMARY KEY (obs_id, part));
+CREATE TABLE IF NOT EXISTS followups (
+    cmd_id TEXT PRIMARY KEY, target_id TEXT, device TEXT, t_start REAL, t_end REAL,
+    label TEXT, snr REAL, status TEXT);
+"""
+
+IN_FLIGHT = ("sent",)
+
+
+class Journal:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # Sessions --------------------------------------------------------------------
+    def start_session(self, session: str, world_t: float) -> dict[str, int]:
+        """Begin a daemon session; returns what recovery found (status -> count)."""
+        found = self.recover()
+        self.db.execute("INSERT INTO sessions VALUES (?, ?, ?)",
+                        (session, time.time(), world_t))
+        return found
+
+    def recover(self) -> dict[str, int]:
+        """Commands left in flight by a previous process: idempotent ones are ``lost``,
+        the others ``unknown``."""
+        with self.db:
+            n_lost = self.db.execute(
+                "UPDATE commands SET status='lost', message='in flight when the daemon "
+                "stopped' WHERE status='sent' AND idempotent=1").rowcount
+            n_unknown = self.db.execute(
+                "UPDATE commands SET status='unknown', message='in flight when the daemon "
+                "stopped; outcome unknown, never resent' WHERE status='sent' "
+                "AND idempotent=0").rowcount
+        return {"lost": n_lost, "unknown": n_unknown}
+
+    # Commands --------------------------------------------------------------------
+    def command(self, session: str, cmd, t: float) -> None:
+        self.db.execute("INSERT INTO commands (cmd_id, session, device, name, args, idempotent,"
+                        " t_sent, deadline, status) VALUES (?,?,?,?,?,?,?,?, 'sent')",
+                        (cmd.cmd_id, session, cmd.device, cmd.name, json.dumps(cmd.args),
+                         int(cmd.idempotent), t, cmd.deadline))
+
+    def refused(self, session: str, cmd, t: float, rule: str) -> None:
+        self.db.execute("INSERT INTO commands (cmd_id, session, device, name, args, idempotent,"
+                        " t_sent, deadline, status, code, message) VALUES "
+                        "(?,?,?,?,?,?,?,?, 'refused', 'unsafe', ?)",
+                        (cmd.cmd_id, session, cmd.device, cmd.name, json.dumps(cmd.args),
+                         int(cmd.idempotent), t, cmd.deadline, rule))
+
+    def finish(self, cmd_id: str, status: str, t: float, result: dict | None = None,
+               code: str | None = None, message: str | None = None) -> None:
+        self.db.execute("UPDATE commands SET status=?, t_end=?, result=?, code=?, message=? "
+                        "WHERE cmd_id=? AND status='sent'",
+                        (status, t, json.dumps(result) if result is not None else None, code,
+                         message, cmd_id))
+
+    def command_row(self, cmd_id: str) -> dict | None:
+        cur = self.db.execute("SELECT * FROM commands WHERE cmd_id=?", (cmd_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        return dict(zip([c[0] for c in cur.description], row, strict=True))
+
+    def count_commands(self, **where) -> int:
+        sql = "SELECT COUNT(*) FROM commands"
+        if where:
+            sql += " WHERE " + " AND ".join(f"{k}=?" for k in where)
+        return int(self.db.execute(sql, tuple(where.values())).fetchone()[0])
+
+    def max_obs_seq(self) -> int:
+        """Highest exposure sequence number used so far (obs ids end in it)."""
+        row = self.db.execute("SELECT MAX(CAST(substr(json_extract(args, '$.obs_id'), -7) "
+                              "AS INTEGER)) FROM commands WHERE name='expose'").fetchone()
+        return int(row[0] or 0)
+
+    # Events and products ---------------------------------------------------------
+    def event(self, t: float, device: str, name: str, data: dict) -> None:
+        self.db.execute("INSERT INTO events (t, device, name, data) VALUES (?,?,?,?)",
+                        (t, device, name, json.dumps(data)))
+
+    def observation(self, row: tuple) -> None:
+        self.db.execute(f"INSERT OR IGNORE INTO observations VALUES "
+                        f"({','.join('?' * len(OBS_COLUMNS))})", row)
+
+    def visit(self, field_id: int, group: int, t_start: float) -> None:
+        self.db.execute("INSERT INTO visits VALUES (?,?,?)", (field_id, group, t_start))
+
+    def detections(self, obs_id: str, part: int, t: float, arrays: dict[str, np.ndarray]
+                   ) -> bool:
+        """Store one detections message; False if it was already stored (a resend)."""
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        cur = self.db.execute("INSERT OR IGNORE INTO detections VALUES (?,?,?,?)",
+                              (obs_id, part, t, buf.getvalue()))
+        return cur.rowcount == 1
+
+    def followup(self, cmd_id: str, target_id: str, device: str, status: str,
+                 result: dict | None) -> None:
+        r = result or {}
+        self.db.execute("INSERT OR REPLACE INTO followups VALUES (?,?,?,?,?,?,?,?)",
+                        (cmd_id, target_id, device, r.get("t_start"), r.get("t_end"),
+                         r.get("label"), r.get("snr"), status))
+
+    # Reading back ----------------------------------------------------------------
+    def observations(self) -> list[tuple]:
+        return [tuple(r) for r in self.db.execute(
+            "SELECT * FROM observations ORDER BY t_start, obs_id")]
+
+    def visits(self) -> list[tuple[int, int, float]]:
+        return [tuple(r) for r in self.db.execute("SELECT * FROM visits ORDER BY t_start")]
+
+    def iter_detections(self):
+        for obs_id, part, t, blob in self.db.execute(
+                "SELECT obs_id, part, t, arrays FROM detections ORDER BY t, obs_id, part"):
+            with np.load(io.BytesIO(blob)) as z:
+                yield obs_id, part, t, {k: z[k] for k in z.files}

@@ -1,0 +1,300 @@
+"""The device side of SBP1: base classes a hardware author subclasses, and the host that
+runs one or many devices over DEALER sockets.
+
+A device implements ``cmd_<name>(args, now)`` for each command it offers. A handler
+returns the ``DONE`` result (a dict) when the command finished at once, a
+:class:`Pending` when it finishes later (``poll(now)`` returns the result once done, or
+``None`` while it runs), or raises :class:`CommandError` (``FAILED`` with its code). The
+host does the rest of PROTOCOL.md: ``HELLO`` until ``WELCOME`` (with back-off), ``ACK`` at
+once, ``PROGRESS`` when the work outlasts the brain's deadline, heartbeats, idempotent
+replays of finished ``cmd_id``\\ s, ``abort`` cutting running commands short
+(``FAILED aborted``), and the fail-safe: with no word from the brain for ``failsafe_s``
+the device aborts, parks and closes on its own and reports ``fault`` when the link
+returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from drivers import protocol as P
+from drivers.clock import WorldClock
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+@dataclass
+class Pending:
+    """A command still running: ``poll(now)`` gives its result when done, else None;
+    ``eta`` is the expected world time of completion."""
+
+    eta: float
+    poll: Callable[[float], dict | None]
+
+
+def _num(v) -> bool:
+    return P._num(v)
+
+
+# name -> {arg: check}
+ARGS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "slew": {"ra_deg": lambda v: _num(v) and 0 <= v < 360,
+             "dec_deg": lambda v: _num(v) and -90 <= v <= 90},
+    "expose": {"seconds": lambda v: _num(v) and 0 < v <= 3600, "obs_id": P._str,
+               "field_id": P._int},
+    "spectrum": {"target_id": P._str, "ra_deg": lambda v: _num(v) and 0 <= v < 360,
+                 "dec_deg": lambda v: _num(v) and -90 <= v <= 90,
+                 "seconds": lambda v: _num(v) and 0 < v <= 7200},
+}
+
+
+class Device:
+    """One device. Subclasses set ``kind`` and ``capabilities`` and write handlers."""
+
+    kind = "telescope"
+    capabilities: tuple[str, ...] = ("status",)
+
+    def __init__(self, device_id: str, site: str, group: int | None = None,
+                 band: str | None = None):
+        if not P.DEVICE_ID.fullmatch(device_id):
+            raise ValueError(f"device id {device_id!r} does not match [a-z0-9._-]{{1,64}}")
+        self.id, self.site, self.group, self.band = device_id, site, group, band
+
+    # What subclasses provide ------------------------------------------------------
+    def state(self, now: float) -> dict:
+        """The device state map (``state`` plus device fields)."""
+        return {"state": "idle"}
+
+    def events(self, now: float) -> Iterable[tuple[str, dict]]:
+        """Events to publish now (a weather station's reports, detections)."""
+        return ()
+
+    def failsafe(self, now: float) -> None:
+        """Abort, park and close: called when the brain has been silent ``failsafe_s``."""
+        for name in ("abort", "park", "close"):
+            if name in self.capabilities:
+                try:
+                    getattr(self, f"cmd_{name}")({}, now)
+                except CommandError:
+                    pass
+
+    def cmd_status(self, args: dict, now: float) -> dict:
+        return self.state(now)
+
+    # Used by the host -------------------------------------------------------------
+    def hello(self, now: float) -> dict:
+        body = {"kind": self.kind, "site": self.site, "capabilities": list(self.capabilities),
+                "protocol": P.PROTOCOL_VERSION, "state": self.state(now)}
+        if self.kind == "telescope":
+            body["group"], body["band"] = int(self.group), self.band
+        return body
+
+    def execute(self, name: str, args: dict, now: float) -> dict | Pending:
+        if name not in self.capabilities:
+            raise CommandError("unknown_command", f"{self.id} has no command {name!r}")
+        for arg, check in ARGS.get(name, {}).items():
+            if arg not in args or not check(args[arg]):
+                raise CommandError("bad_args", f"{name}: missing or invalid {arg!r}")
+        return getattr(self, f"cmd_{name}")(args, now)
+
+
+@dataclass
+class _Link:
+    """One device's side of its link to the brain."""
+
+    device: Device
+    sock: zmq.Socket
+    welcomed: bool = False
+    session: str = ""
+    heartbeat_s: float = 1.0
+    failsafe_s: float = 60.0
+    last_rx: float = field(default_factory=time.monotonic)
+    last_tx: float = 0.0
+    next_hello: float = 0.0
+    hello_backoff: float = 0.5
+    failsafe_done: bool = False
+    fault_to_report: str | None = None
+    running: dict[str, Pending] = field(default_factory=dict)
+    finished: OrderedDict = field(default_factory=OrderedDict)  # cmd_id -> (type, body)
+
+
+class DeviceHost:
+    """Runs devices in one thread, one DEALER each, connected to the brain's ROUTER.
+
+    ``curve``: ``(server_public, client_public, client_secret)`` keys for CURVE."""
+
+    FINISHED_KEEP = 4096
+    HELLO_BACKOFF_MAX_S = 5.0
+
+    def __init__(self, devices: Iterable[Device], endpoint: str = "tcp://127.0.0.1:5550",
+                 clock: WorldClock | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
+                 context: zmq.Context | None = None, follow_brain_clock: bool = False):
+        self.clock = clock or WorldClock()
+        # Simulated devices: take world time from the brain's WELCOME (once, and again
+        # only if the two differ by more than a minute), so a rehearsal's two processes
+        # agree however long each took to start.
+        self.follow_brain_clock = follow_brain_clock
+        self._synced = False
+        self.ctx = context or zmq.Context.instance()
+        self.poller = zmq.Poller()
+        self.links: dict[str, _Link] = {}
+        self._by_sock: dict[zmq.Socket, _Link] = {}
+        self.protocol_errors: dict[str, int] = {}
+        for dev in devices:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.IDENTITY, dev.id.encode())
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 1000)
+            s.setsockopt(zmq.RCVHWM, 1000)
+            s.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a brain that is not there
+            s.setsockopt(zmq.RECONNECT_IVL, 100)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)  # exponential back-off to 5 s
+            if curve is not None:
+                s.curve_serverkey, s.curve_publickey, s.curve_secretkey = curve
+            s.connect(endpoint)
+            link = _Link(dev, s)
+            self.links[dev.id] = link
+            self._by_sock[s] = link
+            self.poller.register(s, zmq.POLLIN)
+
+    # Sending -----------------------------------------------------------------------
+    def _send(self, link: _Link, type_: str, body: dict | None = None) -> None:
+        try:
+            link.sock.send_multipart(P.encode(type_, body, self.clock.now()), zmq.NOBLOCK)
+            link.last_tx = time.monotonic()
+        except zmq.Again:
+            pass  # no brain connected: liveness and HELLO back-off take care of it
+
+    # The loop ----------------------------------------------------------------------
+    def step(self, timeout_ms: int = 50) -> None:
+        for sock, _ in self.poller.poll(timeout_ms):
+            link = self._by_sock[sock]
+            for _ in range(1000):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._receive(link, frames)
+        now_w, now_m = self.clock.now(), time.monotonic()
+        for link in self.links.values():
+            self._service(link, now_w, now_m)
+
+    def run(self, stop: Callable[[], bool] | None = None, timeout_ms: int = 20) -> None:
+        while not (stop and stop()):
+            self.step(timeout_ms)
+
+    def close(self) -> None:
+        for link in self.links.values():
+            if link.welcomed:
+                self._send(link, "BYE", {"reason": "driver stopping"})
+            link.sock.close(0)
+
+    def _receive(self, link: _Link, frames: list[bytes]) -> None:
+        try:
+            msg = P.decode(frames, P.FROM_BRAIN)
+        except P.ProtocolError as e:
+            self.protocol_errors[e.code] = self.protocol_errors.get(e.code, 0) + 1
+            self._send(link, "ERROR", {"code": e.code, "message": e.message, "ref": e.ref})
+            return
+        link.last_rx = time.monotonic()
+        now = self.clock.now()
+        if msg.type == "WELCOME":
+            if self.follow_brain_clock and (not self._synced or abs(msg.t - now) > 60.0):
+                self.clock.sync(msg.t)
+                self._synced, now = True, msg.t
+            link.welcomed, link.session = True, msg.body["session"]
+            link.heartbeat_s = max(0.05, float(msg.body["heartbeat_s"]))
+            link.failsafe_s = max(link.heartbeat_s, float(msg.body["failsafe_s"]))
+            link.failsafe_done, link.hello_backoff = False, 0.5
+            if link.fault_to_report:
+                self._send(link, "EVENT", {"name": "fault", "data": {
+                    "code": "failsafe", "message": link.fault_to_report}})
+                link.fault_to_report = None
+            return
+        if msg.type == "ERROR":
+            if msg.body["code"] == "not_welcomed":  # the brain restarted: say HELLO again
+                link.welcomed, link.next_hello = False, 0.0
+            return
+        if msg.type == "BYE":
+            link.welcomed, link.next_hello = False, time.monotonic() + 1.0
+            return
+        if not link.welcomed:
+            return
+        if msg.type == "COMMAND":
+            self._command(link, msg.body, now)
+
+    def _command(self, link: _Link, body: dict, now: float) -> None:
+        cmd_id = body["cmd_id"]
+        self._send(link, "ACK", {"cmd_id": cmd_id})
+        if cmd_id in link.finished:  # already done: same outcome, not acted on twice
+            type_, out = link.finished[cmd_id]
+            self._send(link, type_, out)
+            return
+        if cmd_id in link.running:
+            return
+        name = body["name"]
+        try:
+            out = link.device.execute(name, body["args"], now)
+        except CommandError as e:
+            self._finish(link, cmd_id, "FAILED", {"code": e.code, "message": e.message})
+            return
+        if name == "abort" or name in ("close", "park"):
+            for other in list(link.running):
+                self._finish(link, other, "FAILED", {"code": "aborted",
+                                                     "message": f"cut short by {name}"})
+        if isinstance(out, Pending):
+            link.running[cmd_id] = out
+            if out.eta > float(body["deadline"]):
+                self._send(link, "PROGRESS", {"cmd_id": cmd_id, "eta": float(out.eta)})
+        else:
+            self._finish(link, cmd_id, "DONE", {"result": out})
+
+    def _finish(self, link: _Link, cmd_id: str, type_: str, body: dict) -> None:
+        link.running.pop(cmd_id, None)
+        body = {"cmd_id": cmd_id, **body}
+        link.finished[cmd_id] = (type_, body)
+        while len(link.finished) > self.FINISHED_KEEP:
+            link.finished.popitem(last=False)
+        if link.welcomed:
+            self._send(link, type_, body)
+
+    def _service(self, link: _Link, now_w: float, now_m: float) -> None:
+        for cmd_id, pending in list(link.running.items()):
+            try:
+                result = pending.poll(now_w)
+            except CommandError as e:
+                self._finish(link, cmd_id, "FAILED", {"code": e.code, "message": e.message})
+                continue
+            if result is not None:
+                self._finish(link, cmd_id, "DONE", {"result": result})
+        if link.welcomed:
+            for name, data in link.device.events(now_w):
+                self._send(link, "EVENT", {"name": name, "data": data})
+        silent = now_m - link.last_rx
+        if not link.failsafe_done and silent > link.failsafe_s and (
+                link.welcomed or link.session):
+            link.running.clear()
+            link.device.failsafe(now_w)
+            link.failsafe_done = True
+            link.welcomed = False
+            link.fault_to_report = (f"no word from the brain for {silent:.0f} s: "
+                                    "aborted, parked and closed")
+        if link.welcomed and silent > 3 * link.heartbeat_s:
+            link.welcomed, link.next_hello = False, 0.0  # brain gone: HELLO with back-off
+        if not link.welcomed:
+            if now_m >= link.next_hello:
+                self._send(link, "HELLO", link.device.hello(now_w))
+                link.next_hello = now_m + link.hello_backoff
+                link.hello_backoff = min(link.hello_backoff * 2, self.HELLO_BACKOFF_MAX_S)
+        elif now_m - link.last_tx >= link.heartbeat_s:
+            self._send(link, "HEARTBEAT", {"state": link.device.state(now_w)})

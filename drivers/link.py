@@ -1,0 +1,460 @@
+"""The brain's side of SBP1: one ROUTER for every device link and a PUB event feed.
+
+:class:`BrainLink` knows nothing about scheduling. It welcomes configured devices,
+answers every malformed message with exactly one ``ERROR`` (and otherwise ignores it),
+tracks each command from ``COMMAND`` to ``DONE``/``FAILED`` (ACK within 1 s of wall time,
+deadline in world time, extended by ``PROGRESS``), sends heartbeats, declares a device
+dead after 3 silent heartbeat intervals, and hands the brain :class:`LinkEvent`\\ s. A
+late or duplicate ``DONE``/``FAILED`` is counted and dropped, never delivered twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import msgpack
+import zmq
+
+from drivers import protocol as P
+from drivers.clock import WorldClock
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """What the configuration says about a device id."""
+
+    kind: str
+    site: str
+    group: int | None = None
+    band: str | None = None
+
+
+# What the link reports to the brain --------------------------------------------------
+@dataclass(slots=True)
+class DeviceUp:
+    t: float
+    device: str
+    state: dict
+
+
+@dataclass(slots=True)
+class DeviceDown:
+    t: float
+    device: str
+    reason: str
+
+
+@dataclass(slots=True)
+class CommandDone:
+    t: float
+    device: str
+    cmd_id: str
+    result: dict
+
+
+@dataclass(slots=True)
+class CommandFailed:
+    """``code`` is the device's, or ``timeout`` (no ACK in time, deadline passed),
+    ``device_fault`` (device not connected) or ``unknown`` (link lost mid-command: the
+    outcome of a non-idempotent command is unknown and it is never resent blindly)."""
+
+    t: float
+    device: str
+    cmd_id: str
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class DeviceEvent:
+    t: float  # the device's world time stamp
+    device: str
+    name: str
+    data: dict
+
+
+LinkEvent = DeviceUp | DeviceDown | CommandDone | CommandFailed | DeviceEvent
+
+
+@dataclass
+class _Inflight:
+    name: str
+    idempotent: bool
+    sent_wall: float
+    deadline: float
+    acked: bool = False
+
+
+@dataclass
+class _Peer:
+    spec: DeviceSpec
+    welcomed: bool = False
+    last_rx: float = 0.0
+    last_tx: float = 0.0
+    state: dict = field(default_factory=dict)
+    inflight: dict[str, _Inflight] = field(default_factory=dict)
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for tcp://127.x, tcp://[::1], tcp://localhost, ipc:// and inproc://."""
+    u = urlparse(endpoint)
+    if u.scheme in ("ipc", "inproc"):
+        return True
+    host = (u.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SecurityError(ValueError):
+    pass
+
+
+class LinkMetrics:
+    """The link's counters; exported to Prometheus when a registry is given."""
+
+    def __init__(self, registry=None, devices: list[str] = ()):
+        self.counts: dict[tuple, int] = {}
+        self.prom = None
+        if registry is not None:
+            from prometheus_client import Counter, Gauge, Histogram
+
+            self.prom = {
+                "errors": Counter("sitian_protocol_errors_total",
+                                  "Malformed or refused protocol messages", ["code"],
+                                  registry=registry),
+                "up": Gauge("sitian_device_up", "1 when the device is welcomed and alive",
+                            ["device"], registry=registry),
+                "hb_age": Gauge("sitian_device_heartbeat_age_seconds",
+                                "Wall seconds since the device was last heard",
+                                ["device"], registry=registry),
+                "commands": Counter("sitian_commands_total", "Commands by name and result",
+                                    ["name", "result"], registry=registry),
+                "latency": Histogram("sitian_command_latency_seconds",
+                                     "Wall seconds from COMMAND to DONE/FAILED", ["name"],
+                                     registry=registry,
+                                     buckets=(.001, .005, .01, .05, .1, .5, 1, 5, 30, 120, 600)),
+                "late": Counter("sitian_protocol_late_replies_total",
+                                "Duplicate or late DONE/FAILED, ignored", registry=registry),
+            }
+            for d in devices:
+                self.prom["up"].labels(d).set(0)
+
+    def inc(self, key: str, *labels: str) -> None:
+        k = (key, *labels)
+        self.counts[k] = self.counts.get(k, 0) + 1
+        if self.prom is not None and key in self.prom:
+            m = self.prom[key]
+            (m.labels(*labels) if labels else m).inc()
+
+    def error(self, code: str) -> None:
+        self.inc("errors", code if code in P.ERROR_CODES else "other")
+
+    def up(self, device: str, value: int) -> None:
+        if self.prom is not None:
+            self.prom["up"].labels(device).set(value)
+
+    def latency(self, name: str, seconds: float) -> None:
+        if self.prom is not None:
+            self.prom["latency"].labels(name).observe(seconds)
+
+
+class BrainLink:
+    ACK_TIMEOUT_S = 1.0
+
+    def __init__(self, devices: dict[str, DeviceSpec] | Callable[[str], DeviceSpec | None],
+                 router: str = "tcp://127.0.0.1:5550", pub: str | None = "tcp://127.0.0.1:5551",
+                 clock: WorldClock | None = None, heartbeat_s: float = 1.0,
+                 failsafe_s: float = 60.0, security: str = "none",
+                 keys_dir: str | os.PathLike | None = None, registry=None,
+                 context: zmq.Context | None = None, hwm: int = 10_000):
+        self._lookup = devices.get if isinstance(devices, dict) else devices
+        self.clock = clock or WorldClock()
+        self.heartbeat_s, self.failsafe_s = float(heartbeat_s), float(failsafe_s)
+        self.session = os.urandom(8).hex()
+        self.ctx = context or zmq.Context.instance()
+        self.metrics = LinkMetrics(registry, list(devices) if isinstance(devices, dict) else [])
+        self.peers: dict[str, _Peer] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()  # finished cmd_ids (dedup)
+        self._auth = None
+        if security not in ("none", "curve"):
+            raise SecurityError(f"security must be 'curve' or 'none', not {security!r}")
+        for ep in (router, pub):
+            if ep and security == "none" and not is_loopback(ep):
+                raise SecurityError(f"refusing security 'none' on non-loopback {ep}: "
+                                    "use curve (brain keys DIR)")
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted device takes its id back
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.SNDHWM, hwm)
+        self.router.setsockopt(zmq.RCVHWM, hwm)
+        self.pub = None
+        if security == "curve":
+            self._setup_curve(keys_dir)
+        self.router.bind(router)
+        self.router_endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        if pub:
+            self.pub = self.ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            self.pub.setsockopt(zmq.SNDHWM, hwm)
+            if security == "curve":
+                self.pub.curve_server = True
+                self.pub.curve_secretkey = self.router.curve_secretkey
+                self.pub.curve_publickey = self.router.curve_publickey
+            self.pub.bind(pub)
+            self.pub_endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def _setup_curve(self, keys_dir) -> None:
+        from pathlib import Path
+
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        if keys_dir is None:
+            raise SecurityError("curve security needs a keys directory (brain keys DIR)")
+        keys = Path(keys_dir)
+        secret = keys / "brain.key_secret"
+        authorised = keys / "authorized"
+        if not secret.is_file() or not authorised.is_dir():
+            raise SecurityError(f"{keys} lacks brain.key_secret or authorized/ "
+                                "(create them with: brain keys DIR)")
+        pub_key, sec_key = zmq.auth.load_certificate(secret)
+        self._auth = ThreadAuthenticator(self.ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(authorised))
+        self.router.curve_server = True
+        self.router.curve_publickey, self.router.curve_secretkey = pub_key, sec_key
+
+    # Sending -----------------------------------------------------------------------
+    def _send(self, device: str, type_: str, body: dict | None = None) -> bool:
+        try:
+            self.router.send_multipart([device.encode(), *P.encode(type_, body,
+                                                                   self.clock.now())],
+                                       zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):  # gone (ROUTER_MANDATORY) or backed up
+            return False
+        peer = self.peers.get(device)
+        if peer is not None:
+            peer.last_tx = time.monotonic()
+        return True
+
+    def publish(self, topic: str, type_: str, body: dict) -> None:
+        if self.pub is None:
+            return
+        try:
+            self.pub.send_multipart([topic.encode(), P.encode(type_, body,
+                                                              self.clock.now())[1]], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def send_command(self, device: str, cmd_id: str, name: str, args: dict[str, Any],
+                     deadline: float, idempotent: bool) -> CommandFailed | None:
+        """Put a command on the wire; a device that is not up fails it at once."""
+        peer = self.peers.get(device)
+        now = self.clock.now()
+        if peer is None or not peer.welcomed:
+            self.metrics.inc("commands", name, "device_fault")
+            return CommandFailed(now, device, cmd_id, "device_fault", f"{device} is not up")
+        body = {"cmd_id": cmd_id, "name": name, "args": args, "deadline": float(deadline),
+                "idempotent": bool(idempotent)}
+        if not self._send(device, "COMMAND", body):
+            self.metrics.inc("commands", name, "device_fault")
+            return CommandFailed(now, device, cmd_id, "device_fault", f"{device} unreachable")
+        peer.inflight[cmd_id] = _Inflight(name, idempotent, time.monotonic(), float(deadline))
+        return None
+
+    def up_devices(self) -> list[str]:
+        return [d for d, p in self.peers.items() if p.welcomed]
+
+    # Receiving ---------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 10, max_messages: int = 5000) -> list[LinkEvent]:
+        out: list[LinkEvent] = []
+        if self.router.poll(timeout_ms, zmq.POLLIN):
+            for _ in range(max_messages):
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._receive(frames, out)
+        out += self.maintain()
+        return out
+
+    def _error(self, identity: bytes, code: str, message: str, ref: str | None) -> None:
+        self.metrics.error(code)
+        try:
+            dev = identity.decode("ascii")
+        except UnicodeDecodeError:
+            dev = None
+        if dev is not None:
+            self._send(dev, "ERROR", {"code": code, "message": message, "ref": ref})
+        else:  # an identity we cannot spell back is still answered, byte for byte
+            try:
+                self.router.send_multipart([identity, *P.encode(
+                    "ERROR", {"code": code, "message": message, "ref": ref})], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _receive(self, frames: list[bytes], out: list[LinkEvent]) -> None:
+        identity, frames = frames[0], frames[1:]
+        try:
+            msg = P.decode(frames, P.FROM_DEVICE)
+        except P.ProtocolError as e:
+            self._error(identity, e.code, e.message, e.ref)
+            return
+        try:
+            device = identity.decode("ascii")
+        except UnicodeDecodeError:
+            device = ""
+        spec = self._lookup(device) if P.DEVICE_ID.fullmatch(device) else None
+        if msg.type == "HELLO":
+            if spec is None:
+                self._error(identity, "unknown_device",
+                            f"{device[:64]!r} is not in the configuration", msg.id)
+                return
+            problem = self._hello_mismatch(spec, msg.body)
+            if problem:
+                self._error(identity, "bad_message", problem, msg.id)
+                return
+            self._welcome(device, spec, msg, out)
+            return
+        peer = self.peers.get(device)
+        if peer is None or not peer.welcomed:
+            self._error(identity, "not_welcomed", "say HELLO first", msg.id)
+            return
+        peer.last_rx = time.monotonic()
+        now = self.clock.now()
+        body = msg.body
+        if msg.type == "HEARTBEAT":
+            if "state" in body:
+                peer.state = body["state"]
+        elif msg.type == "ACK":
+            inf = peer.inflight.get(body["cmd_id"])
+            if inf is not None:
+                inf.acked = True
+        elif msg.type == "PROGRESS":
+            inf = peer.inflight.get(body["cmd_id"])
+            if inf is not None:
+                inf.acked = True
+                inf.deadline = max(inf.deadline, float(body["eta"]))
+        elif msg.type in ("DONE", "FAILED"):
+            inf = peer.inflight.pop(body["cmd_id"], None)
+            if inf is None:
+                self.metrics.inc("late")
+                return
+            self._mark_done(body["cmd_id"])
+            self.metrics.latency(inf.name, time.monotonic() - inf.sent_wall)
+            if msg.type == "DONE":
+                self.metrics.inc("commands", inf.name, "done")
+                out.append(CommandDone(now, device, body["cmd_id"], body["result"]))
+            else:
+                self.metrics.inc("commands", inf.name, body["code"] if body["code"]
+                                 in P.ERROR_CODES else "other")
+                out.append(CommandFailed(now, device, body["cmd_id"], body["code"],
+                                         body["message"]))
+        elif msg.type == "EVENT":
+            if body["name"] == "state":
+                peer.state = body["data"]
+            out.append(DeviceEvent(msg.t, device, body["name"], body["data"]))
+            self.publish(device, "EVENT", body)
+        elif msg.type == "BYE":
+            self._down(device, f"said BYE: {body['reason'][:200]}", out)
+        # ERROR from a device: counted, nothing to act on
+        elif msg.type == "ERROR":
+            self.metrics.inc("device_errors")
+
+    def _hello_mismatch(self, spec: DeviceSpec, body: dict) -> str:
+        if body["kind"] != spec.kind:
+            return f"HELLO kind {body['kind']!r}, the configuration says {spec.kind!r}"
+        if body["site"] != spec.site:
+            return f"HELLO site {body['site']!r}, the configuration says {spec.site!r}"
+        if spec.kind == "telescope" and (body.get("group") != spec.group
+                                         or body.get("band") != spec.band):
+            return "HELLO group/band disagree with the configuration"
+        return ""
+
+    def _welcome(self, device: str, spec: DeviceSpec, msg: P.Message,
+                 out: list[LinkEvent]) -> None:
+        peer = self.peers.get(device)
+        if peer is not None and peer.welcomed:  # it restarted: what it was doing is lost
+            self._down(device, "said HELLO again (restarted)", out)
+        peer = self.peers[device] = self.peers.get(device) or _Peer(spec)
+        peer.welcomed, peer.last_rx = True, time.monotonic()
+        peer.state = msg.body["state"]
+        self._send(device, "WELCOME", {"session": self.session, "heartbeat_s": self.heartbeat_s,
+                                       "failsafe_s": self.failsafe_s})
+        self.metrics.up(device, 1)
+        now = self.clock.now()
+        out.append(DeviceUp(now, device, peer.state))
+        self.publish(device, "EVENT", {"name": "state", "data": {**peer.state, "up": True}})
+
+    def _mark_done(self, cmd_id: str) -> None:
+        self._done[cmd_id] = None
+        while len(self._done) > 100_000:
+            self._done.popitem(last=False)
+
+    def _down(self, device: str, reason: str, out: list[LinkEvent]) -> None:
+        peer = self.peers[device]
+        peer.welcomed = False
+        now = self.clock.now()
+        for cmd_id, inf in peer.inflight.items():
+            self._mark_done(cmd_id)
+            self.metrics.inc("commands", inf.name, "unknown")
+            out.append(CommandFailed(now, device, cmd_id, "unknown",
+                                     f"link lost before {inf.name} finished ({reason})"))
+        peer.inflight.clear()
+        self.metrics.up(device, 0)
+        out.append(DeviceDown(now, device, reason))
+        self.publish(device, "EVENT", {"name": "state", "data": {"state": "dead",
+                                                                 "reason": reason}})
+
+    # Time --------------------------------------------------------------------------
+    def maintain(self) -> list[LinkEvent]:
+        """Heartbeats out, dead peers, ACK and deadline timeouts."""
+        out: list[LinkEvent] = []
+        now_m, now_w = time.monotonic(), self.clock.now()
+        for device, peer in self.peers.items():
+            if not peer.welcomed:
+                continue
+            if self.metrics.prom is not None:
+                self.metrics.prom["hb_age"].labels(device).set(now_m - peer.last_rx)
+            if now_m - peer.last_rx > 3 * self.heartbeat_s:
+                self._down(device, f"silent for {now_m - peer.last_rx:.1f} s", out)
+                continue
+            for cmd_id, inf in list(peer.inflight.items()):
+                late_ack = not inf.acked and now_m - inf.sent_wall > self.ACK_TIMEOUT_S
+                if late_ack or now_w > inf.deadline:
+                    del peer.inflight[cmd_id]
+                    self._mark_done(cmd_id)
+                    why = "no ACK within 1 s" if late_ack else "deadline passed"
+                    self.metrics.inc("commands", inf.name, "timeout")
+                    out.append(CommandFailed(now_w, device, cmd_id, "timeout",
+                                             f"{inf.name}: {why}"))
+            if now_m - peer.last_tx >= self.heartbeat_s:
+                self._send(device, "HEARTBEAT", {})
+        return out
+
+    def close(self) -> None:
+        for device, peer in self.peers.items():
+            if peer.welcomed:
+                self._send(device, "BYE", {"reason": "brain stopping"})
+        self.router.close(0)
+        if self.pub is not None:
+            self.pub.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+
+
+def unpack_feed(frames: list[bytes]) -> tuple[str, dict]:
+    """Decode one message of the PUB feed: (topic, envelope)."""
+    return frames[0].decode(), msgpack.unpackb(frames[1], raw=False)

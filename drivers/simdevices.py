@@ -1,0 +1,216 @@
+"""Simulator-backed devices: the MiniSiTian world served over SBP1 (``brain sim-drivers``).
+
+The same :class:`simulator.world.World`, spectrographs, weather and photometry as the fast
+shell, behind the device base classes, on a world clock (``--start``/``--speed``).
+Telescopes publish a ``detections`` event for every finished exposure (the photometry
+pipeline of the simulator). As a documented simulator-only extension each source carries
+``truth`` (the simulated source's index, -1 for bogus) so a wire-mode run can report the
+same truth-based statistics as the fast shell; the brain never decides on it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from drivers.device import CommandError, Device, Pending
+from simulator.ephemeris import NightCache, night_date
+from simulator.world import Reply, World
+
+SOURCES_PER_EVENT = 6000  # keeps a detections message well under the 1 MiB limit
+WEATHER_EVERY_S = 60.0  # world seconds between a station's reports
+
+
+class SimArray:
+    """The world behind every simulated device, advanced night by night."""
+
+    def __init__(self, config, env, cache: NightCache):
+        from simulator.photometry import Photometry
+
+        self.config, self.env, self.cache = config, env, cache
+        self.world = World(config)
+        self.photometry = None
+        if env.population is not None:
+            self.photometry = Photometry(env.population, cache.grid, env.seed,
+                                         config.sky.bogus_per_exposure)
+            if config.spectrographs:
+                from simulator.spectroscopy import Spectrographs
+
+                self.world.attach_spectrographs(Spectrographs(config, env.population,
+                                                              env.seed))
+        self._date: str | None = None
+
+    def ensure_night(self, now: float) -> None:
+        date = night_date(self.config, now)
+        if date == self._date:
+            return
+        self._date = date
+        _night, sky = self.cache.get(date)
+        k = self.env_night_index(date)
+        weather = {s.id: self.env.weather[(k, s.id)] for s in self.config.sites}
+        self.world.begin_night(sky, weather)
+
+    def env_night_index(self, date: str) -> int:
+        from datetime import date as Date
+
+        k = (Date.fromisoformat(date) - Date.fromisoformat(self.env.start)).days
+        return int(np.clip(k, 0, self.env.nights - 1))
+
+    def weather_at(self, site: str, now: float) -> dict:
+        k = self.env_night_index(night_date(self.config, now))
+        return self.env.weather[(k, site)].at(now)
+
+    def devices(self) -> list[Device]:
+        out: list[Device] = []
+        for g in self.config.groups:
+            for band in self.config.camera.bands:
+                out.append(SimTelescope(self, g.telescope(band), g.site, g.number, band))
+        for s in self.config.sites:
+            out.append(SimWeather(self, f"{s.id}.wx", s.id))
+        for sp in self.config.spectrographs:
+            out.append(SimSpectrograph(self, f"{sp.site}.spec", sp.site))
+        return out
+
+    def detections(self, row: tuple, band_index: int) -> list[dict]:
+        """The detections events of one finished exposure (split to stay small)."""
+        from simulator.photometry import ExposureBatch
+
+        obs_id, field_id, t0, t1, m5 = row[0], int(row[5]), row[8], row[9], row[14]
+        t_mid = 0.5 * (t0 + t1)
+        sources: list[dict] = []
+        if self.photometry is not None:
+            det = self.photometry.detect(
+                ExposureBatch(np.array([field_id]), np.array([band_index]), np.array([t_mid]),
+                              np.array([m5]), np.arange(1)),
+                zlib.crc32(obs_id.encode()))
+            sources = [{"ra_deg": float(a), "dec_deg": float(d), "mag": float(m),
+                        "mag_err": float(e), "truth": int(tr)}
+                       for a, d, m, e, tr in zip(det.ra_deg, det.dec_deg, det.mag,
+                                                 det.mag_err, det.truth, strict=True)]
+        base = {"obs_id": obs_id, "field_id": field_id, "band": row[4], "t_mid": t_mid,
+                "limiting_mag": float(m5)}
+        chunks = [sources[i:i + SOURCES_PER_EVENT]
+                  for i in range(0, max(len(sources), 1), SOURCES_PER_EVENT)]
+        return [{**base, "sources": c, "part": k, "parts": len(chunks)}
+                for k, c in enumerate(chunks)]
+
+
+class _SimDevice(Device):
+    def __init__(self, array: SimArray, device_id: str, site: str, group=None, band=None):
+        super().__init__(device_id, site, group, band)
+        self.array = array
+        self.outbox: list[tuple[str, dict]] = []
+
+    def events(self, now: float) -> Iterable[tuple[str, dict]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def _run(self, name: str, args: dict, now: float, on_done=None):
+        self.array.ensure_night(now)
+        world = self.array.world
+        r: Reply = world.execute(self.id, name, args, "", now)
+        if not r.ok:
+            raise CommandError(r.code or "device_fault", r.message or name)
+
+        def finish() -> dict:
+            row = r.result.get("_row")
+            world.complete(r)
+            if on_done is not None:
+                on_done(row)
+            return {k: v for k, v in r.result.items() if not k.startswith("_")}
+
+        if r.t <= now:
+            return finish()
+
+        def poll(t: float):
+            if not world.is_current(r):
+                raise CommandError("aborted", f"{name} cut short")
+            return finish() if t >= r.t else None
+
+        return Pending(r.t, poll)
+
+
+class SimTelescope(_SimDevice):
+    kind = "telescope"
+    capabilities = ("slew", "expose", "abort", "park", "open", "close", "status")
+
+    def state(self, now: float) -> dict:
+        tel = self.array.world.telescopes[self.id]
+        state = ("closed" if not tel.is_open else "parked" if tel.ra_deg is None
+                 else "busy" if now < tel.busy_until else "idle")
+        return {"state": state, "ra_deg": tel.ra_deg, "dec_deg": tel.dec_deg}
+
+    def cmd_open(self, args, now):
+        return self._run("open", args, now)
+
+    def cmd_close(self, args, now):
+        return self._run("close", args, now)
+
+    def cmd_park(self, args, now):
+        return self._run("park", args, now)
+
+    def cmd_abort(self, args, now):
+        return self._run("abort", args, now)
+
+    def cmd_slew(self, args, now):
+        return self._run("slew", args, now)
+
+    def cmd_expose(self, args, now):
+        def detect(row) -> None:
+            self.array.world.take_finished()  # the fast shell's queue: unused here
+            if row is None:
+                return
+            bands = self.array.config.camera.bands
+            for ev in self.array.detections(row, bands.index(row[4])):
+                self.outbox.append(("detections", ev))
+
+        return self._run("expose", args, now, on_done=detect)
+
+
+class SimSpectrograph(_SimDevice):
+    kind = "spectrograph"
+    capabilities = ("spectrum", "abort", "open", "close", "status")
+
+    def state(self, now: float) -> dict:
+        tel = self.array.world.spec.units[self.id]
+        state = ("closed" if not tel.is_open else "busy" if now < tel.busy_until else "idle")
+        return {"state": state, "ra_deg": tel.ra_deg, "dec_deg": tel.dec_deg}
+
+    def cmd_open(self, args, now):
+        return self._run("open", args, now)
+
+    def cmd_close(self, args, now):
+        return self._run("close", args, now)
+
+    def cmd_abort(self, args, now):
+        return self._run("abort", args, now)
+
+    def cmd_spectrum(self, args, now):
+        return self._run("spectrum", args, now)
+
+    def failsafe(self, now: float) -> None:
+        for name in ("abort", "close"):
+            try:
+                self._run(name, {}, now)
+            except CommandError:
+                pass
+
+
+class SimWeather(_SimDevice):
+    kind = "weather"
+    capabilities = ("status",)
+
+    def __init__(self, array, device_id, site):
+        super().__init__(array, device_id, site)
+        self._next = -np.inf
+
+    def state(self, now: float) -> dict:
+        return {"state": "idle", **self.array.weather_at(self.site, now)}
+
+    def events(self, now: float):
+        if now >= self._next:
+            self._next = now + WEATHER_EVERY_S
+            return [("weather", self.array.weather_at(self.site, now))]
+        return ()
