@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     drv.add_argument("--weather", choices=WEATHER_MODES, default="climate")
     drv.add_argument("--until", help="stop at this world time (ISO, UTC)")
     drv.add_argument("--only", help="comma-separated device ids to serve (default: all)")
+    drv.add_argument("--log", help="append one JSON line per command executed (rehearsal "
+                                   "audits: nothing executed twice)")
 
     keys = sub.add_parser("keys", help="create CURVE key pairs for the brain and devices")
     keys.add_argument("dir", help="key directory (created)")
@@ -489,7 +491,9 @@ def cmd_sim_drivers(args) -> int:
             raise UsageError(f"unknown device {sorted(unknown)[0]!r}")
         devices = [d for d in devices if d.id in want]
     curve = _device_curve(args.keys) if security == "curve" else None
-    host = DeviceHost(devices, args.router, clock, curve=curve, follow_brain_clock=True)
+    log_file = _output_file(args.log).open("a") if args.log else None
+    host = DeviceHost(devices, args.router, clock, curve=curve, follow_brain_clock=True,
+                      command_log=log_file)
     print(f"serving {len(devices)} simulated devices to {args.router}, world clock "
           f"x{args.speed:g} from {_time.strftime('%Y-%m-%dT%H:%M:%SZ', _time.gmtime(clock.now()))}",
           flush=True)

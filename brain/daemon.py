@@ -48,6 +48,7 @@ from drivers.link import (
     DeviceEvent,
     DeviceSpec,
     DeviceUp,
+    LateReply,
 )
 from simulator.photometry import unix_to_mjd
 
@@ -184,11 +185,19 @@ class Daemon:
             self._failed(ev.t, ev.device, ev.cmd_id, ev.code, ev.message)
         elif isinstance(ev, DeviceEvent):
             self._on_event(ev)
+        elif isinstance(ev, LateReply):
+            row = j.reconcile(ev.cmd_id, ev.ok, ev.t, ev.body)
+            if row is not None and ev.ok and row["name"] == "expose":
+                import json
+
+                cmd = Command(row["device"], "expose", json.loads(row["args"]), ev.cmd_id)
+                self._journal_observation(cmd, ev.body["result"])
 
     def _failed(self, t, device, cmd_id, code, message) -> None:
         cmd = self._cmds.pop(cmd_id, None)
         status = ("unknown" if code == "unknown" or (code == "timeout" and cmd is not None
-                                                      and not cmd.idempotent) else "failed")
+                                                      and not cmd.idempotent) else
+                  "timeout" if code == "timeout" else "failed")
         self.journal.finish(cmd_id, status, t, code=code, message=message)
         self._send(self.core.handle(Failed(t, device, cmd_id, code, message)), t)
 

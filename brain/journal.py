@@ -106,6 +106,20 @@ class Journal:
                         (status, t, json.dumps(result) if result is not None else None, code,
                          message, cmd_id))
 
+    def reconcile(self, cmd_id: str, ok: bool, t: float, body: dict) -> dict | None:
+        """A reply for a command whose outcome was unknown (in flight across a restart or
+        a lost link): record it. Returns the command's row when it changed, else None."""
+        row = self.command_row(cmd_id)
+        if row is None or row["status"] not in ("unknown", "lost", "timeout"):
+            return None
+        self.db.execute("UPDATE commands SET status=?, t_end=?, result=?, code=?, message=? "
+                        "WHERE cmd_id=?",
+                        ("done" if ok else "failed", t,
+                         json.dumps(body.get("result")) if ok else None,
+                         None if ok else body.get("code"),
+                         "outcome recovered after the link returned", cmd_id))
+        return row
+
     def command_row(self, cmd_id: str) -> dict | None:
         cur = self.db.execute("SELECT * FROM commands WHERE cmd_id=?", (cmd_id,))
         row = cur.fetchone()

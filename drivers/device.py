@@ -125,7 +125,9 @@ class _Link:
     failsafe_done: bool = False
     fault_to_report: str | None = None
     running: dict[str, Pending] = field(default_factory=dict)
-    finished: OrderedDict = field(default_factory=OrderedDict)  # cmd_id -> (type, body)
+    finished: OrderedDict = field(default_factory=OrderedDict)  # cmd_id -> (type, body, t)
+    backlog: list = field(default_factory=list)  # (type, body) that could not be sent
+    session_rx: float = 0.0  # when the current brain session was last heard
 
 
 class DeviceHost:
@@ -138,13 +140,15 @@ class DeviceHost:
 
     def __init__(self, devices: Iterable[Device], endpoint: str = "tcp://127.0.0.1:5550",
                  clock: WorldClock | None = None, curve: tuple[bytes, bytes, bytes] | None = None,
-                 context: zmq.Context | None = None, follow_brain_clock: bool = False):
+                 context: zmq.Context | None = None, follow_brain_clock: bool = False,
+                 command_log=None):
         self.clock = clock or WorldClock()
         # Simulated devices: take world time from the brain's WELCOME (once, and again
         # only if the two differ by more than a minute), so a rehearsal's two processes
         # agree however long each took to start.
         self.follow_brain_clock = follow_brain_clock
         self._synced = False
+        self.command_log = command_log  # a text file: one JSON line per command executed
         self.ctx = context or zmq.Context.instance()
         self.poller = zmq.Poller()
         self.links: dict[str, _Link] = {}
@@ -167,13 +171,21 @@ class DeviceHost:
             self._by_sock[s] = link
             self.poller.register(s, zmq.POLLIN)
 
+    BACKLOG_KEEP = 10_000
+    KEEP_TYPES = ("DONE", "FAILED", "EVENT")
+
     # Sending -----------------------------------------------------------------------
-    def _send(self, link: _Link, type_: str, body: dict | None = None) -> None:
+    def _send(self, link: _Link, type_: str, body: dict | None = None) -> bool:
         try:
             link.sock.send_multipart(P.encode(type_, body, self.clock.now()), zmq.NOBLOCK)
             link.last_tx = time.monotonic()
+            return True
         except zmq.Again:
-            pass  # no brain connected: liveness and HELLO back-off take care of it
+            # No brain connected. Outcomes and events wait for the next WELCOME; the rest
+            # is left to liveness and the HELLO back-off.
+            if type_ in self.KEEP_TYPES and len(link.backlog) < self.BACKLOG_KEEP:
+                link.backlog.append((type_, body))
+            return False
 
     # The loop ----------------------------------------------------------------------
     def step(self, timeout_ms: int = 50) -> None:
@@ -212,6 +224,14 @@ class DeviceHost:
             if self.follow_brain_clock and (not self._synced or abs(msg.t - now) > 60.0):
                 self.clock.sync(msg.t)
                 self._synced, now = True, msg.t
+            new_session = msg.body["session"] != link.session
+            replay = []
+            if new_session and link.session:
+                # A new brain: outcomes finished since the old one was last surely
+                # listening may never have reached it; the journal reconciles them.
+                since = link.session_rx - 3 * link.heartbeat_s
+                replay = [(ty, b) for ty, b, t_done in link.finished.values()
+                          if t_done >= since]
             link.welcomed, link.session = True, msg.body["session"]
             link.heartbeat_s = max(0.05, float(msg.body["heartbeat_s"]))
             link.failsafe_s = max(link.heartbeat_s, float(msg.body["failsafe_s"]))
@@ -220,6 +240,11 @@ class DeviceHost:
                 self._send(link, "EVENT", {"name": "fault", "data": {
                     "code": "failsafe", "message": link.fault_to_report}})
                 link.fault_to_report = None
+            backlog, link.backlog = link.backlog, []
+            sent = {id(b) for _t, b in backlog}
+            for type_, body in [*backlog, *((t, b) for t, b in replay if id(b) not in sent)]:
+                self._send(link, type_, body)
+            link.session_rx = time.monotonic()
             return
         if msg.type == "ERROR":
             if msg.body["code"] == "not_welcomed":  # the brain restarted: say HELLO again
@@ -230,6 +255,7 @@ class DeviceHost:
             return
         if not link.welcomed:
             return
+        link.session_rx = link.last_rx
         if msg.type == "COMMAND":
             self._command(link, msg.body, now)
 
@@ -237,12 +263,18 @@ class DeviceHost:
         cmd_id = body["cmd_id"]
         self._send(link, "ACK", {"cmd_id": cmd_id})
         if cmd_id in link.finished:  # already done: same outcome, not acted on twice
-            type_, out = link.finished[cmd_id]
+            type_, out, _t = link.finished[cmd_id]
             self._send(link, type_, out)
             return
         if cmd_id in link.running:
             return
         name = body["name"]
+        if self.command_log is not None:
+            import json
+
+            self.command_log.write(json.dumps({"device": link.device.id, "cmd_id": cmd_id,
+                                               "name": name, "args": body["args"]}) + "\n")
+            self.command_log.flush()
         try:
             out = link.device.execute(name, body["args"], now)
         except CommandError as e:
@@ -262,11 +294,13 @@ class DeviceHost:
     def _finish(self, link: _Link, cmd_id: str, type_: str, body: dict) -> None:
         link.running.pop(cmd_id, None)
         body = {"cmd_id": cmd_id, **body}
-        link.finished[cmd_id] = (type_, body)
+        link.finished[cmd_id] = (type_, body, time.monotonic())
         while len(link.finished) > self.FINISHED_KEEP:
             link.finished.popitem(last=False)
         if link.welcomed:
             self._send(link, type_, body)
+        elif len(link.backlog) < self.BACKLOG_KEEP:
+            link.backlog.append((type_, body))
 
     def _service(self, link: _Link, now_w: float, now_m: float) -> None:
         for cmd_id, pending in list(link.running.items()):

@@ -80,7 +80,20 @@ class DeviceEvent:
     data: dict
 
 
-LinkEvent = DeviceUp | DeviceDown | CommandDone | CommandFailed | DeviceEvent
+@dataclass(slots=True)
+class LateReply:
+    """A DONE/FAILED for a command this link no longer tracks (finished, timed out, or
+    sent by an earlier brain process). Never acted on as a live reply; the daemon checks
+    it against the journal (an exposure that ended while the brain was down)."""
+
+    t: float
+    device: str
+    cmd_id: str
+    ok: bool
+    body: dict
+
+
+LinkEvent = DeviceUp | DeviceDown | CommandDone | CommandFailed | DeviceEvent | LateReply
 
 
 @dataclass
@@ -351,6 +364,7 @@ class BrainLink:
             inf = peer.inflight.pop(body["cmd_id"], None)
             if inf is None:
                 self.metrics.inc("late")
+                out.append(LateReply(now, device, body["cmd_id"], msg.type == "DONE", body))
                 return
             self._mark_done(body["cmd_id"])
             self.metrics.latency(inf.name, time.monotonic() - inf.sent_wall)

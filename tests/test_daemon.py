@@ -1,0 +1,159 @@
+"""The daemon shell against ``brain sim-drivers`` over real sockets, on a simulated clock:
+a rehearsal that is killed with SIGKILL mid-night and restarted from its journal; no
+observation may be lost and no command executed twice. Also the safety gate and the
+command line's one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, brain_cmd, run_brain
+
+START = "2026-12-15T11:00:00"  # Xinglong is dark from about 10:50 UTC
+SPEED = "60"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory) -> Path:
+    """Xinglong alone, two groups, a sparse sky: quick to start, same code paths."""
+    d = yaml.safe_load((REPO / "brain/configs/sitian-54.yaml").read_text())
+    d["name"] = "rehearsal-xl"
+    d["sites"] = [dict(d["sites"][0], groups=2)]
+    d["spectrographs"] = [d["spectrographs"][0]]
+    d.setdefault("sky", {})["density_scale"] = 0.05
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def query(db: Path, sql: str):
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def wait_for(pred, timeout_s: float, what: str, procs=()):
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"{what}: a process exited early ({p.args[3:5]}, rc {p.returncode})")
+        try:
+            if pred():
+                return
+        except sqlite3.OperationalError:
+            pass  # the journal is not created yet
+        time.sleep(0.3)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_killed_daemon_restarts_from_its_journal_without_loss_or_repeats(small_config,
+                                                                          tmp_path):
+    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    journal, log = tmp_path / "journal.sqlite", tmp_path / "drivers.jsonl"
+    link = ["--config", str(small_config), "--start", START, "--speed", SPEED,
+            "--router", router, "--pub", pub]
+    daemon_cmd = brain_cmd("run", *link, "--journal", str(journal), "--metrics-port", "0",
+                           "--policy", "greedy", "--failsafe-s", "120")
+    out = (tmp_path / "daemon.log").open("w")
+    drivers = subprocess.Popen(brain_cmd("sim-drivers", *link, "--weather", "clear",
+                                         "--log", str(log)),
+                               cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(daemon_cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        n_obs = lambda: query(journal, "SELECT COUNT(*) FROM observations")[0][0]  # noqa: E731
+        wait_for(lambda: n_obs() >= 30, 120, "30 observations", [drivers, daemon])
+        daemon.send_signal(signal.SIGKILL)  # mid-night, exposures in flight
+        daemon.wait(10)
+        first = n_obs()
+        in_flight = query(journal, "SELECT COUNT(*) FROM commands WHERE status='sent'")[0][0]
+        assert in_flight > 0  # killed while commands were on the wire
+        daemon = subprocess.Popen(daemon_cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: n_obs() >= first + 30, 120, "30 more observations after restart",
+                 [drivers, daemon])
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0
+    finally:
+        for p in (daemon, drivers):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        out.close()
+    executed = [json.loads(line) for line in log.read_text().splitlines()]
+    # Nothing executed twice: command ids never repeat, nor do exposure ids.
+    ids = [e["cmd_id"] for e in executed]
+    assert len(ids) == len(set(ids))
+    obs_ids = [e["args"]["obs_id"] for e in executed if e["name"] == "expose"]
+    assert len(obs_ids) == len(set(obs_ids))
+    # Two sessions; the first one's in-flight commands were recovered, none left 'sent'
+    # from it, and none of its non-idempotent commands was sent again by the second.
+    sessions = [r[0] for r in query(journal, "SELECT session FROM sessions ORDER BY rowid")]
+    assert len(sessions) == 2
+    left = query(journal, f"SELECT COUNT(*) FROM commands WHERE session='{sessions[0]}' "
+                          "AND status='sent'")[0][0]
+    assert left == 0
+    statuses = dict(query(journal, f"SELECT status, COUNT(*) FROM commands WHERE "
+                                   f"session='{sessions[0]}' GROUP BY status"))
+    assert statuses.get("done", 0) > 30
+    # No observation lost: every exposure a telescope executed is in the journal's
+    # observations, unless it was still in flight when the daemon was finally stopped.
+    journalled = {r[0] for r in query(journal, "SELECT obs_id FROM observations")}
+    in_flight_at_end = {json.loads(r[0])["obs_id"] for r in query(
+        journal, f"SELECT args FROM commands WHERE name='expose' AND status='sent' "
+                 f"AND session='{sessions[1]}'")}
+    missing = set(obs_ids) - journalled - in_flight_at_end
+    assert not missing, f"exposures executed but not journalled: {sorted(missing)[:5]}"
+    # The night went on where it stopped: the second session observed too, and its
+    # exposure ids continue the sequence instead of reusing the first session's.
+    second = query(journal, f"SELECT COUNT(*) FROM commands WHERE name='expose' AND "
+                            f"session='{sessions[1]}' AND status='done'")[0][0]
+    assert second >= 20
+
+
+def test_run_refuses_bad_input_in_one_line(tmp_path):
+    cases = [(["run", "--speed", "0"], "--speed"),
+             (["run", "--start", "yesterday"], "ISO"),
+             (["run", "--router", "tcp://0.0.0.0:5550", "--security", "none"], "non-loopback"),
+             (["run", "--router", "tcp://10.0.0.1:5550"], "--keys"),
+             (["sim-drivers", "--only", "xx.g01.g"], "unknown device"),
+             (["run", "--journal", str(tmp_path / "no" / "such" / "dir" / "j.sqlite"),
+               "--config", str(tmp_path / "missing.yaml")], "not found")]
+    for args, needle in cases:
+        r = run_brain(*args, timeout=60)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_keys_creates_an_authorised_pair(tmp_path):
+    r = run_brain("keys", str(tmp_path / "k"))
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "k").iterdir())
+    assert names == ["authorized", "brain.key", "brain.key_secret", "devices.key",
+                     "devices.key_secret"]
+    assert [p.name for p in (tmp_path / "k" / "authorized").iterdir()] == ["devices.key"]
+    assert oct(os.stat(tmp_path / "k" / "brain.key_secret").st_mode)[-3:] == "600"
+    again = run_brain("keys", str(tmp_path / "k"))
+    assert again.returncode == 2 and "exists" in again.stderr
