@@ -91,6 +91,7 @@ class Daemon:
         self.core = BrainCore(config, classifier=classifier, followup=followup,
                               require_devices=True)
         self.core.on_visit = self._on_visit
+        self.core._ensure_night(self.clock.now())  # ephemerides before the loop starts
         self.journal = Journal(journal)
         self.recovered = self.journal.start_session(self.link.session, self.clock.now())
         self._restore()
@@ -302,6 +303,8 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     clock = WorldClock(start, speed)
     d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
                registry=registry)
+    if start is not None:
+        clock.sync(start)  # a rehearsal's world time begins once the brain is ready
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,

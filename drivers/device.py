@@ -189,6 +189,10 @@ class DeviceHost:
 
     # The loop ----------------------------------------------------------------------
     def step(self, timeout_ms: int = 50) -> None:
+        etas = [p.eta for link in self.links.values() for p in link.running.values()]
+        if etas:  # wake when the next command is due, not a poll interval later
+            due_ms = self.clock.wall_s(min(etas) - self.clock.now()) * 1e3
+            timeout_ms = int(min(timeout_ms, max(due_ms, 0.0)))
         for sock, _ in self.poller.poll(timeout_ms):
             link = self._by_sock[sock]
             for _ in range(1000):
@@ -198,6 +202,8 @@ class DeviceHost:
                     break
                 self._receive(link, frames)
         now_w, now_m = self.clock.now(), time.monotonic()
+        for link in self.links.values():  # outcomes first: they are what the brain waits on
+            self._complete(link, now_w)
         for link in self.links.values():
             self._service(link, now_w, now_m)
 
@@ -302,7 +308,7 @@ class DeviceHost:
         elif len(link.backlog) < self.BACKLOG_KEEP:
             link.backlog.append((type_, body))
 
-    def _service(self, link: _Link, now_w: float, now_m: float) -> None:
+    def _complete(self, link: _Link, now_w: float) -> None:
         for cmd_id, pending in list(link.running.items()):
             try:
                 result = pending.poll(now_w)
@@ -311,6 +317,8 @@ class DeviceHost:
                 continue
             if result is not None:
                 self._finish(link, cmd_id, "DONE", {"result": result})
+
+    def _service(self, link: _Link, now_w: float, now_m: float) -> None:
         if link.welcomed:
             for name, data in link.device.events(now_w):
                 self._send(link, "EVENT", {"name": name, "data": data})

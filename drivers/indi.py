@@ -126,7 +126,8 @@ class IndiClient:
         self.retry_s, self.timeout_s = float(retry_s), float(timeout_s)
         self.cond = threading.Condition()
         self.props: dict[tuple[str, str], Vector] = {}
-        self.messages: deque[tuple[str, str, str]] = deque(maxlen=200)  # device, time, text
+        # (device, monotonic time received, text) of the drivers' recent messages
+        self.messages: deque[tuple[str, float, str]] = deque(maxlen=200)
         self.seq = 0
         self.connected = False
         self.connections = 0  # how many times a connection was made
@@ -196,7 +197,7 @@ class IndiClient:
                     self.seq += 1
                     self.cond.notify_all()
             if not self._stop.is_set():
-                log.warning("lost the INDI server %s:%d (%s); retrying every %.0f s",
+                log.warning("lost the INDI server %s:%d (%s); retrying every %.1f s",
                             self.host, self.port, self.last_error, self.retry_s)
                 self._stop.wait(self.retry_s)
 
@@ -232,7 +233,7 @@ class IndiClient:
         device, name = elem.get("device", ""), elem.get("name", "")
         msg = elem.get("message")
         if msg:
-            self.messages.append((device, elem.get("timestamp", ""), msg))
+            self.messages.append((device, time.monotonic(), msg))
         defined = None
         with self.cond:
             if tag.startswith("def") and tag.endswith("Vector"):
@@ -306,9 +307,10 @@ class IndiClient:
                         pass
             return out
 
-    def last_message(self, device: str) -> str:
-        for dev, _, text in reversed(self.messages):
-            if dev == device:
+    def last_message(self, device: str, since: float = -math.inf) -> str:
+        """The device's latest message received after ``since`` (monotonic), or ""."""
+        for dev, t, text in reversed(self.messages):
+            if dev == device and t >= since:
                 return text
         return ""
 
@@ -400,7 +402,8 @@ class _Step:
             self.t_busy = now
         settled = now - self.t0 > self.GRACE_S
         if fresh and vec.state == ALERT and (settled or saw_busy):
-            why = self.client.last_message(self.device) or f"{self.prop} went to Alert"
+            why = (self.client.last_message(self.device, self.t0)
+                   or f"{self.prop} went to Alert")
             raise CommandError("device_fault", f"{self.what}: {self.device}: {why}")
         if vec.state in (OK, IDLE) and fresh:
             if saw_busy and vec.busy_seq < vec.seq:
@@ -807,7 +810,8 @@ class IndiTelescope(Device):
         here = self._pointing(now)
         dist = 180.0 if not here else max(_ra_diff_h(here["ra_deg"] / 15.0, ra_h) * 15.0,
                                           abs(here["dec_deg"] - dec))
-        eta = now + 10.0 + dist  # a conservative 1 deg/s; PROGRESS only extends a deadline
+        # Conservative (0.5 deg/s): PROGRESS only ever extends the brain's deadline.
+        eta = now + min(self.slew_timeout_s, 30.0 + 2.0 * dist)
         return self._run("slew", steps, finish, eta, now)
 
     def cmd_expose(self, args: dict, now: float) -> dict | Pending:

@@ -41,6 +41,7 @@ class SimArray:
                 self.world.attach_spectrographs(Spectrographs(config, env.population,
                                                               env.seed))
         self._date: str | None = None
+        self._queued: list[tuple[_SimDevice, tuple]] = []
 
     def ensure_night(self, now: float) -> None:
         date = night_date(self.config, now)
@@ -73,28 +74,45 @@ class SimArray:
             out.append(SimSpectrograph(self, f"{sp.site}.spec", sp.site))
         return out
 
-    def detections(self, row: tuple, band_index: int) -> list[dict]:
-        """The detections events of one finished exposure (split to stay small)."""
+    def queue(self, device: _SimDevice, row: tuple) -> None:
+        """A finished exposure: its detections are made in the next :meth:`flush`."""
+        self._queued.append((device, row))
+
+    def flush(self) -> None:
+        """Photometry of every exposure finished since the last flush, in one batch (the
+        simulator's pipeline), each exposure's events put in its telescope's outbox."""
+        if not self._queued:
+            return
         from simulator.photometry import ExposureBatch
 
-        obs_id, field_id, t0, t1, m5 = row[0], int(row[5]), row[8], row[9], row[14]
-        t_mid = 0.5 * (t0 + t1)
-        sources: list[dict] = []
+        queued, self._queued = self._queued, []
+        bands = self.config.camera.bands
+        rows = [r for _d, r in queued]
+        det = None
         if self.photometry is not None:
-            det = self.photometry.detect(
-                ExposureBatch(np.array([field_id]), np.array([band_index]), np.array([t_mid]),
-                              np.array([m5]), np.arange(1)),
-                zlib.crc32(obs_id.encode()))
-            sources = [{"ra_deg": float(a), "dec_deg": float(d), "mag": float(m),
-                        "mag_err": float(e), "truth": int(tr)}
-                       for a, d, m, e, tr in zip(det.ra_deg, det.dec_deg, det.mag,
-                                                 det.mag_err, det.truth, strict=True)]
-        base = {"obs_id": obs_id, "field_id": field_id, "band": row[4], "t_mid": t_mid,
-                "limiting_mag": float(m5)}
-        chunks = [sources[i:i + SOURCES_PER_EVENT]
-                  for i in range(0, max(len(sources), 1), SOURCES_PER_EVENT)]
-        return [{**base, "sources": c, "part": k, "parts": len(chunks)}
-                for k, c in enumerate(chunks)]
+            det = self.photometry.detect(ExposureBatch(
+                np.array([int(r[5]) for r in rows]), np.array([bands.index(r[4]) for r in rows]),
+                np.array([0.5 * (r[8] + r[9]) for r in rows]), np.array([r[14] for r in rows]),
+                np.arange(len(rows))), zlib.crc32(rows[0][0].encode()))
+            order = np.argsort(det.exposure, kind="stable")
+            bounds = np.searchsorted(det.exposure[order], np.arange(len(rows) + 1))
+        for k, (device, row) in enumerate(queued):
+            sources: list[dict] = []
+            if det is not None:
+                sel = order[bounds[k]:bounds[k + 1]]
+                sources = [{"ra_deg": a, "dec_deg": d, "mag": m, "mag_err": e, "truth": tr}
+                           for a, d, m, e, tr in zip(det.ra_deg[sel].tolist(),
+                                                     det.dec_deg[sel].tolist(),
+                                                     det.mag[sel].tolist(),
+                                                     det.mag_err[sel].tolist(),
+                                                     det.truth[sel].tolist(), strict=True)]
+            base = {"obs_id": row[0], "field_id": int(row[5]), "band": row[4],
+                    "t_mid": 0.5 * (row[8] + row[9]), "limiting_mag": float(row[14])}
+            chunks = [sources[i:i + SOURCES_PER_EVENT]
+                      for i in range(0, max(len(sources), 1), SOURCES_PER_EVENT)]
+            device.outbox += [("detections", {**base, "sources": c, "part": j,
+                                              "parts": len(chunks)})
+                              for j, c in enumerate(chunks)]
 
 
 class _SimDevice(Device):
@@ -104,6 +122,7 @@ class _SimDevice(Device):
         self.outbox: list[tuple[str, dict]] = []
 
     def events(self, now: float) -> Iterable[tuple[str, dict]]:
+        self.array.flush()
         out, self.outbox = self.outbox, []
         return out
 
@@ -160,11 +179,8 @@ class SimTelescope(_SimDevice):
     def cmd_expose(self, args, now):
         def detect(row) -> None:
             self.array.world.take_finished()  # the fast shell's queue: unused here
-            if row is None:
-                return
-            bands = self.array.config.camera.bands
-            for ev in self.array.detections(row, bands.index(row[4])):
-                self.outbox.append(("detections", ev))
+            if row is not None:
+                self.array.queue(self, row)
 
         return self._run("expose", args, now, on_done=detect)
 
