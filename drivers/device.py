@@ -224,8 +224,11 @@ class DeviceHost:
             self.protocol_errors[e.code] = self.protocol_errors.get(e.code, 0) + 1
             self._send(link, "ERROR", {"code": e.code, "message": e.message, "ref": e.ref})
             return
-        link.last_rx = time.monotonic()
         now = self.clock.now()
+        if link.welcomed or msg.type == "WELCOME":
+            # Only the brain of this session is a sign of life for the fail-safe: an
+            # ERROR or BYE from a brain that has not welcomed us does not count.
+            link.last_rx = time.monotonic()
         if msg.type == "WELCOME":
             if self.follow_brain_clock and (not self._synced or abs(msg.t - now) > 60.0):
                 self.clock.sync(msg.t)

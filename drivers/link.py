@@ -359,7 +359,10 @@ class BrainLink:
             inf = peer.inflight.get(body["cmd_id"])
             if inf is not None:
                 inf.acked = True
-                inf.deadline = max(inf.deadline, float(body["eta"]))
+                # The device finishes at its eta; its DONE needs a moment to arrive, so
+                # the new deadline is the eta plus one ACK interval of wall time.
+                inf.deadline = max(inf.deadline, float(body["eta"])
+                                   + self.ACK_TIMEOUT_S * self.clock.speed)
         elif msg.type in ("DONE", "FAILED"):
             inf = peer.inflight.pop(body["cmd_id"], None)
             if inf is None:

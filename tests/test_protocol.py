@@ -318,15 +318,16 @@ def ctx_fuzz():
 
 # Commands -------------------------------------------------------------------------------
 def test_command_lifecycle_ack_progress_done_and_device_errors(ctx):
-    link, host, _scope = connected(ctx, slew_s=1.5)
+    link, host, _scope = connected(ctx, slew_s=3.0)
     now = time.time()
     # The deadline is shorter than the slew: the device sends PROGRESS and it is kept.
     assert link.send_command("xl.g01.g", "s1", "slew", {"ra_deg": 10.0, "dec_deg": 20.0},
-                             now + 0.7, False) is None
+                             now + 2.0, False) is None
     ev = pump(link, host, lambda ev: any(isinstance(e, CommandDone | CommandFailed)
                                          for e in ev))
-    (done,) = [e for e in ev if isinstance(e, CommandDone)]
-    assert done.result["ra_deg"] == 10.0 and done.cmd_id == "s1"
+    done = [e for e in ev if isinstance(e, CommandDone | CommandFailed)]
+    assert isinstance(done[0], CommandDone), done
+    assert done[0].result["ra_deg"] == 10.0 and done[0].cmd_id == "s1"
     for cmd_id, name, args, code in [("u1", "dance", {}, "unknown_command"),
                                      ("b1", "slew", {"ra_deg": 400.0, "dec_deg": 0.0},
                                       "bad_args"),
@@ -445,7 +446,7 @@ def test_device_fails_safe_when_the_brain_goes_silent_and_reports_fault(ctx):
     pump(link, host, lambda ev: any(isinstance(e, DeviceUp) for e in ev))
     endpoint = link.router_endpoint
     link.close()  # the brain is killed
-    t_end = time.monotonic() + 3
+    t_end = time.monotonic() + 10
     while time.monotonic() < t_end and "close" not in scope.actions:
         host.step(5)
     assert scope.actions[-3:] == ["abort", "park", "close"]
