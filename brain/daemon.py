@@ -176,9 +176,11 @@ class Daemon:
             self._send(core.handle(DeviceState(ev.t, ev.device, False)), ev.t)
         elif isinstance(ev, CommandDone):
             cmd = self._cmds.pop(ev.cmd_id, None)
-            j.finish(ev.cmd_id, "done", ev.t, ev.result)
+            # The observation first: killed in between, the command stays 'sent', becomes
+            # 'unknown' on restart and the device's replay fills in (INSERT OR IGNORE).
             if cmd is not None and cmd.name == "expose":
                 self._journal_observation(cmd, ev.result)
+            j.finish(ev.cmd_id, "done", ev.t, ev.result)
             if cmd is not None and cmd.name == "spectrum":
                 j.followup(ev.cmd_id, cmd.args.get("target_id"), cmd.device, "done", ev.result)
             self._send(core.handle(Done(ev.t, ev.device, ev.cmd_id, ev.result)), ev.t)
