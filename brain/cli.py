@@ -439,6 +439,8 @@ def _clock_args(args):
 def cmd_run(args) -> int:
     import logging
 
+    import zmq
+
     from brain.config import load_config
     from brain.daemon import run_daemon
     from drivers.link import SecurityError
@@ -454,8 +456,8 @@ def cmd_run(args) -> int:
     try:
         run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
                        policy, args.router, args.pub, security, args.keys)
-    except (SecurityError, OSError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+    except (SecurityError, OSError, zmq.ZMQError) as exc:
+        raise UsageError(f"{exc} ({args.router}, {args.pub})".splitlines()[0]) from None
     print(f"stopped; journal {args.journal}")
     return 0
 
@@ -463,6 +465,8 @@ def cmd_run(args) -> int:
 def cmd_sim_drivers(args) -> int:
     import logging
     import time as _time
+
+    import zmq
 
     from brain.config import load_config, with_climate
     from brain.fastshell import make_environment
@@ -492,8 +496,11 @@ def cmd_sim_drivers(args) -> int:
         devices = [d for d in devices if d.id in want]
     curve = _device_curve(args.keys) if security == "curve" else None
     log_file = _output_file(args.log).open("a") if args.log else None
-    host = DeviceHost(devices, args.router, clock, curve=curve, follow_brain_clock=True,
-                      command_log=log_file)
+    try:
+        host = DeviceHost(devices, args.router, clock, curve=curve, follow_brain_clock=True,
+                          command_log=log_file)
+    except zmq.ZMQError as exc:
+        raise UsageError(f"cannot connect to {args.router}: {exc}") from None
     print(f"serving {len(devices)} simulated devices to {args.router}, world clock "
           f"x{args.speed:g} from {_time.strftime('%Y-%m-%dT%H:%M:%SZ', _time.gmtime(clock.now()))}",
           flush=True)
@@ -510,15 +517,12 @@ def cmd_sim_drivers(args) -> int:
 
 
 def _device_curve(keys_dir: str):
-    import zmq.auth
+    from drivers.keys import device_keys
 
-    d = Path(keys_dir)
     try:
-        server_pub, _ = zmq.auth.load_certificate(d / "brain.key")
-        pub, sec = zmq.auth.load_certificate(d / "devices.key_secret")
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read CURVE keys in {keys_dir}: {exc}") from None
-    return server_pub, pub, sec
+        return device_keys(keys_dir)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_keys(args) -> int:

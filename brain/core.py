@@ -24,6 +24,7 @@ from brain.survey import SurveyScheduler
 from simulator.altaz import FieldSky
 from simulator.ephemeris import NightCache, night_date, night_span
 from simulator.sky import FieldGrid
+from simulator.spectroscopy import target_alt_deg
 
 CLOSED, IDLE, SLEWING, EXPOSING = "closed", "idle", "slewing", "exposing"
 
@@ -227,8 +228,6 @@ class BrainCore:
         if not self._is_dark(site_id, t):
             return "sun"
         if cmd.name == "slew":
-            from simulator.spectroscopy import target_alt_deg
-
             alt = float(target_alt_deg(self.sky.night.sites[site_id], cmd.args["ra_deg"],
                                        cmd.args["dec_deg"], t))
             # J2000 against the apparent sky: up to 0.4 deg off, hence the 0.5 deg slack;

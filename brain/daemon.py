@@ -107,7 +107,6 @@ class Daemon:
                                         "Commands refused by a safety rule", ["rule"],
                                         registry=registry)
         self.stopping = False
-        self.loop_s: list[float] = []
 
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
@@ -144,7 +143,6 @@ class Daemon:
             self.close()
 
     def step(self) -> None:
-        t0 = time.perf_counter()
         now = self.clock.now()
         wait_world = min(self._next_tick, self._next_safety) - now
         timeout_ms = int(np.clip(self.clock.wall_s(wait_world) * 1e3, 0, 20))
@@ -157,9 +155,6 @@ class Daemon:
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
             self._send(self.core.handle(Tick(now)), now)
-        self.loop_s.append(time.perf_counter() - t0)
-        if len(self.loop_s) > 100_000:
-            del self.loop_s[:50_000]
 
     def close(self) -> None:
         self.link.close()

@@ -10,6 +10,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers.protocol import IDEMPOTENT_COMMANDS
+
 _ids = itertools.count(1)
 _prefix = ["c"]
 
@@ -19,7 +21,7 @@ def set_command_prefix(prefix: str) -> None:
     across restarts (devices remember finished ids and would not act on a reused one)."""
     _prefix[0] = prefix
 
-IDEMPOTENT = frozenset({"park", "open", "close", "abort", "status"})
+IDEMPOTENT = IDEMPOTENT_COMMANDS  # PROTOCOL.md: the brain may resend these
 
 
 @dataclass(slots=True)

@@ -127,12 +127,6 @@ class Journal:
             return None
         return dict(zip([c[0] for c in cur.description], row, strict=True))
 
-    def count_commands(self, **where) -> int:
-        sql = "SELECT COUNT(*) FROM commands"
-        if where:
-            sql += " WHERE " + " AND ".join(f"{k}=?" for k in where)
-        return int(self.db.execute(sql, tuple(where.values())).fetchone()[0])
-
     def max_obs_seq(self) -> int:
         """Highest exposure sequence number used so far (obs ids end in it)."""
         row = self.db.execute("SELECT MAX(CAST(substr(json_extract(args, '$.obs_id'), -7) "

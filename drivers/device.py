@@ -105,7 +105,11 @@ class Device:
         for arg, check in ARGS.get(name, {}).items():
             if arg not in args or not check(args[arg]):
                 raise CommandError("bad_args", f"{name}: missing or invalid {arg!r}")
-        return getattr(self, f"cmd_{name}")(args, now)
+        return self.handler(name)(args, now)
+
+    def handler(self, name: str) -> Callable[[dict, float], dict | Pending]:
+        """The function that runs command ``name`` (default: the method ``cmd_<name>``)."""
+        return getattr(self, f"cmd_{name}")
 
 
 @dataclass

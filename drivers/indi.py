@@ -890,17 +890,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _curve(keys_dir: str) -> tuple[bytes, bytes, bytes]:
-    from pathlib import Path
+    from drivers.keys import device_keys
 
-    import zmq.auth
-
-    d = Path(keys_dir)
     try:
-        server_pub, _ = zmq.auth.load_certificate(d / "brain.key")
-        pub, sec = zmq.auth.load_certificate(d / "devices.key_secret")
-    except (OSError, ValueError) as exc:
-        raise IndiError(f"cannot read CURVE keys in {keys_dir}: {exc}") from None
-    return server_pub, pub, sec
+        return device_keys(keys_dir)
+    except ValueError as exc:
+        raise IndiError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,21 @@ from pathlib import Path
 import zmq.auth
 
 
+def device_keys(directory: str | os.PathLike, name: str = "devices"
+                ) -> tuple[bytes, bytes, bytes]:
+    """(brain public, device public, device secret) for a driver's CURVE client; a missing
+    or unreadable file is a ValueError naming the directory."""
+    d = Path(directory)
+    try:
+        server_pub, _ = zmq.auth.load_certificate(d / "brain.key")
+        pub, sec = zmq.auth.load_certificate(d / f"{name}.key_secret")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read CURVE keys in {directory}: {exc}") from None
+    if sec is None:
+        raise ValueError(f"{d / name}.key_secret holds no secret key")
+    return server_pub, pub, sec
+
+
 def create_keys(directory: str | os.PathLike, name: str = "devices") -> list[Path]:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name) or name == "brain":
         raise ValueError(f"key name {name!r} must be 1-64 letters, digits, '_' or '-' "

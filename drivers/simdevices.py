@@ -126,6 +126,10 @@ class _SimDevice(Device):
         out, self.outbox = self.outbox, []
         return out
 
+    def handler(self, name: str):
+        """Every command goes to the world, as in the fast shell."""
+        return lambda args, now: self._run(name, args, now)
+
     def _run(self, name: str, args: dict, now: float, on_done=None):
         self.array.ensure_night(now)
         world = self.array.world
@@ -161,20 +165,10 @@ class SimTelescope(_SimDevice):
                  else "busy" if now < tel.busy_until else "idle")
         return {"state": state, "ra_deg": tel.ra_deg, "dec_deg": tel.dec_deg}
 
-    def cmd_open(self, args, now):
-        return self._run("open", args, now)
-
-    def cmd_close(self, args, now):
-        return self._run("close", args, now)
-
-    def cmd_park(self, args, now):
-        return self._run("park", args, now)
-
-    def cmd_abort(self, args, now):
-        return self._run("abort", args, now)
-
-    def cmd_slew(self, args, now):
-        return self._run("slew", args, now)
+    def handler(self, name: str):
+        if name == "expose":
+            return self.cmd_expose
+        return super().handler(name)
 
     def cmd_expose(self, args, now):
         def detect(row) -> None:
@@ -193,18 +187,6 @@ class SimSpectrograph(_SimDevice):
         tel = self.array.world.spec.units[self.id]
         state = ("closed" if not tel.is_open else "busy" if now < tel.busy_until else "idle")
         return {"state": state, "ra_deg": tel.ra_deg, "dec_deg": tel.dec_deg}
-
-    def cmd_open(self, args, now):
-        return self._run("open", args, now)
-
-    def cmd_close(self, args, now):
-        return self._run("close", args, now)
-
-    def cmd_abort(self, args, now):
-        return self._run("abort", args, now)
-
-    def cmd_spectrum(self, args, now):
-        return self._run("spectrum", args, now)
 
     def failsafe(self, now: float) -> None:
         for name in ("abort", "close"):
