@@ -111,6 +111,13 @@ class Associator:
             best_d[ok] = d[ok]
         return best
 
+    def locate(self, ra_deg, dec_deg) -> np.ndarray:
+        """The known object within the association radius of each position, or -1."""
+        ra, dec = np.atleast_1d(ra_deg).astype(float), np.atleast_1d(dec_deg).astype(float)
+        if ra.size == 0:
+            return np.empty(0, dtype=np.int64)
+        return self._nearest(unit_vectors(ra, dec))
+
     def add(self, batch: DetectionBatch) -> np.ndarray:
         """Associate a batch; returns each detection's object id. Objects touched by the
         batch can be read from the return value."""

@@ -509,8 +509,13 @@ def cmd_sim_drivers(args) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.update(now=True))
+    # The loop waits on sockets without the GIL; the photometry thread must not hold
+    # it long when a command arrives or an exposure ends.
+    sys.setswitchinterval(0.0002)
     try:
         host.run(lambda: stop["now"] or (until is not None and clock.now() >= until))
+        array.drain()  # the last exposures' detections go out before BYE
+        host.step(0)
     finally:
         host.close()
     return 0

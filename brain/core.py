@@ -77,6 +77,7 @@ class BrainCore:
         self.obj_prob = np.zeros((0, 0))  # (objects, classes), rows of unclassified = 0
         self.obj_classified_ndet = np.zeros(0, dtype=np.int32)  # detections at last time
         self.classify_ms: list[float] = []
+        self.offload = None  # callable(t, job): a shell that classifies off its loop
         # Spectroscopic follow-up (brain.followup.FollowupManager), when a policy is given.
         self.followup = followup
         # Daemon shell: only devices that said HELLO (and are alive) are used; a group is
@@ -343,20 +344,21 @@ class BrainCore:
             self._pending.clear()
         if t >= self._next_classify:
             self._next_classify = t + self.config.transients.classify_interval_s
-            self.classify_candidates()
-            if self.followup is not None:
-                from brain.followup import take_snapshot
+            job = self.classification_job()
+            if self.offload is not None:
+                self.offload(t, job)  # the shell runs it aside, then finish_classification
+            else:
+                self.finish_classification(t, *job())
 
-                tr = self.config.transients
-                self.followup.update(take_snapshot(
-                    t, self.associator, self.obj_prob, tr.min_detections,
-                    self.config.followup.recent_days, self.followup.max_mag))
-
-    def classify_candidates(self, everything: bool = False) -> np.ndarray:
-        """Classify candidates whose detections at least doubled since their last
-        classification (all candidates with ``everything``); returns their ids."""
+    def classification_job(self, everything: bool = False):
+        """Take the candidates due for classification (detections at least doubled since
+        their last classification; all with ``everything``) and copy their light curves;
+        returns ``job`` where ``job()`` gives ``(ids, probabilities)``. The job touches
+        no core state, so a shell may run it on another thread while the core goes on
+        (the daemon does: half-hourly classification must not stall the telescopes)."""
         n_obj = self.associator.n_objects
-        n_cls = len(self.classifier.classes)
+        classifier = self.classifier
+        n_cls = len(classifier.classes)
         if self.obj_prob.shape != (n_obj, n_cls):
             grown = np.zeros((n_obj, n_cls))
             if self.obj_prob.shape[1:] == (n_cls,):
@@ -371,12 +373,37 @@ class BrainCore:
             due &= n_det >= 2 * self.obj_classified_ndet
         cand = np.flatnonzero(due)
         self.obj_classified_ndet[cand] = n_det[cand]
-        if cand.size:
+        if not cand.size:
+            return lambda: (cand, np.zeros((0, n_cls)))
+        obj, mjd, band, mag, err = self.associator.light_curves(cand)
+        local = np.searchsorted(cand, obj)
+
+        def job():
             t0 = time.perf_counter()
-            obj, mjd, band, mag, err = self.associator.light_curves(cand)
-            local = np.searchsorted(cand, obj)
-            self.obj_prob[cand] = self.classifier.predict(local, mjd, band, mag, err, cand.size)
+            prob = classifier.predict(local, mjd, band, mag, err, cand.size)
             self.classify_ms.append((time.perf_counter() - t0) * 1e3)
+            return cand, prob
+
+        return job
+
+    def finish_classification(self, t: float, cand: np.ndarray, prob: np.ndarray) -> None:
+        """Store a classification job's answer and give follow-up a fresh snapshot."""
+        if cand.size:
+            self.obj_prob[cand] = prob
+        if self.followup is not None:
+            from brain.followup import take_snapshot
+
+            tr = self.config.transients
+            self.followup.update(take_snapshot(
+                t, self.associator, self.obj_prob, tr.min_detections,
+                self.config.followup.recent_days, self.followup.max_mag))
+
+    def classify_candidates(self, everything: bool = False) -> np.ndarray:
+        """Classify the candidates due now (see :meth:`classification_job`) in place;
+        returns their ids."""
+        cand, prob = self.classification_job(everything)()
+        if cand.size:
+            self.obj_prob[cand] = prob
         return cand
 
     # Views -------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +94,20 @@ class Daemon:
                               require_devices=True)
         self.core.on_visit = self._on_visit
         self.core._ensure_night(self.clock.now())  # ephemerides before the loop starts
+        _ = self.core.classifier  # and the model: loading it mid-night stalls the loop
+        # Classification (half-hourly, up to a second of CPU) runs on a worker thread so
+        # device outcomes keep being answered; its answer is applied on the loop.
+        self._classifying: list[tuple[float, Future]] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="classify")
+        self.core.offload = lambda t, job: self._classifying.append(
+            (t, self._pool.submit(job)))
         self.journal = Journal(journal)
         self.recovered = self.journal.start_session(self.link.session, self.clock.now())
         self._restore()
         self._next_tick = -math.inf
         self._next_safety = -math.inf
         self._cmds: dict[str, Command] = {}  # in flight, for journalling the results
+        self._outbox: list[tuple[Command, float]] = []  # decided, not yet journalled/sent
         self.vetoes: dict[str, int] = {}
         self._veto_metric = None
         if registry is not None:
@@ -107,6 +117,8 @@ class Daemon:
                                         "Commands refused by a safety rule", ["rule"],
                                         registry=registry)
         self.stopping = False
+        self._run_wall0: float | None = None
+        self._run_world0 = 0.0
 
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
@@ -118,14 +130,27 @@ class Daemon:
         batches = [b for b in batches if len(b)]
         if batches:
             core.associator.add(DetectionBatch.concat(batches))
+        n_taken = 0
+        spectra = j.spectra()
+        if core.followup is not None and spectra:
+            from simulator.ephemeris import night_date
+
+            for sp in spectra:
+                sp["night"] = night_date(self.config, sp["t_sent"])
+            oids = core.associator.locate([sp["ra_deg"] for sp in spectra],
+                                          [sp["dec_deg"] for sp in spectra])
+            n_taken = core.followup.restore(spectra, oids,
+                                            night_date(self.config, self.clock.now()))
         if any(self.recovered.values()) or batches:
-            log.warning("journal recovered: %s; %d visits, %d detection messages",
-                        self.recovered, len(j.visits()), len(batches))
+            log.warning("journal recovered: %s; %d visits, %d detection messages, "
+                        "%d spectra (%d objects taken)", self.recovered, len(j.visits()),
+                        len(batches), len(spectra), n_taken)
 
     # Loop ------------------------------------------------------------------------
     def run(self, until: float | None = None, max_wall_s: float | None = None) -> None:
         """Serve until world time ``until``, ``max_wall_s`` of wall time, or a signal."""
-        t_wall0 = time.monotonic()
+        t_wall0 = self._run_wall0 = time.monotonic()
+        self._run_world0 = self.clock.now()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 signal.signal(sig, lambda *_: setattr(self, "stopping", True))
@@ -143,20 +168,50 @@ class Daemon:
             self.close()
 
     def step(self) -> None:
+        """One turn of the loop. Latency matters (a rehearsal at 100x turns each
+        millisecond into 0.1 s of telescope time), so: device outcomes and state first,
+        their commands journalled in one transaction and sent; then the safety review
+        and the minute tick; detections last (they wait for the next tick anyway)."""
         now = self.clock.now()
         wait_world = min(self._next_tick, self._next_safety) - now
         timeout_ms = int(np.clip(self.clock.wall_s(wait_world) * 1e3, 0, 20))
-        for ev in self.link.poll(timeout_ms):
-            self._on_link(ev)
+        events = self.link.poll(timeout_ms)
+        detections = [ev for ev in events
+                      if isinstance(ev, DeviceEvent) and ev.name == "detections"]
+        with self.journal.transaction():
+            for ev in events:
+                if not (isinstance(ev, DeviceEvent) and ev.name == "detections"):
+                    self._on_link(ev)
+        self._flush()
         now = self.clock.now()
         if now >= self._next_safety:
             self._next_safety = now + SAFETY_EVERY_S
             self._send(self.core.review_safety(now), now)
+            self._flush()
         if now >= self._next_tick:
             self._next_tick = now + TICK_S
-            self._send(self.core.handle(Tick(now)), now)
+            with self.journal.transaction():  # the visits it schedules
+                self._send(self.core.handle(Tick(now)), now)
+            self._flush()
+        if detections:
+            with self.journal.transaction():
+                for ev in detections:
+                    self._on_event(ev)
+        while self._classifying and self._classifying[0][1].done():
+            t_asked, fut = self._classifying.pop(0)
+            try:
+                cand, prob = fut.result()
+            except Exception as e:  # a broken model must not take the night down
+                log.error("classification asked at %.0f failed: %s: %s", t_asked,
+                          type(e).__name__, e)
+                continue
+            self.core.finish_classification(self.clock.now(), cand, prob)
 
     def close(self) -> None:
+        if self._run_wall0 is not None:
+            self.journal.end_session(self.link.session, time.monotonic() - self._run_wall0,
+                                     self.clock.now() - self._run_world0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.journal.close()
 
@@ -266,29 +321,45 @@ class Daemon:
 
     # Commands --------------------------------------------------------------------
     def _send(self, cmds: list[Command], t: float) -> None:
-        queue = list(cmds)
-        while queue:
-            cmd = queue.pop(0)
-            rule = self.core.guard(cmd, t)
-            if rule is not None:
-                self.journal.refused(self.link.session, cmd, t, rule)
-                self.vetoes[rule] = self.vetoes.get(rule, 0) + 1
-                if self._veto_metric is not None:
-                    self._veto_metric.labels(rule).inc()
-                queue += self.core.handle(Failed(t, cmd.device, cmd.cmd_id, "unsafe",
-                                                 f"refused by safety rule {rule}"))
-                continue
-            self.journal.command(self.link.session, cmd, t)
-            self._cmds[cmd.cmd_id] = cmd
-            fail = self.link.send_command(cmd.device, cmd.cmd_id, cmd.name, cmd.args,
-                                          cmd.deadline, cmd.idempotent)
-            if fail is not None:
-                self._cmds.pop(cmd.cmd_id, None)
-                self.journal.finish(cmd.cmd_id, "failed", t, code=fail.code,
-                                    message=fail.message)
-                queue += self.core.handle(Failed(t, cmd.device, cmd.cmd_id, fail.code,
-                                                 fail.message))
+        """Queue commands; :meth:`_flush` journals and sends them."""
+        self._outbox += [(cmd, t) for cmd in cmds]
 
+    def _flush(self) -> None:
+        """Send the queued commands: each passes the safety guard last, all are
+        journalled and committed in one transaction, then sent. A refusal or a failed
+        send goes back to the core, whose new commands go round again."""
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            ready = []
+            with self.journal.transaction():
+                for cmd, t in batch:
+                    rule = self.core.guard(cmd, t)
+                    if rule is not None:
+                        self.journal.refused(self.link.session, cmd, t, rule)
+                        self.vetoes[rule] = self.vetoes.get(rule, 0) + 1
+                        if self._veto_metric is not None:
+                            self._veto_metric.labels(rule).inc()
+                        self._send(self.core.handle(Failed(
+                            t, cmd.device, cmd.cmd_id, "unsafe",
+                            f"refused by safety rule {rule}")), t)
+                        continue
+                    self.journal.command(self.link.session, cmd, t)
+                    ready.append((cmd, t))
+            failed = []
+            for cmd, t in ready:
+                self._cmds[cmd.cmd_id] = cmd
+                fail = self.link.send_command(cmd.device, cmd.cmd_id, cmd.name, cmd.args,
+                                              cmd.deadline, cmd.idempotent)
+                if fail is not None:
+                    self._cmds.pop(cmd.cmd_id, None)
+                    failed.append((cmd, t, fail))
+            if failed:
+                with self.journal.transaction():
+                    for cmd, t, fail in failed:
+                        self.journal.finish(cmd.cmd_id, "failed", t, code=fail.code,
+                                            message=fail.message)
+                        self._send(self.core.handle(Failed(t, cmd.device, cmd.cmd_id,
+                                                           fail.code, fail.message)), t)
 
 def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: float,
                metrics_port: int, until: float | None = None, policy=None,
@@ -297,10 +368,25 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
+    # The loop waits on sockets without the GIL; when the classifier thread holds it, a
+    # short switch interval gets an arriving DONE handled within a millisecond.
+    sys.setswitchinterval(0.0002)
     clock = WorldClock(start, speed)
     d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
                registry=registry)
     if start is not None:
+        # A rehearsal restarted on its journal goes on with its night, not back at
+        # --start: world time kept running while the brain was down, as it would have
+        # for real (the devices' clocks did), so it resumes at the journal's last world
+        # time plus the wall time since its last write, times the speed.
+        last = d.journal.last_world_time()
+        if last is not None and d.journal.last_write_wall is not None:
+            resume = last + max(0.0, time.time() - d.journal.last_write_wall) * speed
+            if resume > start:
+                log.warning("journal reaches %s: resuming at %s, not at --start",
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume)))
+                start = resume
         clock.sync(start)  # a rehearsal's world time begins once the brain is ready
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)

@@ -176,6 +176,40 @@ class FollowupManager:
         self._reward = np.array([self.settings.reward.get(c, 0.0) for c in CLASSES])
         self._dark: dict[tuple[str, str], list[tuple[float, float]]] = {}
 
+    # After a restart ---------------------------------------------------------------
+    def restore(self, spectra: list[dict], object_ids: np.ndarray, date: str) -> int:
+        """Take back the spectra an earlier daemon session commanded (from its journal):
+        their objects are not offered again, labels are known, tonight's spectra count
+        against each telescope's nightly budget, and target ids continue after the last.
+        ``spectra``: dicts with ``device, target_id, t_sent, t_end, status, label,
+        night`` (the night's date); ``object_ids``: each one's object in the rebuilt
+        association, -1 where none matches. A spectrum that failed gives its object
+        back. Returns how many objects are taken."""
+        top = 0
+        for sp, oid in zip(spectra, object_ids, strict=True):
+            tail = str(sp["target_id"]).rsplit("-", 1)[-1]
+            if tail.isdigit():
+                top = max(top, int(tail))
+            st = self.specs.get(sp["device"])
+            status = {"done": "done", "failed": "failed", "refused": "failed"}.get(
+                sp["status"], "unknown")
+            if st is not None and sp["night"] == date and status != "failed":
+                st.used_s += max(0.0, float(sp["t_end"] or sp["t_sent"]) - sp["t_sent"])
+            if oid < 0:
+                continue
+            rec = FollowupRecord(sp["target_id"], int(oid), sp["device"], sp["t_sent"],
+                                 sp["t_sent"], float(sp["t_end"] or sp["t_sent"]),
+                                 math.nan, "unknown", math.nan, sp.get("label"))
+            rec.status = status
+            self.records[sp["target_id"]] = rec
+            if status != "failed":
+                self.taken.add(int(oid))
+            if sp.get("label"):
+                self.labels[int(oid)] = sp["label"]
+        self._seq = itertools.count(top + 1)
+        self._date = date
+        return len(self.taken)
+
     # Inputs ------------------------------------------------------------------------
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot

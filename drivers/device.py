@@ -132,6 +132,7 @@ class _Link:
     finished: OrderedDict = field(default_factory=OrderedDict)  # cmd_id -> (type, body, t)
     backlog: list = field(default_factory=list)  # (type, body) that could not be sent
     session_rx: float = 0.0  # when the current brain session was last heard
+    t_floor: float = float("-inf")  # world time of this device's last start or outcome
 
 
 class DeviceHost:
@@ -149,7 +150,8 @@ class DeviceHost:
         self.clock = clock or WorldClock()
         # Simulated devices: take world time from the brain's WELCOME (once, and again
         # only if the two differ by more than a minute), so a rehearsal's two processes
-        # agree however long each took to start.
+        # agree however long each took to start; and start a command at the world time
+        # the brain sent it (see _start_time).
         self.follow_brain_clock = follow_brain_clock
         self._synced = False
         self.command_log = command_log  # a text file: one JSON line per command executed
@@ -270,7 +272,24 @@ class DeviceHost:
             return
         link.session_rx = link.last_rx
         if msg.type == "COMMAND":
-            self._command(link, msg.body, now)
+            self._command(link, msg.body, self._start_time(link, msg.t, now))
+
+    # A simulated command starts when the brain sent it, if that is at most this much
+    # wall time ago (the rest of a long delay is real and counts).
+    LINK_CREDIT_WALL_S = 0.25
+
+    def _start_time(self, link: _Link, t_sent: float, now: float) -> float:
+        """World time at which a command starts. Hardware: now. Simulated drivers
+        (``follow_brain_clock``): the COMMAND's ``t``, so the link and this host's queue,
+        a millisecond at 1x but ``speed`` times that in a rehearsal, take no world time
+        (the fast shell's instantaneous link); never before this device's last start or
+        outcome, never in the future, at most ``LINK_CREDIT_WALL_S`` of wall time back."""
+        if not self.follow_brain_clock:
+            return now
+        earliest = max(link.t_floor, now - self.clock.speed * self.LINK_CREDIT_WALL_S)
+        t = min(now, max(float(t_sent), earliest))
+        link.t_floor = t
+        return t
 
     def _command(self, link: _Link, body: dict, now: float) -> None:
         cmd_id = body["cmd_id"]
@@ -306,6 +325,7 @@ class DeviceHost:
 
     def _finish(self, link: _Link, cmd_id: str, type_: str, body: dict) -> None:
         link.running.pop(cmd_id, None)
+        link.t_floor = max(link.t_floor, self.clock.now())
         body = {"cmd_id": cmd_id, **body}
         link.finished[cmd_id] = (type_, body, time.monotonic())
         while len(link.finished) > self.FINISHED_KEEP:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -42,6 +43,11 @@ class SimArray:
                                                               env.seed))
         self._date: str | None = None
         self._queued: list[tuple[_SimDevice, tuple]] = []
+        # Photometry runs on a worker thread, as a camera pipeline runs beside its
+        # controller: one process serves 60 devices, and a batch that held the loop
+        # would delay the other telescopes' outcomes (speed x its length, in a rehearsal).
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="photometry")
+        self._running: Future | None = None
 
     def ensure_night(self, now: float) -> None:
         date = night_date(self.config, now)
@@ -79,23 +85,41 @@ class SimArray:
         self._queued.append((device, row))
 
     def flush(self) -> None:
-        """Photometry of every exposure finished since the last flush, in one batch (the
-        simulator's pipeline), each exposure's events put in its telescope's outbox."""
-        if not self._queued:
-            return
+        """Publish the photometry of the last batch once it is ready, and start the next
+        batch (every exposure finished since) on the worker thread."""
+        if self._running is not None and self._running.done():
+            fut, self._running = self._running, None
+            self._publish(*fut.result())
+        if self._running is None and self._queued:
+            queued, self._queued = self._queued, []
+            self._running = self._pool.submit(self._detect, queued)
+
+    def drain(self) -> None:
+        """Wait for the batch in progress and publish it (tests, shutdown)."""
+        while self._running is not None or self._queued:
+            if self._running is not None:
+                self._running.result()
+            self.flush()
+
+    def _detect(self, queued):
+        """The simulator's pipeline on a batch of exposures (no shared state touched)."""
         from simulator.photometry import ExposureBatch
 
-        queued, self._queued = self._queued, []
+        if self.photometry is None:
+            return queued, None
         bands = self.config.camera.bands
         rows = [r for _d, r in queued]
-        det = None
-        if self.photometry is not None:
-            det = self.photometry.detect(ExposureBatch(
-                np.array([int(r[5]) for r in rows]), np.array([bands.index(r[4]) for r in rows]),
-                np.array([0.5 * (r[8] + r[9]) for r in rows]), np.array([r[14] for r in rows]),
-                np.arange(len(rows))), zlib.crc32(rows[0][0].encode()))
+        det = self.photometry.detect(ExposureBatch(
+            np.array([int(r[5]) for r in rows]), np.array([bands.index(r[4]) for r in rows]),
+            np.array([0.5 * (r[8] + r[9]) for r in rows]), np.array([r[14] for r in rows]),
+            np.arange(len(rows))), zlib.crc32(rows[0][0].encode()))
+        return queued, det
+
+    def _publish(self, queued, det) -> None:
+        """Each exposure's detections events into its telescope's outbox."""
+        if det is not None:
             order = np.argsort(det.exposure, kind="stable")
-            bounds = np.searchsorted(det.exposure[order], np.arange(len(rows) + 1))
+            bounds = np.searchsorted(det.exposure[order], np.arange(len(queued) + 1))
         for k, (device, row) in enumerate(queued):
             sources: list[dict] = []
             if det is not None:
@@ -208,7 +232,8 @@ class SimWeather(_SimDevice):
         return {"state": "idle", **self.array.weather_at(self.site, now)}
 
     def events(self, now: float):
-        if now >= self._next:
+        # (world time may also step back: a rehearsal's brain restarting earlier)
+        if now >= self._next or now < self._next - 2 * WEATHER_EVERY_S:
             self._next = now + WEATHER_EVERY_S
             return [("weather", self.array.weather_at(self.site, now))]
         return ()

@@ -129,6 +129,67 @@ def test_killed_daemon_restarts_from_its_journal_without_loss_or_repeats(small_c
     second = query(journal, f"SELECT COUNT(*) FROM commands WHERE name='expose' AND "
                             f"session='{sessions[1]}' AND status='done'")[0][0]
     assert second >= 20
+    # ... and at the world time where it stopped, not back at --start.
+    last_first = query(journal, f"SELECT MAX(t_sent) FROM commands "
+                                f"WHERE session='{sessions[0]}'")[0][0]
+    first_second = query(journal, f"SELECT MIN(t_sent) FROM commands "
+                                  f"WHERE session='{sessions[1]}'")[0][0]
+    assert first_second >= last_first
+
+
+def test_restart_takes_back_the_spectra_already_commanded(small_config, tmp_path):
+    """Follow-up state comes back from the journal: an object already observed is not
+    offered again (one whose spectrum failed is), its label is known, tonight's spectrum
+    time counts against the telescope's budget, and target ids go on after the last."""
+    import numpy as np
+
+    from brain.config import load_config
+    from brain.daemon import Daemon
+    from brain.events import Command
+    from brain.journal import Journal
+    from drivers.clock import WorldClock, parse_start
+    from policies.followup import make_policy
+    from simulator.photometry import unix_to_mjd
+
+    config = load_config(small_config)
+    t0 = parse_start(START)
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path)
+    j.start_session("old-session", t0)
+    for k in range(3):  # two objects, three detections each
+        for ra, dec in ((150.0, 30.0), (151.0, 31.0)):
+            j.detections(f"x-{k}-{ra}", 0, t0 + 60 * k, {
+                "ra_deg": np.array([ra]), "dec_deg": np.array([dec]),
+                "mag": np.array([19.0]), "mag_err": np.array([0.05]),
+                "mjd": np.array([float(unix_to_mjd(t0 + 60 * k))]),
+                "band": np.array([1])})
+    spec = f"{config.spectrographs[0].site}.spec"
+    done = Command(spec, "spectrum", {"ra_deg": 150.0, "dec_deg": 30.0, "seconds": 600.0,
+                                      "target_id": f"{spec}-000007"}, deadline=t0 + 2000)
+    j.command("old-session", done, t0 + 200)
+    j.finish(done.cmd_id, "done", t0 + 900, {"label": "SNIa", "t_start": t0 + 210,
+                                             "t_end": t0 + 900})
+    failed = Command(spec, "spectrum", {"ra_deg": 151.0, "dec_deg": 31.0, "seconds": 600.0,
+                                        "target_id": f"{spec}-000008"}, deadline=t0 + 3000)
+    j.command("old-session", failed, t0 + 1000)
+    j.finish(failed.cmd_id, "failed", t0 + 1001, code="device_fault", message="too faint")
+    j.close()
+
+    d = Daemon(config, path, WorldClock(t0 + 1100, 60.0),
+               router=f"tcp://127.0.0.1:{free_port()}", pub=None,
+               policy=make_policy("greedy", 0))
+    try:
+        fu = d.core.followup
+        observed, refused = (int(x) for x in d.core.associator.locate([150.0, 151.0],
+                                                                       [30.0, 31.0]))
+        assert observed >= 0 and refused >= 0 and observed != refused
+        assert observed in fu.taken and refused not in fu.taken
+        assert fu.labels == {observed: "SNIa"}
+        assert fu.specs[spec].used_s == 700.0  # sent at t0+200, done at t0+900
+        assert fu.records[f"{spec}-000007"].status == "done"
+        assert next(fu._seq) == 9  # the next target is <spec>-000009
+    finally:
+        d.close()
 
 
 def test_run_refuses_bad_input_in_one_line(tmp_path):
