@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import msgpack
-
 import numpy as np
 
 from simulator.world import OBS_COLUMNS
