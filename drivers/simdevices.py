@@ -21,7 +21,7 @@ from simulator.ephemeris import NightCache, night_date
 from simulator.world import Reply, World
 
 SOURCES_PER_EVENT = 6000  # keeps a detections message well under the 1 MiB limit
-WEATHER_EVERY_S = 60.0  # world seconds between a station's reports
+WEATHER_EVERY_S = 2.0  # world seconds between a station's reports (closure within 5 s)
 
 
 class SimArray:
