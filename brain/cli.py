@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("dir", help="key directory (created)")
     keys.add_argument("--name", default="devices",
                       help="name of the device key pair to add (authorised at once)")
+    keys.add_argument("--devices", default=None,
+                      help="bind the pair to these device-id globs, comma-separated "
+                           "(e.g. 'xl.*'); it gets ERROR unauthorised as any other device")
     return p
 
 
@@ -534,7 +537,7 @@ def cmd_keys(args) -> int:
     from drivers.keys import create_keys
 
     try:
-        made = create_keys(args.dir, args.name)
+        made = create_keys(args.dir, args.name, args.devices)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     for path in made:

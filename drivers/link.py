@@ -200,6 +200,7 @@ class BrainLink:
         self.peers: dict[str, _Peer] = {}
         self._done: OrderedDict[str, None] = OrderedDict()  # finished cmd_ids (dedup)
         self._auth = None
+        self._key_devices: dict | None = None  # CURVE: public key -> device globs
         if security not in ("none", "curve"):
             raise SecurityError(f"security must be 'curve' or 'none', not {security!r}")
         for ep in (router, pub):
@@ -246,6 +247,9 @@ class BrainLink:
         self._auth = ThreadAuthenticator(self.ctx)
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(authorised))
+        from drivers.keys import authorised_devices
+
+        self._key_devices = authorised_devices(authorised)
         self.router.curve_server = True
         self.router.curve_publickey, self.router.curve_secretkey = pub_key, sec_key
 
@@ -296,10 +300,18 @@ class BrainLink:
         if self.router.poll(timeout_ms, zmq.POLLIN):
             for _ in range(max_messages):
                 try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                    frames = self.router.recv_multipart(zmq.NOBLOCK,
+                                                        copy=self._key_devices is None)
                 except zmq.Again:
                     break
-                self._receive(frames, out)
+                key = None
+                if self._key_devices is not None:  # CURVE: who is speaking (ZAP User-Id)
+                    try:
+                        key = frames[-1].get("User-Id").encode()
+                    except (zmq.ZMQError, AttributeError):
+                        key = b""
+                    frames = [f.bytes for f in frames]
+                self._receive(frames, out, key)
         out += self.maintain()
         return out
 
@@ -318,7 +330,8 @@ class BrainLink:
             except zmq.ZMQError:
                 pass
 
-    def _receive(self, frames: list[bytes], out: list[LinkEvent]) -> None:
+    def _receive(self, frames: list[bytes], out: list[LinkEvent],
+                 key: bytes | None = None) -> None:
         identity, frames = frames[0], frames[1:]
         try:
             msg = P.decode(frames, P.FROM_DEVICE)
@@ -330,6 +343,13 @@ class BrainLink:
         except UnicodeDecodeError:
             device = ""
         spec = self._lookup(device) if P.DEVICE_ID.fullmatch(device) else None
+        if key is not None and spec is not None:
+            from drivers.keys import may_be
+
+            if not may_be(self._key_devices.get(key, ()), device):  # unknown key: none
+                self._error(identity, "unauthorised",
+                            f"this CURVE key may not speak as {device}", msg.id)
+                return
         if msg.type == "HELLO":
             if spec is None:
                 self._error(identity, "unknown_device",

@@ -486,6 +486,44 @@ def test_curve_unknown_key_never_completes_the_handshake(ctx, tmp_path):
     friend.close()
 
 
+def test_curve_key_bound_to_other_devices_is_unauthorised(ctx, tmp_path):
+    """A CURVE key bound with --devices to another site's devices completes the
+    handshake but may not say HELLO as this telescope: ERROR unauthorised, counted, the
+    device stays down; the key bound to it is welcomed."""
+    import zmq.auth
+
+    from drivers.keys import create_keys
+
+    keys = tmp_path / "keys"
+    create_keys(keys, "mz", devices="mz.*")
+    create_keys(keys, "xl", devices="xl.g01.*,xl.wx")
+    server_pub, _ = zmq.auth.load_certificate(keys / "brain.key")
+    link = BrainLink(SPECS, "tcp://127.0.0.1:*", None, heartbeat_s=0.2, security="curve",
+                     keys_dir=keys, context=ctx)
+    wrong = DeviceHost([Scope()], link.router_endpoint, context=ctx,
+                       curve=(server_pub, *zmq.auth.load_certificate(keys / "mz.key_secret")))
+    errors = []
+    orig = wrong._receive
+
+    def spy(link_, frames):
+        msg = P.decode(frames, P.FROM_BRAIN)
+        if msg.type == "ERROR":
+            errors.append(msg.body["code"])
+        orig(link_, frames)
+
+    wrong._receive = spy
+    pump(link, wrong, lambda _ev: "unauthorised" in errors, timeout_s=3)
+    assert "unauthorised" in errors
+    assert link.up_devices() == [] and link.metrics.counts.get(("errors", "unauthorised"), 0) >= 1
+    wrong.close()
+    right = DeviceHost([Scope()], link.router_endpoint, context=ctx,
+                       curve=(server_pub, *zmq.auth.load_certificate(keys / "xl.key_secret")))
+    pump(link, right, lambda ev: any(isinstance(e, DeviceUp) for e in ev))
+    assert link.up_devices() == ["xl.g01.g"]
+    link.close()
+    right.close()
+
+
 def test_security_none_is_refused_off_loopback(ctx):
     with pytest.raises(SecurityError, match="non-loopback"):
         BrainLink(SPECS, "tcp://0.0.0.0:*", None, context=ctx)
