@@ -118,7 +118,6 @@ class Daemon:
                                         registry=registry)
         self.stopping = False
         self._run_wall0: float | None = None
-        self._run_world0 = 0.0
 
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
@@ -150,7 +149,6 @@ class Daemon:
     def run(self, until: float | None = None, max_wall_s: float | None = None) -> None:
         """Serve until world time ``until``, ``max_wall_s`` of wall time, or a signal."""
         t_wall0 = self._run_wall0 = time.monotonic()
-        self._run_world0 = self.clock.now()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 signal.signal(sig, lambda *_: setattr(self, "stopping", True))
@@ -175,12 +173,12 @@ class Daemon:
         now = self.clock.now()
         wait_world = min(self._next_tick, self._next_safety) - now
         timeout_ms = int(np.clip(self.clock.wall_s(wait_world) * 1e3, 0, 20))
-        events = self.link.poll(timeout_ms)
-        detections = [ev for ev in events
-                      if isinstance(ev, DeviceEvent) and ev.name == "detections"]
+        detections = []
         with self.journal.transaction():
-            for ev in events:
-                if not (isinstance(ev, DeviceEvent) and ev.name == "detections"):
+            for ev in self.link.poll(timeout_ms):
+                if isinstance(ev, DeviceEvent) and ev.name == "detections":
+                    detections.append(ev)
+                else:
                     self._on_link(ev)
         self._flush()
         now = self.clock.now()
@@ -209,8 +207,7 @@ class Daemon:
 
     def close(self) -> None:
         if self._run_wall0 is not None:
-            self.journal.end_session(self.link.session, time.monotonic() - self._run_wall0,
-                                     self.clock.now() - self._run_world0)
+            self.journal.end_session(self.link.session, time.monotonic() - self._run_wall0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.journal.close()

@@ -26,7 +26,7 @@ from simulator.world import OBS_COLUMNS
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, started_wall REAL NOT NULL,
-    started_world REAL NOT NULL, run_wall_s REAL, run_world_s REAL);
+    started_world REAL NOT NULL, run_wall_s REAL);
 CREATE TABLE IF NOT EXISTS commands (
     cmd_id TEXT PRIMARY KEY, session TEXT NOT NULL, device TEXT NOT NULL,
     name TEXT NOT NULL, args TEXT NOT NULL, idempotent INTEGER NOT NULL,
@@ -68,35 +68,22 @@ class Journal:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)")}
-        for col in ("run_wall_s", "run_world_s"):  # journals written before these columns
-            if col not in cols:
-                self.db.execute(f"ALTER TABLE sessions ADD COLUMN {col} REAL")
-
-        self._depth = 0
+        if "run_wall_s" not in cols:  # a journal written before the column
+            self.db.execute("ALTER TABLE sessions ADD COLUMN run_wall_s REAL")
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
     def transaction(self):
-        """One transaction for everything written inside (nested uses join the outer
-        one): committed on leaving, rolled back on an exception."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+        """One transaction for everything written inside: committed on leaving, rolled
+        back on an exception (SQLite refuses to nest them)."""
         self.db.execute("BEGIN")
-        self._depth = 1
         try:
             yield
         except BaseException:
-            self._depth = 0
             self.db.execute("ROLLBACK")
             raise
-        self._depth = 0
         self.db.execute("COMMIT")
 
     # Sessions --------------------------------------------------------------------
@@ -107,11 +94,10 @@ class Journal:
                         "VALUES (?, ?, ?)", (session, time.time(), world_t))
         return found
 
-    def end_session(self, session: str, run_wall_s: float, run_world_s: float) -> None:
-        """How long the session's loop ran, in wall and world seconds (their ratio is
-        the speed a rehearsal actually kept)."""
-        self.db.execute("UPDATE sessions SET run_wall_s=?, run_world_s=? WHERE session=?",
-                        (run_wall_s, run_world_s, session))
+    def end_session(self, session: str, run_wall_s: float) -> None:
+        """How long the session's loop ran, in wall seconds."""
+        self.db.execute("UPDATE sessions SET run_wall_s=? WHERE session=?",
+                        (run_wall_s, session))
 
     def recover(self) -> dict[str, int]:
         """Commands left in flight by a previous process: idempotent ones are ``lost``,
@@ -222,11 +208,11 @@ class Journal:
         for device, args, status, t_sent, t_end, result in self.db.execute(
                 "SELECT device, args, status, t_sent, t_end, result FROM commands "
                 "WHERE name='spectrum' ORDER BY t_sent, rowid"):
-            a, r = json.loads(args), json.loads(result) if result else {}
+            a, r = json.loads(args), json.loads(result or "{}") or {}
             out.append({"device": device, "target_id": a.get("target_id", ""),
                         "ra_deg": float(a.get("ra_deg", np.nan)),
                         "dec_deg": float(a.get("dec_deg", np.nan)), "t_sent": t_sent,
-                        "t_end": t_end, "status": status, "label": (r or {}).get("label")})
+                        "t_end": t_end, "status": status, "label": r.get("label")})
         return out
 
     def iter_detections(self):
@@ -236,12 +222,13 @@ class Journal:
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
-    """1-D arrays as msgpack ``{name: [dtype, bytes]}`` (little-endian): twenty times
-    faster than ``np.savez``, which mattered on the daemon's hot path."""
-    return msgpack.packb({k: [np.asarray(a).dtype.newbyteorder("<").str,
-                              np.ascontiguousarray(a, dtype=np.asarray(a).dtype
-                                                   .newbyteorder("<")).tobytes()]
-                          for k, a in arrays.items()})
+    """1-D arrays as msgpack ``{name: [dtype, bytes]}``, little-endian (13 µs for a
+    500-source message against ``np.savez``'s 115 µs: the daemon's hot path)."""
+    out = {}
+    for k, a in arrays.items():
+        dt = np.asarray(a).dtype.newbyteorder("<")
+        out[k] = [dt.str, np.ascontiguousarray(a, dtype=dt).tobytes()]
+    return msgpack.packb(out)
 
 
 def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:

@@ -86,6 +86,10 @@ def create_keys(directory: str | os.PathLike, name: str = "devices",
         text = Path(pub).read_text()
         Path(pub).write_text(text.replace("metadata\n", f'metadata\n    devices = "{devices}"\n',
                                           1))
+        public, _ = zmq.auth.load_certificate(pub)
+        if authorised_devices(d)[public] != tuple(devices.split(",")):
+            # an unreadable binding would leave the key free to be any device
+            raise ValueError(f"could not bind {pub} to {devices!r}")
     shutil.copy(pub, d / "authorized" / Path(pub).name)
     os.chmod(sec, 0o600)
     if (d / "brain.key_secret").is_file():

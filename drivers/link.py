@@ -24,6 +24,7 @@ import zmq
 
 from drivers import protocol as P
 from drivers.clock import WorldClock
+from drivers.keys import authorised_devices, may_be
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +248,6 @@ class BrainLink:
         self._auth = ThreadAuthenticator(self.ctx)
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(authorised))
-        from drivers.keys import authorised_devices
-
         self._key_devices = authorised_devices(authorised)
         self.router.curve_server = True
         self.router.curve_publickey, self.router.curve_secretkey = pub_key, sec_key
@@ -344,8 +343,6 @@ class BrainLink:
             device = ""
         spec = self._lookup(device) if P.DEVICE_ID.fullmatch(device) else None
         if key is not None and spec is not None:
-            from drivers.keys import may_be
-
             if not may_be(self._key_devices.get(key, ()), device):  # unknown key: none
                 self._error(identity, "unauthorised",
                             f"this CURVE key may not speak as {device}", msg.id)

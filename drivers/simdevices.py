@@ -21,7 +21,7 @@ from simulator.ephemeris import NightCache, night_date
 from simulator.world import Reply, World
 
 SOURCES_PER_EVENT = 6000  # keeps a detections message well under the 1 MiB limit
-WEATHER_EVERY_S = 2.0  # world seconds between a station's reports (closure within 5 s)
+WEATHER_EVERY_S = 60.0  # world seconds between a station's reports when nothing changes
 
 
 class SimArray:
@@ -66,8 +66,17 @@ class SimArray:
         return int(np.clip(k, 0, self.env.nights - 1))
 
     def weather_at(self, site: str, now: float) -> dict:
+        return self._series(site, now).at(now)
+
+    def weather_change_after(self, site: str, now: float) -> float:
+        """World time of the site's next weather sample after ``now`` (inf: none)."""
+        t = self._series(site, now).t_unix
+        k = int(np.searchsorted(t, now, side="right"))
+        return float(t[k]) if k < len(t) else np.inf
+
+    def _series(self, site: str, now: float):
         k = self.env_night_index(night_date(self.config, now))
-        return self.env.weather[(k, site)].at(now)
+        return self.env.weather[(k, site)]
 
     def devices(self) -> list[Device]:
         out: list[Device] = []
@@ -232,8 +241,11 @@ class SimWeather(_SimDevice):
         return {"state": "idle", **self.array.weather_at(self.site, now)}
 
     def events(self, now: float):
+        """A report as soon as the weather changes (the simulated series changes only
+        at its samples), and every WEATHER_EVERY_S when it does not."""
         # (world time may also step back: a rehearsal's brain restarting earlier)
         if now >= self._next or now < self._next - 2 * WEATHER_EVERY_S:
-            self._next = now + WEATHER_EVERY_S
+            self._next = min(now + WEATHER_EVERY_S,
+                             self.array.weather_change_after(self.site, now))
             return [("weather", self.array.weather_at(self.site, now))]
         return ()

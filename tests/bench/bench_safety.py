@@ -136,7 +136,7 @@ def closure_run(turn: dict, tmp: Path) -> dict:
 
 
 DEVICE_SCRIPT = """
-import sys, time
+import sys
 from drivers.device import Device, DeviceHost
 class Station(Device):
     kind = "weather"
