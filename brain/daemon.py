@@ -36,6 +36,7 @@ from brain.events import (
     DeviceState,
     Done,
     Failed,
+    Operator,
     Tick,
     Weather,
     set_command_prefix,
@@ -118,6 +119,12 @@ class Daemon:
                                         registry=registry)
         self.stopping = False
         self._run_wall0: float | None = None
+        # Operators (brain.serve): the planner's state goes to the desk actor, approved
+        # actions come back from it.
+        self.desk = None
+        self._next_desk = 0.0
+        self._next_push = 0.0
+        self._validator = None
 
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
@@ -140,6 +147,17 @@ class Daemon:
                                           [sp["dec_deg"] for sp in spectra])
             n_taken = core.followup.restore(spectra, oids,
                                             night_date(self.config, self.clock.now()))
+        n_ops = 0
+        for t, tool, args in j.operator_actions():
+            # The operator's standing orders (held sites, paused groups, the region,
+            # follow-up requests) outlive a restart; the commands they gave were sent.
+            try:
+                core.handle(Operator(t, tool, args))
+                n_ops += 1
+            except ValueError as exc:
+                log.warning("journalled operator action %s not restored: %s", tool, exc)
+        if n_ops:
+            log.warning("restored %d operator actions from the journal", n_ops)
         if any(self.recovered.values()) or batches:
             log.warning("journal recovered: %s; %d visits, %d detection messages, "
                         "%d spectra (%d objects taken)", self.recovered, len(j.visits()),
@@ -195,6 +213,8 @@ class Daemon:
             with self.journal.transaction():
                 for ev in detections:
                     self._on_event(ev)
+        if self.desk is not None and time.monotonic() >= self._next_desk:
+            self._serve_desk()
         while self._classifying and self._classifying[0][1].done():
             t_asked, fut = self._classifying.pop(0)
             try:
@@ -204,6 +224,57 @@ class Daemon:
                           type(e).__name__, e)
                 continue
             self.core.finish_classification(self.clock.now(), cand, prob)
+
+    # Operators -------------------------------------------------------------------
+    def attach_desk(self, desk) -> None:
+        from brain.tools import Validator
+
+        self.desk = desk
+        self._validator = Validator(self.config)
+
+    def _serve_desk(self) -> None:
+        """Take approved actions (each validated again against the state now: the plan
+        was made on a state up to a few seconds old) and push a fresh state."""
+        import ray
+
+        from brain.tools import TOOLS, parse_call
+
+        wall = time.monotonic()
+        self._next_desk = wall + 0.25
+        try:
+            actions = ray.get(self.desk.take.remote(), timeout=2.0)
+        except Exception as exc:  # the desk restarting: try again on the next turn
+            log.warning("operator desk unavailable: %s", type(exc).__name__)
+            return
+        now = self.clock.now()
+        state = self.core.plan_state(now) if actions or wall >= self._next_push else None
+        for aid, tool, args in actions:
+            parsed, err = parse_call(tool, args)
+            problems = ([err] if err else [f"{tool} is not an action"]
+                        if not TOOLS[tool].moves_hardware else
+                        self._validator.check(tool, parsed, state, None))
+            if not problems:
+                args = parsed.model_dump()
+                try:
+                    with self.journal.transaction():
+                        self._send(self.core.handle(Operator(now, tool, args)), now)
+                        self.journal.event(now, "operator", tool, args)
+                except ValueError as exc:
+                    problems = [str(exc)]
+            if problems:
+                with self.journal.transaction():
+                    self.journal.event(now, "operator", "refused",
+                                       {"tool": tool, "args": args, "problems": problems})
+                self.desk.done.remote(aid, "; ".join(problems))
+                continue
+            self._flush()
+            self.desk.done.remote(aid, None)
+            log.info("operator: %s %s", tool, args)
+        if actions:
+            state = self.core.plan_state(self.clock.now())
+        if state is not None:
+            self._next_push = wall + 2.0
+            self.desk.put_state.remote(state.to_dict())
 
     def close(self) -> None:
         if self._run_wall0 is not None:
@@ -361,7 +432,10 @@ class Daemon:
 def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: float,
                metrics_port: int, until: float | None = None, policy=None,
                router: str = "tcp://127.0.0.1:5550", pub: str = "tcp://127.0.0.1:5551",
-               security: str = "none", keys_dir: str | None = None) -> Daemon:
+               security: str = "none", keys_dir: str | None = None,
+               hosting: str = "ray", ray_address: str | None = None,
+               api_port: int | None = None, policy_seed: int = 0) -> Daemon:
+    """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
@@ -369,8 +443,30 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     # short switch interval gets an arriving DONE handled within a millisecond.
     sys.setswitchinterval(0.0002)
     clock = WorldClock(start, speed)
+    classifier = None
+    if hosting == "ray":
+        # The models as Ray actors (restarted by Ray; each holds nothing but its model),
+        # on a local Ray or the cluster at ray_address.
+        from brain.hosting import connect, start_classifier, start_policy
+
+        connect(ray_address)
+        classifier = start_classifier()
+        if isinstance(policy, str):
+            policy = start_policy(policy, policy_seed)
+    elif isinstance(policy, str):
+        from policies.followup import make_policy
+
+        policy = make_policy(policy, policy_seed)
     d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
-               registry=registry)
+               classifier=classifier, registry=registry)
+    if hosting == "ray" and api_port != 0:
+        from brain.serve import desk, start_api
+
+        d.attach_desk(desk(create=True))
+        d._serve_desk()  # a first state before the API answers
+        start_api(config, api_port)
+        log.info("operators' API on http://127.0.0.1:%d (planner loading)",
+                 api_port or config.planner.api_port)
     if start is not None:
         # A rehearsal restarted on its journal goes on with its night, not back at
         # --start: world time kept running while the brain was down, as it would have

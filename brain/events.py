@@ -91,4 +91,14 @@ class DeviceState:
     up: bool
 
 
-Event = Tick | Weather | Done | Failed | DetectionsEvent | DeviceState
+@dataclass(slots=True)
+class Operator:
+    """An operator's approved action (a validated planner tool call, brain.tools): the
+    same path in both shells; the core applies it and returns the commands it needs."""
+
+    t: float
+    tool: str
+    args: dict[str, Any]
+
+
+Event = Tick | Weather | Done | Failed | DetectionsEvent | DeviceState | Operator

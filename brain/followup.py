@@ -175,6 +175,10 @@ class FollowupManager:
                         + self.settings.faint_margin_mag)
         self._reward = np.array([self.settings.reward.get(c, 0.0) for c in CLASSES])
         self._dark: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        # Operator requests (brain.tools): offered first and taken whenever observable;
+        # cancelled objects are never offered to the policy.
+        self.requested: list[int] = []
+        self.vetoed: set[int] = set()
 
     # After a restart ---------------------------------------------------------------
     def restore(self, spectra: list[dict], object_ids: np.ndarray, date: str) -> int:
@@ -209,6 +213,16 @@ class FollowupManager:
         self._seq = itertools.count(top + 1)
         self._date = date
         return len(self.taken)
+
+    def request(self, object_id: int) -> None:
+        self.vetoed.discard(object_id)
+        if object_id not in self.requested and object_id not in self.taken:
+            self.requested.append(object_id)
+
+    def cancel(self, object_id: int) -> None:
+        if object_id in self.requested:
+            self.requested.remove(object_id)
+        self.vetoed.add(object_id)
 
     # Inputs ------------------------------------------------------------------------
     def update(self, snapshot: Snapshot) -> None:
@@ -257,7 +271,11 @@ class FollowupManager:
         cmds: list[Command] = []
         for dev in self.ready(t):
             table, rows = self.candidates_for(dev, t, night)
-            choice = (yield dev, table, rows) if table.n else WAIT
+            if table.n and int(table.object_id[0]) in self.requested:
+                choice = 0  # the operator's request goes first (candidates_for)
+                self.requested.remove(int(table.object_id[0]))
+            else:
+                choice = (yield dev, table, rows) if table.n else WAIT
             cmds += self.act(dev, t, table, rows, choice)
         return cmds
 
@@ -311,8 +329,14 @@ class FollowupManager:
             return _empty_table(night_left, budget_left), np.zeros(0, dtype=np.int64)
         limit = getattr(self.policy, "max_candidates", None)
         order = self._priority_order(st.spec) if limit else np.arange(snap.n)
-        if self.taken:
-            order = order[~np.isin(snap.object_id[order], np.fromiter(self.taken, np.int64))]
+        if self.taken or self.vetoed:
+            order = order[~np.isin(snap.object_id[order],
+                                   np.fromiter(self.taken | self.vetoed, np.int64))]
+        if self.requested:  # operator requests first, in the order asked
+            ids = snap.object_id[order]
+            first = [np.flatnonzero(ids == o) for o in self.requested]
+            first = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)
+            order = np.concatenate([order[first], np.delete(order, first)])
         if limit:
             # Scan in priority order until enough observable candidates are found.
             found, count, a, step = [], 0, 0, 8 * limit

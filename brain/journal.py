@@ -172,6 +172,12 @@ class Journal:
         self.db.execute("INSERT INTO events (t, device, name, data) VALUES (?,?,?,?)",
                         (t, device, name, json.dumps(data)))
 
+    def operator_actions(self) -> list[tuple[float, str, dict]]:
+        """Approved operator actions, oldest first (refusals left out)."""
+        rows = self.db.execute("SELECT t, name, data FROM events WHERE device = 'operator' "
+                               "AND name != 'refused' ORDER BY rowid").fetchall()
+        return [(float(t), name, json.loads(data)) for t, name, data in rows]
+
     def observation(self, row: tuple) -> None:
         self.db.execute(f"INSERT OR IGNORE INTO observations VALUES "
                         f"({','.join('?' * len(OBS_COLUMNS))})", row)

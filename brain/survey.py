@@ -213,6 +213,7 @@ class SurveyScheduler:
         self.config = config
         self.state = SurveyState(n_fields, len(config.groups))
         self.masks = [FeasibilityMask(config), ClaimMask(config)]
+        self.region: np.ndarray | None = None  # operator's survey region (field mask)
         self.depth = DepthBasisFunction(config)
         self.features = [SlewtimeBasisFunction(config), CadenceBasisFunction(config),
                          PathBasisFunction(config),
@@ -237,6 +238,8 @@ class SurveyScheduler:
                pointing_xyz: np.ndarray | None) -> int | None:
         """The best field for ``group`` at ``t`` (unix s), or None if none is feasible."""
         idx = self._candidates(sky, site, t)
+        if self.region is not None:
+            idx = idx[self.region[idx]]
         if idx.size == 0:
             return None
         if pointing_xyz is None:

@@ -72,7 +72,7 @@ def test_killed_daemon_restarts_from_its_journal_without_loss_or_repeats(small_c
     link = ["--config", str(small_config), "--start", START, "--speed", SPEED,
             "--router", router, "--pub", pub]
     daemon_cmd = brain_cmd("run", *link, "--journal", str(journal), "--metrics-port", "0",
-                           "--policy", "greedy", "--failsafe-s", "120")
+                           "--policy", "greedy", "--failsafe-s", "120", "--hosting", "local")
     out = (tmp_path / "daemon.log").open("w")
     drivers = subprocess.Popen(brain_cmd("sim-drivers", *link, "--weather", "clear",
                                          "--log", str(log)),

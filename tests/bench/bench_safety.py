@@ -98,6 +98,7 @@ def closure_run(turn: dict, tmp: Path) -> dict:
     time.sleep(0.5)
     daemon = subprocess.Popen([sys.executable, "-m", "brain", "run", *common, "--journal",
                                str(journal), "--metrics-port", "0", "--policy", "none",
+                               "--hosting", "local",
                                "--until", _iso(t_turn + AFTER_S)],
                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     rc = daemon.wait(timeout=(LEAD_S + AFTER_S) / SPEED + 300)

@@ -73,7 +73,8 @@ def main() -> None:
     w0 = time.monotonic()
     until = datetime.fromtimestamp(t1, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     daemon = subprocess.Popen([sys.executable, "-m", "brain", "run", *common, "--journal",
-                               str(journal), "--metrics-port", "0", "--until", until],
+                               str(journal), "--metrics-port", "0", "--hosting", "local",
+                               "--until", until],
                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     rc = daemon.wait(timeout=HOURS * 3600 / SPEED + 300)
     wire_wall = time.monotonic() - w0

