@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,23 @@ class ClassifierService:
         return {"requests": self.requests, "batches": self.batches}
 
 
+def call_with_restarts(method, *args, timeout_s: float = 60.0):
+    """``method.remote(*args)``, asked again while its actor is restarting (Ray restarts
+    a dead actor; a call that reached the dead one fails with an actor error). The
+    actors hold no state but their models, so asking again is safe: no decision is
+    lost to a restart."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(method.remote(*args), timeout=max(1.0, deadline - time.monotonic()))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 class RemoteClassifier:
     """The in-process classifier's interface, answered by a ``ClassifierService`` actor."""
 
@@ -149,8 +167,8 @@ class RemoteClassifier:
             raise ValueError("classifier actor serves another taxonomy")
 
     def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None) -> np.ndarray:
-        ref = self.handle.predict.remote(obj, mjd, band, mag, err, n_objects)
-        return self._ray.get(ref, timeout=self.timeout_s)
+        return call_with_restarts(self.handle.predict, obj, mjd, band, mag, err, n_objects,
+                                  timeout_s=self.timeout_s)
 
 
 def start_classifier(directory: str | None = None, name: str = "classifier",
@@ -201,7 +219,7 @@ class RemotePolicy:
         self.name = ray.get(handle.stats.remote(), timeout=timeout_s)["policy"]
 
     def choose(self, table) -> int:
-        return int(self._ray.get(self.handle.choose.remote(table), timeout=self.timeout_s))
+        return int(call_with_restarts(self.handle.choose, table, timeout_s=self.timeout_s))
 
 
 def start_policy(name: str = "rl", seed: int = 0, directory: str | None = None,

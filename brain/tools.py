@@ -106,6 +106,18 @@ TOOLS: dict[str, Tool] = {t.name: t for t in (
          "state of the sites, weather and telescope groups now", False),
 )}
 NONE_TOOL = "none"  # the planner's answer to a request that needs no tool
+# An action runs only when the operator's words ask for that kind of action: a wrong tool
+# picked by the model (e.g. closing a site when asked to open it) stays a plan.
+ACTION_WORDS = {
+    "close_site": r"\b(close|closed|closing|shut|shutter|keep\b.*\bclosed)",
+    "open_site": r"\b(open|reopen|opening)\b",
+    "pause_group": r"\b(pause|stop|hold|halt|suspend|out of|take\b.*\bout|don't|do not)",
+    "resume_group": r"\b(resume|back|again|restart|return|unpause|re-?enable)",
+    "request_followup": r"(spectr|spec\b|follow|4-m|observe|queue|book)",
+    "cancel_followup": r"\b(cancel|withdraw|drop|remove|forget|no longer|don't need|"
+                       r"do not need|off)\b",
+    "set_survey_region": r"(survey|region|restrict|limit|only|\bra\b|\bdec)",
+}
 
 
 def args_schema(tool: str, state: PlanState | None = None) -> dict:
@@ -244,6 +256,10 @@ class Validator:
             if not _mentions(request, a[key], self.aliases):
                 problems.append(f"{tool}: {key} {a[key]!r} is not named in the request "
                                 "(an action's target must come from the operator)")
+        if request is not None and tool in ACTION_WORDS and not re.search(
+                ACTION_WORDS[tool], request.lower()):
+            problems.append(f"{tool}: the request does not ask for this action (a small "
+                            "model may pick the wrong one; nothing runs unasked)")
         if tool == "set_survey_region" and request is not None:
             said = {float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?", request)}
             for key, v in a.items():

