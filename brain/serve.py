@@ -25,7 +25,23 @@ import time
 import urllib.error
 import urllib.request
 
+from pydantic import BaseModel, ConfigDict, Field
+
 DESK = "operator-desk"
+
+
+class AskBody(BaseModel):
+    """POST /ask (module level: FastAPI resolves the annotations by name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    request: str = Field(min_length=1, max_length=1000)
+    execute: bool = False
+
+
+class ApproveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request: str = Field(min_length=1, max_length=1000)
+    calls: list[dict] = Field(min_length=1, max_length=8)
 APP = "sitian"
 
 
@@ -99,20 +115,9 @@ def build_app(config, planner_options: dict | None = None):
     """The Serve application: ``Api`` in front of a ``PlannerDeployment``."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
     from ray import serve
 
     api = FastAPI(title="SiTian Brain operators' API")
-
-    class AskBody(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        request: str = Field(min_length=1, max_length=1000)
-        execute: bool = False
-
-    class ApproveBody(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        request: str = Field(min_length=1, max_length=1000)
-        calls: list[dict] = Field(min_length=1, max_length=8)
 
     planner_dep = serve.deployment(
         PlannerService, name="planner", num_replicas=1,

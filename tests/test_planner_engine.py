@@ -64,7 +64,8 @@ def test_brain_ask_against_a_simulation_state(clear_run):
     r = run_brain("ask", "Which kilonova candidates do we have?", "--state", str(clear_run),
                   "--json", timeout=400)
     assert r.returncode in (0, 1), r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    line = next(x for x in r.stdout.splitlines() if x.startswith('{"request"'))
+    out = json.loads(line)
     assert set(out) >= {"request", "calls", "valid", "problems", "executed"}
     assert out["request"] == "Which kilonova candidates do we have?"
     for c in out["calls"]:
