@@ -444,7 +444,10 @@ def cmd_ask(args) -> int:
             raise UsageError(str(exc)) from None
         from brain.planner import Planner, carry_out, state_from_run
 
-        state = state_from_run(args.state, config, at)
+        try:
+            state = state_from_run(args.state, config, at)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"{args.state}: {exc}".splitlines()[0]) from None
         engine = _engine(config)
         planner = Planner(config, engine)
         result = carry_out(planner.plan(args.request, state), state, planner.validator,
@@ -472,9 +475,9 @@ def _engine(config):
 
     try:
         path = resolve_model(config.planner.model, config.planner.cache_dir)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    return Engine(path, config.planner.max_model_len)
+        return Engine(path, config.planner.max_model_len)
+    except (FileNotFoundError, ImportError) as exc:
+        raise UsageError(f"planner engine: {exc}".splitlines()[0]) from None
 
 
 def _print_plan(result: dict) -> None:

@@ -259,8 +259,12 @@ class BrainCore:
         """An approved planner action (validated before; re-checked here only for what
         would make it unsafe or undefined: the core never trusts its caller)."""
         a, t = ev.args, ev.t
+        if "site" in a and a["site"] not in self.sites:
+            raise ValueError(f"unknown site {a['site']!r}")
         if ev.tool in ("pause_group", "resume_group"):
-            g = next(x for x in self.groups if x.name == a["group"])
+            g = next((x for x in self.groups if x.name == a["group"]), None)
+            if g is None:
+                raise ValueError(f"unknown group {a['group']!r}")
             g.paused = ev.tool == "pause_group"
             if not g.paused and g.phase == IDLE and self.sites[g.site].open \
                     and self.group_up(g):
@@ -314,8 +318,9 @@ class BrainCore:
             from simulator.lightcurves import CLASSES
 
             tr = self.config.transients
+            # Every classified candidate, however old or faint (no follow-up filter).
             snap = take_snapshot(t, self.associator, self.obj_prob, tr.min_detections,
-                                 1e4, math.inf)
+                                 math.inf, math.inf)
             for k, oid in enumerate(snap.object_id):
                 c = int(np.argmax(snap.prob[k]))
                 objects[f"o{int(oid):07d}"] = {
@@ -340,9 +345,10 @@ class BrainCore:
         region = None
         if self.scheduler.region is not None:
             region = [int(self.scheduler.region.sum())]
-        summary = {"visits": int(sum(len(g.t_starts) > 0 for g in self.groups)),
+        summary = {"group_exposures": self._obs_seq,
                    "objects": self.associator.n_objects, "candidates": len(objects),
-                   "spectra": len(followups), "refusals": dict(self.refusals)}
+                   "spectra": len(fu.records) if fu is not None else 0,
+                   "refusals": dict(self.refusals)}
         return PlanState(t, "daemon", sites, groups, objects, followups, spec_left,
                          region, summary)
 

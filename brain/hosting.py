@@ -159,7 +159,6 @@ class RemoteClassifier:
     def __init__(self, handle, timeout_s: float = 60.0):
         import ray
 
-        self._ray = ray
         self.handle = handle
         self.timeout_s = timeout_s
         self.classes = tuple(ray.get(handle.classes.remote(), timeout=timeout_s))
@@ -212,7 +211,6 @@ class RemotePolicy:
     def __init__(self, handle, timeout_s: float = 30.0):
         import ray
 
-        self._ray = ray
         self.handle = handle
         self.timeout_s = timeout_s
         self.max_candidates = ray.get(handle.max_candidates.remote(), timeout=timeout_s)

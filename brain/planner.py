@@ -382,17 +382,16 @@ def state_from_run(run_dir: str | Path, config, at: float | None = None) -> Plan
         if float(r["t_end"]) >= t - 600:
             open_sites.add(r["site"])
     env = Environment.load(d)
-    nights = {night_date(config, t)}
+    tonight = night_date(config, t)
     sites = {}
     vd = Validator(config)
     for s in config.sites:
         wx = None
-        for (n, sid), series in env.weather.items():
+        for (_night, sid), series in env.weather.items():
             if sid == s.id and float(series.t_unix[0]) <= t <= float(series.t_unix[-1]) + 600:
                 w = series.at(t)
                 wx = Weather(t, s.id, w["wind_mps"], w["humidity"], w["rain"], w["cloud"],
                              w["seeing_arcsec"], w["dew_margin_c"])
-                del n
         v = weather_verdict(config.limits, wx, t)
         sun = float(vd.night(t).sites[s.id].sun_alt(t))
         sites[s.id] = {"name": s.name, "open": s.id in open_sites, "safe": v.safe,
@@ -424,7 +423,7 @@ def state_from_run(run_dir: str | Path, config, at: float | None = None) -> Plan
             for r in csv.DictReader(fh):
                 followups[r["object_id"]] = "done"
                 site = r["telescope"].split(".", 1)[0]
-                if night_date(config, float(r["t_start"])) in nights:
+                if night_date(config, float(r["t_start"])) == tonight:
                     used[site] = used.get(site, 0.0) + float(r["t_end"]) - float(r["t_start"])
     cap = config.followup.max_hours_per_night
     spec_left = {}

@@ -20,6 +20,7 @@ journal like any other.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -83,8 +84,7 @@ def desk(create: bool = True):
 
     if create:
         return ray.remote(OperatorDesk).options(
-            name=DESK, get_if_exists=True, max_restarts=-1, num_cpus=0,
-            lifetime=None).remote()
+            name=DESK, get_if_exists=True, max_restarts=-1, num_cpus=0).remote()
     return ray.get_actor(DESK)
 
 
@@ -165,7 +165,7 @@ def build_app(config, planner_options: dict | None = None):
                         finished, refusal = await self.desk.result.remote(aid)
                         if finished or time.time() > deadline:
                             break
-                        await _sleep(0.1)
+                        await asyncio.sleep(0.1)
                     if not finished or refusal:
                         res.executed = False
                         res.problems.append(refusal or "the daemon did not take the action "
@@ -230,12 +230,6 @@ def build_app(config, planner_options: dict | None = None):
 
     cfg = config.model_dump(mode="json")
     return Api.bind(planner_dep.bind(cfg), cfg)
-
-
-async def _sleep(s: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(s)
 
 
 def start_api(config, port: int | None = None, host: str = "127.0.0.1",

@@ -93,7 +93,6 @@ def test_policy_actor_answers_as_in_process(ray_local):
     """The RL policy as a Ray actor chooses exactly what the in-process network chooses,
     and asks the manager for the same shortlist."""
     from brain.hosting import start_policy
-    from policies.followup import CandidateTable
     from policies.rl import RLPolicy
 
     rng = np.random.default_rng(3)
@@ -101,12 +100,39 @@ def test_policy_actor_answers_as_in_process(ray_local):
     remote = start_policy("rl", actor_name="policy-test")
     assert remote.max_candidates == local.max_candidates and remote.name == "rl"
     for _ in range(5):
-        n = int(rng.integers(1, 30))
-        prob = rng.dirichlet(np.ones(14), n)
-        table = CandidateTable(
-            np.arange(n), rng.uniform(0, 360, n), rng.uniform(-20, 60, n),
-            rng.uniform(16, 21.5, n), rng.normal(0, 0.3, n), rng.uniform(0, 3, n),
-            rng.integers(3, 60, n), rng.integers(1, 3, n), prob, rng.uniform(30, 90, n),
-            rng.uniform(300, 500, n), rng.uniform(300, 3600, n), rng.uniform(0, 3e4, n),
-            rng.uniform(0, 1, n), prob @ rng.uniform(0, 50, 14), 3e4, 3e4)
+        table = _random_table(rng, int(rng.integers(1, 30)))
         assert remote.choose(table) == local.choose(table)
+
+
+def test_policy_actor_restart_mid_night_loses_no_decision(ray_local):
+    """The follow-up manager keeps asking the policy actor through a kill: every decision
+    is answered (Ray retries the call on the restarted actor) and equals the in-process
+    policy's."""
+    from brain.hosting import start_policy
+    from policies.followup import make_policy
+
+    ray = ray_local
+    rng = np.random.default_rng(11)
+    local = make_policy("rl", 0)
+    remote = start_policy("rl", actor_name="policy-restart-test")
+    answers = []
+    for k in range(12):
+        if k == 5:
+            ray.kill(remote.handle, no_restart=False)
+        table = _random_table(rng, int(rng.integers(2, 25)))
+        answers.append((remote.choose(table), local.choose(table)))
+    assert len(answers) == 12
+    assert all(a == b for a, b in answers)
+
+
+def _random_table(rng, n: int):
+    """A seeded candidate table of ``n`` rows, for policy answers to compare."""
+    from policies.followup import CandidateTable
+
+    prob = rng.dirichlet(np.ones(14), n)
+    return CandidateTable(
+        np.arange(n), rng.uniform(0, 360, n), rng.uniform(-20, 60, n),
+        rng.uniform(16, 21.5, n), rng.normal(0, 0.3, n), rng.uniform(0, 3, n),
+        rng.integers(3, 60, n), rng.integers(1, 3, n), prob, rng.uniform(30, 90, n),
+        rng.uniform(300, 500, n), rng.uniform(300, 3600, n), rng.uniform(0, 3e4, n),
+        rng.uniform(0, 1, n), prob @ rng.uniform(0, 50, 14), 3e4, 3e4)
