@@ -101,11 +101,19 @@ class PlannerSettings(Strict):
                           description="the operators' HTTP API (Ray Serve) on 127.0.0.1")
 
 
+class OpsSettings(Strict):
+    """Operations: metrics, night jobs and reports (brain.opsmetrics, brain.nightjobs)."""
+
+    coverage_goal_deg2: float = Field(default=10000.0, gt=0, description="sky the survey "
+                                      "should image in all three bands per 30 minutes")
+
+
 class BrainConfig(ArrayConfig):
     scheduler: SchedulerSettings = SchedulerSettings()
     transients: TransientSettings = TransientSettings()
     followup: FollowupSettings = FollowupSettings()
     planner: PlannerSettings = PlannerSettings()
+    ops: OpsSettings = OpsSettings()
 
 
 class ConfigError(ValueError):

@@ -117,6 +117,10 @@ class Daemon:
             self._veto_metric = Counter("sitian_safety_vetoes_total",
                                         "Commands refused by a safety rule", ["rule"],
                                         registry=registry)
+            from brain.opsmetrics import VETO_RULES
+
+            for rule in VETO_RULES:  # every series exists from the start (at 0)
+                self._veto_metric.labels(rule)
         self.stopping = False
         self._run_wall0: float | None = None
         # Operators (brain.serve): the planner's state goes to the desk actor, approved
@@ -125,6 +129,11 @@ class Daemon:
         self._next_desk = 0.0
         self._next_push = 0.0
         self._validator = None
+        self.metrics = None
+        if registry is not None:
+            from brain.opsmetrics import DaemonMetrics
+
+            self.metrics = DaemonMetrics(registry, self)
 
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
@@ -188,6 +197,7 @@ class Daemon:
         millisecond into 0.1 s of telescope time), so: device outcomes and state first,
         their commands journalled in one transaction and sent; then the safety review
         and the minute tick; detections last (they wait for the next tick anyway)."""
+        turn0 = time.perf_counter()
         now = self.clock.now()
         wait_world = min(self._next_tick, self._next_safety) - now
         timeout_ms = int(np.clip(self.clock.wall_s(wait_world) * 1e3, 0, 20))
@@ -224,6 +234,11 @@ class Daemon:
                           type(e).__name__, e)
                 continue
             self.core.finish_classification(self.clock.now(), cand, prob)
+            if self.metrics is not None:
+                self.metrics.classified(prob)
+        if self.metrics is not None:  # the turn, less the wait for the sockets
+            self.metrics.loop_lag.observe(max(0.0, time.perf_counter() - turn0
+                                              - self.link.last_wait_s))
 
     # Operators -------------------------------------------------------------------
     def attach_desk(self, desk) -> None:
@@ -269,6 +284,8 @@ class Daemon:
                 continue
             self._flush()
             self.desk.done.remote(aid, None)
+            if self.metrics is not None:
+                self.metrics.actions.labels(tool).inc()
             log.info("operator: %s %s", tool, args)
         if actions:
             state = self.core.plan_state(self.clock.now())
@@ -301,6 +318,9 @@ class Daemon:
             j.finish(ev.cmd_id, "done", ev.t, ev.result)
             if cmd is not None and cmd.name == "spectrum":
                 j.followup(ev.cmd_id, cmd.args.get("target_id"), cmd.device, "done", ev.result)
+                if self.metrics is not None:
+                    self.metrics.spectrum("done", ev.result.get("label"),
+                                          bool(ev.result.get("before_peak", False)))
             self._send(core.handle(Done(ev.t, ev.device, ev.cmd_id, ev.result)), ev.t)
         elif isinstance(ev, CommandFailed):
             self._failed(ev.t, ev.device, ev.cmd_id, ev.code, ev.message)
@@ -320,6 +340,8 @@ class Daemon:
                                                       and not cmd.idempotent) else
                   "timeout" if code == "timeout" else "failed")
         self.journal.finish(cmd_id, status, t, code=code, message=message)
+        if self.metrics is not None and cmd is not None and cmd.name == "spectrum":
+            self.metrics.spectrum("failed")
         self._send(self.core.handle(Failed(t, device, cmd_id, code, message)), t)
 
     def _on_event(self, ev: DeviceEvent) -> None:
@@ -383,9 +405,13 @@ class Daemon:
             int(spec.group), spec.band, f, float(core.grid.ra_deg[f]),
             float(core.grid.dec_deg[f]), t0, t1, alt, float(airmass(alt)), moon, sun,
             float(result.get("limiting_mag", float("nan")))))
+        if self.metrics is not None:
+            self.metrics.exposure(spec.band, int(spec.group), t0, t1)
 
     def _on_visit(self, field_id: int, group: int, t_start: float) -> None:
         self.journal.visit(int(field_id), int(group), float(t_start))
+        if self.metrics is not None:
+            self.metrics.visit(int(field_id), float(t_start))
 
     # Commands --------------------------------------------------------------------
     def _send(self, cmds: list[Command], t: float) -> None:
@@ -413,6 +439,8 @@ class Daemon:
                         continue
                     self.journal.command(self.link.session, cmd, t)
                     ready.append((cmd, t))
+                    if self.metrics is not None and cmd.name == "spectrum":
+                        self.metrics.spectrum("sent")
             failed = []
             for cmd, t in ready:
                 self._cmds[cmd.cmd_id] = cmd

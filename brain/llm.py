@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-TUNED_MODEL = "smollm2-135m-instruct-sitian-v1"  # tuned for the planner's prompts
+TUNED_MODEL = "smollm2-135m-instruct-sitian"  # tuned for the planner's prompts
 
 
 def offline() -> None:

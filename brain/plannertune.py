@@ -31,7 +31,7 @@ from pathlib import Path
 
 from simulator.lightcurves import CLASSES
 
-TUNE_FORMAT = "sitian-planner-v1"
+TUNE_FORMAT = "sitian-planner-v2"
 MARKER = "sitian.json"
 
 SITES = {"xl": ["Xinglong", "xl"], "lh": ["Lenghu", "lh"], "mz": ["Muztagh-ata", "Muztagh", "mz"]}
@@ -278,6 +278,7 @@ def _none(rng):
     return rng.choice(OFF_TOPIC), "none", {}
 
 
+QUERY_EXTRA = 180  # query requests for the argument prompt only
 MAKERS = [_query, _visibility, _followup, _cancel, _pause, _resume, _region, _close,
           _open, _summary, _status, _none]
 
@@ -318,10 +319,13 @@ def samples(seed: int = 0) -> list[tuple[list[dict], str]]:
 
     rng = random.Random(seed + 1)
     items = synthetic(seed=seed) + list(EXAMPLES) * 2
+    # the query's class is the hardest argument (15 names, many spellings): more of them
+    extra = [_query(rng) for _ in range(QUERY_EXTRA)]
     out = []
-    for text, tool, args in items:
-        out.append((tuned_choose_messages(text), _label(tool)))
-        if tool in TOOLS:
+    for k, (text, tool, args) in enumerate(items + extra):
+        if k < len(items):
+            out.append((tuned_choose_messages(text), _label(tool)))
+        if tool in TOOLS and TOOLS[tool].args.model_fields:  # no-argument tools: no fill
             full = TOOLS[tool].args(**args).model_dump()
             out.append((tuned_fill_messages(text, tool, data_block(rng, text)),
                         json.dumps(full, separators=(",", ":"))))

@@ -163,6 +163,8 @@ class LinkMetrics:
             }
             for d in devices:
                 self.prom["up"].labels(d).set(0)
+            for code in (*P.ERROR_CODES, "other"):
+                self.prom["errors"].labels(code)
 
     def inc(self, key: str, *labels: str) -> None:
         k = (key, *labels)
@@ -198,6 +200,7 @@ class BrainLink:
         self.session = os.urandom(8).hex()
         self.ctx = context or zmq.Context.instance()
         self.metrics = LinkMetrics(registry, list(devices) if isinstance(devices, dict) else [])
+        self.last_wait_s = 0.0
         self.peers: dict[str, _Peer] = {}
         self._done: OrderedDict[str, None] = OrderedDict()  # finished cmd_ids (dedup)
         self._auth = None
@@ -296,7 +299,10 @@ class BrainLink:
     # Receiving ---------------------------------------------------------------------
     def poll(self, timeout_ms: int = 10, max_messages: int = 5000) -> list[LinkEvent]:
         out: list[LinkEvent] = []
-        if self.router.poll(timeout_ms, zmq.POLLIN):
+        w0 = time.perf_counter()
+        ready = self.router.poll(timeout_ms, zmq.POLLIN)
+        self.last_wait_s = time.perf_counter() - w0  # idle time, for the loop-lag metric
+        if ready:
             for _ in range(max_messages):
                 try:
                     frames = self.router.recv_multipart(zmq.NOBLOCK,

@@ -1,0 +1,249 @@
+"""The daemon's Prometheus metrics for the operators' dashboard (issue 7).
+
+Names start with ``sitian_`` and use base units (shared/CONTRACTS.md). Every label set is
+bounded by the configuration: devices (60), sites (3), groups (18), bands (3), command
+names, safety rules, classes (14), follow-up results.
+
+Cost: the event loop only bumps counters and observes one histogram per loop turn. The
+state (sites, weather, coverage, shutter, candidates) is read when Prometheus scrapes,
+on the HTTP server's thread, by a collector that copies what it needs from the daemon.
+The link's own metrics (device up, heartbeat age, commands by name and result, command
+latency, protocol errors) live in ``drivers.link.LinkMetrics`` on the same registry.
+
+Metric list (besides the link's):
+
+* ``sitian_build_info{version, python}`` = 1
+* ``sitian_site_open{site}``, ``sitian_site_safe{site}``, ``sitian_site_dark{site}``,
+  ``sitian_site_held_closed{site}`` (0/1); ``sitian_safety_vetoes_total{rule}``
+* ``sitian_weather_wind_speed_meters_per_second{site}``, ``..._humidity_ratio``,
+  ``..._cloud_cover_ratio``, ``..._seeing_arcseconds``, ``..._dew_margin_celsius``,
+  ``..._rain`` (0/1), ``sitian_weather_age_seconds{site}`` (+Inf when never received)
+* ``sitian_exposures_total{band}``, ``sitian_visits_total``
+* ``sitian_coverage_3band_square_degrees`` (distinct fields visited in all three bands in
+  the last 30 world minutes, times the sky's area per field) and
+  ``sitian_coverage_goal_square_degrees``
+* ``sitian_open_shutter_ratio{group}``: the fraction of the last 30 world minutes its
+  cameras' shutters were open; ``sitian_group_paused{group}``
+* ``sitian_candidates`` (classified), ``sitian_classifications_total{class}``
+* ``sitian_followups_total{result}`` (sent, done, failed), ``sitian_followup_reward_total``
+  (the reward the spectra's own labels earn: the brain has no truth)
+* ``sitian_scheduler_decision_seconds`` and ``sitian_event_loop_lag_seconds``
+  (histograms), ``sitian_operator_actions_total{tool}``
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import threading
+from collections import deque
+
+WINDOW_S = 1800.0
+VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "rain", "wind",
+              "humidity", "sun", "altitude")  # BrainCore.guard's answers
+SKY_DEG2 = 41252.96
+WEATHER_FIELDS = (("wind_mps", "wind_speed_meters_per_second", "Wind speed"),
+                  ("humidity", "humidity_ratio", "Relative humidity (0-1)"),
+                  ("cloud", "cloud_cover_ratio", "Cloud cover (0-1)"),
+                  ("seeing_arcsec", "seeing_arcseconds", "Seeing FWHM"),
+                  ("dew_margin_c", "dew_margin_celsius", "Temperature above the dew point"))
+LOOP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as v
+
+        return v("sitian-brain")
+    except Exception:  # not installed as a distribution (a source checkout)
+        return "0+unknown"
+
+
+class DaemonMetrics:
+    """Counters the daemon bumps, and a collector that reads its state at scrape time."""
+
+    def __init__(self, registry, daemon):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.d = daemon
+        cfg = daemon.config
+        self.lock = threading.Lock()
+        self.visits: deque[tuple[float, int]] = deque()  # (t_start, field)
+        self.exposures: deque[tuple[float, float, int]] = deque()  # (t0, t1, group)
+        self._decisions_seen = 0
+        self.goal_deg2 = float(cfg.ops.coverage_goal_deg2)
+        self.field_deg2 = SKY_DEG2 / max(1, daemon.core.grid.size)
+        Gauge("sitian_build_info", "Build of the running brain", ["version", "python"],
+              registry=registry).labels(version(), platform.python_version()).set(1)
+        self.exposures_total = Counter("sitian_exposures_total",
+                                       "Exposures journalled, by band", ["band"],
+                                       registry=registry)
+        for b in cfg.camera.bands:
+            self.exposures_total.labels(b)
+        self.visits_total = Counter("sitian_visits_total",
+                                    "Group visits (one field in all three bands)",
+                                    registry=registry)
+        self.classifications = Counter("sitian_classifications_total",
+                                       "Candidates classified, by predicted class",
+                                       ["class"], registry=registry)
+        from simulator.lightcurves import CLASSES
+
+        self.classes = CLASSES
+        for c in CLASSES:
+            self.classifications.labels(c)
+        self.followups = Counter("sitian_followups_total",
+                                 "Spectroscopic follow-ups by result (sent, done, failed)",
+                                 ["result"], registry=registry)
+        for r in ("sent", "done", "failed"):
+            self.followups.labels(r)
+        self.reward = Counter("sitian_followup_reward_total",
+                              "Reward earned by the spectra, as their labels tell it",
+                              registry=registry)
+        self.actions = Counter("sitian_operator_actions_total",
+                               "Operator actions carried out, by tool", ["tool"],
+                               registry=registry)
+        from brain.tools import TOOLS
+
+        for name, tool in TOOLS.items():
+            if tool.moves_hardware:
+                self.actions.labels(name)
+        self.loop_lag = Histogram("sitian_event_loop_lag_seconds",
+                                  "Duration of one event-loop turn: the longest an "
+                                  "arriving message waits", buckets=LOOP_BUCKETS,
+                                  registry=registry)
+        self.decision = Histogram("sitian_scheduler_decision_seconds",
+                                  "Time the survey scheduler takes to choose a field",
+                                  buckets=DECISION_BUCKETS, registry=registry)
+        registry.register(_StateCollector(self))
+
+    # Hooks on the loop (cheap) --------------------------------------------------------
+    def exposure(self, band: str, group: int, t0: float, t1: float) -> None:
+        self.exposures_total.labels(band).inc()
+        with self.lock:
+            self.exposures.append((t0, t1, group))
+
+    def visit(self, field: int, t_start: float) -> None:
+        self.visits_total.inc()
+        with self.lock:
+            self.visits.append((t_start, field))
+
+    def classified(self, prob) -> None:
+        import numpy as np
+
+        if len(prob):
+            counts = np.bincount(np.argmax(prob, axis=1), minlength=len(self.classes))
+            for c, n in zip(self.classes, counts, strict=False):
+                if n:
+                    self.classifications.labels(c).inc(int(n))
+
+    def spectrum(self, result: str, label: str | None = None,
+                 before_peak: bool = False) -> None:
+        self.followups.labels(result).inc()
+        if result == "done" and label:
+            from simulator.spectroscopy import science_reward
+
+            self.reward.inc(science_reward(label, label, before_peak,
+                                           self.d.config.followup.reward))
+
+    # Scrape-time views -----------------------------------------------------------------
+    def coverage_deg2(self, now: float) -> float:
+        with self.lock:
+            while self.visits and self.visits[0][0] < now - WINDOW_S:
+                self.visits.popleft()
+            fields = {f for t, f in self.visits if t <= now}
+        return len(fields) * self.field_deg2
+
+    def shutter_ratio(self, now: float, n_groups: int) -> list[float]:
+        t0 = now - WINDOW_S
+        open_s = [0.0] * n_groups
+        with self.lock:
+            while self.exposures and self.exposures[0][1] < t0:
+                self.exposures.popleft()
+            rows = list(self.exposures)
+        for a, b, g in rows:
+            if 0 <= g < n_groups:
+                open_s[g] += max(0.0, min(b, now) - max(a, t0))
+        per = len(self.d.config.camera.bands) * WINDOW_S
+        return [min(1.0, s / per) for s in open_s]
+
+    def new_decisions(self) -> None:
+        ms = self.d.core.decision_ms
+        n = len(ms)
+        for x in ms[self._decisions_seen:n]:
+            self.decision.observe(x / 1e3)
+        self._decisions_seen = n
+
+
+class _StateCollector:
+    """Gauges computed from the daemon's state when scraped."""
+
+    def __init__(self, m: DaemonMetrics):
+        self.m = m
+
+    def describe(self):
+        return []  # no fixed description: read at collect time only
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from brain.safety import weather_verdict
+
+        m, d = self.m, self.m.d
+        core, cfg = d.core, d.config
+        now = d.clock.now()
+        m.new_decisions()
+        fam = {k: GaugeMetricFamily(f"sitian_site_{k}", h, labels=["site"]) for k, h in (
+            ("open", "1 when the site's domes are open for the survey"),
+            ("safe", "1 when the site's weather is safe (missing or stale data is unsafe)"),
+            ("dark", "1 when the sun is below the observing limit"),
+            ("held_closed", "1 when an operator holds the site closed"))}
+        wx = {k: GaugeMetricFamily(f"sitian_weather_{name}", h, labels=["site"])
+              for k, name, h in WEATHER_FIELDS}
+        rain = GaugeMetricFamily("sitian_weather_rain", "1 when it rains", labels=["site"])
+        age = GaugeMetricFamily("sitian_weather_age_seconds",
+                                "World seconds since the site's last weather report",
+                                labels=["site"])
+        sky = core.sky
+        for sid, s in list(core.sites.items()):
+            w = s.weather
+            verdict = weather_verdict(cfg.limits, w, now)
+            dark = (sky is not None and
+                    float(sky.night.sites[sid].sun_alt(now)) <= cfg.limits.max_sun_alt_deg)
+            fam["open"].add_metric([sid], float(s.open))
+            fam["safe"].add_metric([sid], float(verdict.safe))
+            fam["dark"].add_metric([sid], float(dark))
+            fam["held_closed"].add_metric([sid], float(s.held_closed))
+            if w is not None:
+                for k, _, _ in WEATHER_FIELDS:
+                    wx[k].add_metric([sid], float(getattr(w, k)))
+                rain.add_metric([sid], float(w.rain))
+            age.add_metric([sid], max(0.0, now - w.t) if w is not None else math.inf)
+        yield from fam.values()
+        yield from wx.values()
+        yield rain
+        yield age
+        cov = GaugeMetricFamily("sitian_coverage_3band_square_degrees",
+                                "Sky imaged in all three bands in the last 30 minutes")
+        cov.add_metric([], m.coverage_deg2(now))
+        yield cov
+        goal = GaugeMetricFamily("sitian_coverage_goal_square_degrees",
+                                 "The survey's goal for one 30-minute window")
+        goal.add_metric([], m.goal_deg2)
+        yield goal
+        shutter = GaugeMetricFamily("sitian_open_shutter_ratio",
+                                    "Fraction of the last 30 minutes the group's shutters "
+                                    "were open", labels=["group"])
+        paused = GaugeMetricFamily("sitian_group_paused", "1 when an operator paused the "
+                                   "group", labels=["group"])
+        ratios = m.shutter_ratio(now, len(core.groups))
+        for g, r in zip(core.groups, ratios, strict=True):
+            shutter.add_metric([g.name], r)
+            paused.add_metric([g.name], float(g.paused))
+        yield shutter
+        yield paused
+        cand = GaugeMetricFamily("sitian_candidates", "Classified transient candidates")
+        prob = core.obj_prob
+        cand.add_metric([], float((prob.sum(axis=1) > 0).sum()) if prob.ndim == 2
+                        and prob.size else 0.0)
+        yield cand
