@@ -176,6 +176,7 @@ class Daemon:
     def run(self, until: float | None = None, max_wall_s: float | None = None) -> None:
         """Serve until world time ``until``, ``max_wall_s`` of wall time, or a signal."""
         t_wall0 = self._run_wall0 = time.monotonic()
+        self._run_cpu0 = time.process_time()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 signal.signal(sig, lambda *_: setattr(self, "stopping", True))
@@ -203,7 +204,9 @@ class Daemon:
         timeout_ms = int(np.clip(self.clock.wall_s(wait_world) * 1e3, 0, 20))
         detections = []
         with self.journal.transaction():
-            for ev in self.link.poll(timeout_ms):
+            events = self.link.poll(timeout_ms)
+            busy = bool(events)
+            for ev in events:
                 if isinstance(ev, DeviceEvent) and ev.name == "detections":
                     detections.append(ev)
                 else:
@@ -211,10 +214,12 @@ class Daemon:
         self._flush()
         now = self.clock.now()
         if now >= self._next_safety:
+            busy = True
             self._next_safety = now + SAFETY_EVERY_S
             self._send(self.core.review_safety(now), now)
             self._flush()
         if now >= self._next_tick:
+            busy = True
             self._next_tick = now + TICK_S
             with self.journal.transaction():  # the visits it schedules
                 self._send(self.core.handle(Tick(now)), now)
@@ -236,7 +241,7 @@ class Daemon:
             self.core.finish_classification(self.clock.now(), cand, prob)
             if self.metrics is not None:
                 self.metrics.classified(prob)
-        if self.metrics is not None:  # the turn, less the wait for the sockets
+        if self.metrics is not None and busy:  # the turn, less the wait for the sockets
             self.metrics.loop_lag.observe(max(0.0, time.perf_counter() - turn0
                                               - self.link.last_wait_s))
 
@@ -295,7 +300,10 @@ class Daemon:
 
     def close(self) -> None:
         if self._run_wall0 is not None:
-            self.journal.end_session(self.link.session, time.monotonic() - self._run_wall0)
+            wall = time.monotonic() - self._run_wall0
+            self.journal.end_session(self.link.session, wall)
+            log.info("session %s: loop ran %.1f s wall, %.2f s CPU", self.link.session,
+                     wall, time.process_time() - self._run_cpu0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.journal.close()
@@ -466,7 +474,8 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    registry = CollectorRegistry()
+    # metrics_port 0: no metrics at all (nothing collected, nothing served)
+    registry = CollectorRegistry() if metrics_port else None
     # The loop waits on sockets without the GIL; when the classifier thread holds it, a
     # short switch interval gets an arriving DONE handled within a millisecond.
     sys.setswitchinterval(0.0002)

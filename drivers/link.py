@@ -149,9 +149,6 @@ class LinkMetrics:
                                   registry=registry),
                 "up": Gauge("sitian_device_up", "1 when the device is welcomed and alive",
                             ["device"], registry=registry),
-                "hb_age": Gauge("sitian_device_heartbeat_age_seconds",
-                                "Wall seconds since the device was last heard",
-                                ["device"], registry=registry),
                 "commands": Counter("sitian_commands_total", "Commands by name and result",
                                     ["name", "result"], registry=registry),
                 "latency": Histogram("sitian_command_latency_seconds",
@@ -185,6 +182,29 @@ class LinkMetrics:
             self.prom["latency"].labels(name).observe(seconds)
 
 
+class _HeartbeatAges:
+    """``sitian_device_heartbeat_age_seconds{device}``: wall seconds since each welcomed
+    device was last heard, computed at scrape time."""
+
+    def __init__(self, link):
+        self.link = link
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        fam = GaugeMetricFamily("sitian_device_heartbeat_age_seconds",
+                                "Wall seconds since the device was last heard",
+                                labels=["device"])
+        now = time.monotonic()
+        for device, peer in list(self.link.peers.items()):
+            if peer.welcomed:
+                fam.add_metric([device], max(0.0, now - peer.last_rx))
+        yield fam
+
+
 class BrainLink:
     ACK_TIMEOUT_S = 1.0
 
@@ -201,6 +221,8 @@ class BrainLink:
         self.ctx = context or zmq.Context.instance()
         self.metrics = LinkMetrics(registry, list(devices) if isinstance(devices, dict) else [])
         self.last_wait_s = 0.0
+        if registry is not None:  # heartbeat ages are read when scraped, not per turn
+            registry.register(_HeartbeatAges(self))
         self.peers: dict[str, _Peer] = {}
         self._done: OrderedDict[str, None] = OrderedDict()  # finished cmd_ids (dedup)
         self._auth = None
@@ -466,8 +488,6 @@ class BrainLink:
         for device, peer in self.peers.items():
             if not peer.welcomed:
                 continue
-            if self.metrics.prom is not None:
-                self.metrics.prom["hb_age"].labels(device).set(now_m - peer.last_rx)
             if now_m - peer.last_rx > 3 * self.heartbeat_s:
                 self._down(device, f"silent for {now_m - peer.last_rx:.1f} s", out)
                 continue
