@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,17 @@ RUN_TIMEOUT_S = 900
 def brain_cmd(*args: str) -> list[str]:
     """The ``brain`` command line, as run from this interpreter (``python -m brain``)."""
     return [sys.executable, "-m", "brain", *args]
+
+
+def stop_procs(procs, timeout_s: float = 10) -> None:
+    """SIGTERM each process still running, then SIGKILL it if it does not exit."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def run_brain(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

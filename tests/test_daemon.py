@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, brain_cmd, run_brain
+from tests.conftest import REPO, brain_cmd, run_brain, stop_procs
 
 START = "2026-12-15T11:00:00"  # Xinglong is dark from about 10:50 UTC
 SPEED = "60"
@@ -92,13 +92,7 @@ def test_killed_daemon_restarts_from_its_journal_without_loss_or_repeats(small_c
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(20) == 0
     finally:
-        for p in (daemon, drivers):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_procs((daemon, drivers))
         out.close()
     executed = [json.loads(line) for line in log.read_text().splitlines()]
     # Nothing executed twice: command ids never repeat, nor do exposure ids.

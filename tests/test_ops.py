@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -18,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REPO, brain_cmd
+from tests.conftest import REPO, brain_cmd, stop_procs
 from tests.test_daemon import free_port
 
 DEPLOY = REPO / "deploy"
@@ -237,11 +236,5 @@ def test_rehearsal_scraped_by_prometheus(tmp_path):
                    if not _query(pport, f'count({{__name__="{n}"}})')]
         assert missing == [], f"dashboard metrics Prometheus never saw: {missing}"
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_procs(procs, 15)
         out.close()
