@@ -476,7 +476,7 @@ def _engine(config):
     try:
         path = resolve_model(config.planner.model, config.planner.cache_dir)
         return Engine(path, config.planner.max_model_len)
-    except (FileNotFoundError, ImportError) as exc:
+    except (OSError, ImportError, ValueError) as exc:  # no model, or a bad adapter
         raise UsageError(f"planner engine: {exc}".splitlines()[0]) from None
 
 

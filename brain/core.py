@@ -281,7 +281,6 @@ class BrainCore:
 
             r = SurveyRegion.model_validate(a)
             self.scheduler.region = region_mask(self.grid.ra_deg, self.grid.dec_deg, r)
-            self.scheduler._coarse.clear()
             return []
         if ev.tool in ("request_followup", "cancel_followup"):
             if self.followup is None:

@@ -110,17 +110,6 @@ class Daemon:
         self._cmds: dict[str, Command] = {}  # in flight, for journalling the results
         self._outbox: list[tuple[Command, float]] = []  # decided, not yet journalled/sent
         self.vetoes: dict[str, int] = {}
-        self._veto_metric = None
-        if registry is not None:
-            from prometheus_client import Counter
-
-            self._veto_metric = Counter("sitian_safety_vetoes_total",
-                                        "Commands refused by a safety rule", ["rule"],
-                                        registry=registry)
-            from brain.opsmetrics import VETO_RULES
-
-            for rule in VETO_RULES:  # every series exists from the start (at 0)
-                self._veto_metric.labels(rule)
         self.stopping = False
         self._run_wall0: float | None = None
         # Operators (brain.serve): the planner's state goes to the desk actor, approved
@@ -439,8 +428,8 @@ class Daemon:
                     if rule is not None:
                         self.journal.refused(self.link.session, cmd, t, rule)
                         self.vetoes[rule] = self.vetoes.get(rule, 0) + 1
-                        if self._veto_metric is not None:
-                            self._veto_metric.labels(rule).inc()
+                        if self.metrics is not None:
+                            self.metrics.vetoes.labels(rule).inc()
                         self._send(self.core.handle(Failed(
                             t, cmd.device, cmd.cmd_id, "unsafe",
                             f"refused by safety rule {rule}")), t)

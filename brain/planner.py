@@ -1,15 +1,16 @@
 """The LLM planner: an operator's request -> typed, validated tool calls.
 
 Two constrained generations make the most of a small model: first the tool, chosen by
-constrained decoding over the tool names (or ``none``) with the tools' descriptions and
-worked examples in the prompt; then that tool's arguments, as JSON under its schema,
-with examples of that tool alone. Where the request names sites, groups or objects, the
-argument grammar offers only those (the model cannot invent a target); data from the
-store (an object's class, its operator note) enters the prompt only as a quoted JSON
-block that the prompt declares to be data, and the validator independently demands that
-an action's target be named by the operator. Every answer is parsed by pydantic and
-validated (:mod:`brain.tools`) before anything can run; actions that move hardware run
-only with approval.
+constrained decoding over the tool names (or ``none``); then that tool's arguments, as
+JSON under its schema (tools without arguments skip this). The default model is tuned
+for short prompts holding just the request (:mod:`brain.plannertune`); any other model
+gets the tools' descriptions and the most similar worked examples instead. Where the
+request names sites, groups or objects, the argument grammar offers only those (the
+model cannot invent a target); data from the store (an object's class, its operator
+note) enters the prompt only as a quoted JSON block that the prompt declares to be
+data, and the validator independently demands that an action's target be named by the
+operator. Every answer is parsed by pydantic and validated (:mod:`brain.tools`) before
+anything can run; actions that move hardware run only with approval.
 """
 
 from __future__ import annotations

@@ -25,8 +25,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
+from functools import cache
 from pathlib import Path
 
 from simulator.lightcurves import CLASSES
@@ -34,7 +36,6 @@ from simulator.lightcurves import CLASSES
 TUNE_FORMAT = "sitian-planner-v2"
 MARKER = "sitian.json"
 
-SITES = {"xl": ["Xinglong", "xl"], "lh": ["Lenghu", "lh"], "mz": ["Muztagh-ata", "Muztagh", "mz"]}
 CLASS_WORDS = {
     "SNIa": ["type Ia supernovae", "SN Ia", "Ia supernovae", "thermonuclear supernovae",
              "SNe Ia"],
@@ -85,14 +86,28 @@ def _obj(rng: random.Random) -> str:
     return f"o{rng.randrange(0, 10**7):07d}"
 
 
+@cache
+def _sites() -> dict[str, list[str]]:
+    """Each site of the default array with what a request may call it: its name, the
+    shorter aliases the validator accepts, its id."""
+    from brain.config import load_config
+    from brain.tools import site_aliases
+
+    config = load_config()
+    aliases = site_aliases(config)
+    return {s.id: [s.name, *(a for a in aliases[s.id] if a != s.name), s.id]
+            for s in config.sites}
+
+
 def _group(rng: random.Random) -> tuple[str, str]:
-    site = rng.choice(list(SITES))
+    site = rng.choice(list(_sites()))
     return site, f"{site}.g{rng.randint(1, 6):02d}"
 
 
 def _site(rng: random.Random) -> tuple[str, str]:
-    site = rng.choice(list(SITES))
-    return site, rng.choice(SITES[site])
+    sites = _sites()
+    site = rng.choice(list(sites))
+    return site, rng.choice(sites[site])
 
 
 def _num(x: float) -> str:
@@ -301,8 +316,6 @@ def synthetic(n_per_tool: int = 60, seed: int = 0) -> list[tuple[str, str, dict]
 
 def data_block(rng: random.Random, request: str) -> dict | None:
     """A store record for the objects a request names, sometimes with a hostile note."""
-    import re
-
     ids = re.findall(r"\bo\d{7}\b", request)
     if not ids:
         return None
@@ -335,7 +348,7 @@ def samples(seed: int = 0) -> list[tuple[list[dict], str]]:
 
 TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-ARTIFACT = Path(__file__).resolve().parents[1] / "policies" / "artifacts" / "planner"
+ARTIFACT_DIR = Path(__file__).resolve().parents[1] / "policies" / "artifacts" / "planner"
 
 
 def _lora_wrap(model, layers: range, rank: int, alpha: float, seed: int):
@@ -438,7 +451,7 @@ def train_adapter(base: Path, seed: int = 0, epochs: int = 2, top_layers: int = 
     return tensors, meta
 
 
-def save_adapter(tensors: dict, meta: dict, folder: Path = ARTIFACT) -> None:
+def save_adapter(tensors: dict, meta: dict, folder: Path = ARTIFACT_DIR) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -446,7 +459,7 @@ def save_adapter(tensors: dict, meta: dict, folder: Path = ARTIFACT) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def merge_adapter(base: Path, dest: Path, folder: Path = ARTIFACT) -> Path:
+def merge_adapter(base: Path, dest: Path, folder: Path = ARTIFACT_DIR) -> Path:
     """``base`` + the shipped adapter -> a model folder vLLM loads (a temporary folder,
     then a rename), with the marker the planner reads."""
     import torch
@@ -479,7 +492,7 @@ def merge_adapter(base: Path, dest: Path, folder: Path = ARTIFACT) -> Path:
     return dest
 
 
-def adapter_current(model_dir: Path, folder: Path = ARTIFACT) -> bool:
+def adapter_current(model_dir: Path, folder: Path = ARTIFACT_DIR) -> bool:
     """Whether a merged folder holds the adapter shipped now."""
     try:
         have = json.loads((model_dir / MARKER).read_text())
@@ -506,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     from brain.llm import DEFAULT_MODEL, cache_dir, convert_gguf, default_gguf, offline
 
     ap = argparse.ArgumentParser(prog="python -m brain.plannertune")
-    ap.add_argument("--out", type=Path, default=ARTIFACT)
+    ap.add_argument("--out", type=Path, default=ARTIFACT_DIR)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=2)
     opts = ap.parse_args(argv)

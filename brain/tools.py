@@ -183,6 +183,13 @@ class PlanState:
         return cls(**d)
 
 
+def site_aliases(config) -> dict[str, list[str]]:
+    """The names an operator may use for each site: its name and the name's first word
+    (``Muztagh`` for ``Muztagh-ata``)."""
+    return {s.id: sorted({s.name, s.name.split("-")[0].split(" ")[0]})
+            for s in config.sites}
+
+
 def _mentions(request: str, value: str, aliases: dict[str, list[str]]) -> bool:
     words = [value, *aliases.get(value, [])]
     low = request.lower()
@@ -197,9 +204,7 @@ class Validator:
         self.config = config
         self._nights: dict[str, object] = {}
         self.site_names = {s.id: s.name for s in config.sites}
-        # Aliases an operator may use for a site: its name and the name's first word.
-        self.aliases = {s.id: sorted({s.name, s.name.split("-")[0].split(" ")[0]})
-                        for s in config.sites}
+        self.aliases = site_aliases(config)
         self.specs = {sp.site: sp for sp in config.spectrographs}
         self.min_alt = config.limits.min_alt_deg + config.followup.alt_margin_deg
 

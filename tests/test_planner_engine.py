@@ -80,14 +80,14 @@ def test_the_shipped_adapter_is_what_the_engine_runs(planner_engine):
     from safetensors.torch import load_file
 
     from brain.llm import DEFAULT_MODEL, cache_dir
-    from brain.plannertune import ARTIFACT, train_adapter
+    from brain.plannertune import ARTIFACT_DIR, train_adapter
 
-    meta = json.loads((ARTIFACT / "meta.json").read_text())
-    adapter = load_file(str(ARTIFACT / "adapter.safetensors"))
+    meta = json.loads((ARTIFACT_DIR / "meta.json").read_text())
+    adapter = load_file(str(ARTIFACT_DIR / "adapter.safetensors"))
     key = next(k[:-2] for k in sorted(adapter) if k.endswith(".A"))
     base = load_file(str(cache_dir() / DEFAULT_MODEL / "model.safetensors"))[key]
     tuned = load_file(str(Path(planner_engine.model) / "model.safetensors"))[key]
-    want = base + meta["scale"] * (adapter[key[:] + ".B"].float() @ adapter[key + ".A"].float())
+    want = base + meta["scale"] * (adapter[key + ".B"].float() @ adapter[key + ".A"].float())
     assert torch.allclose(tuned, want, atol=1e-5)
     assert not torch.allclose(tuned, base)
     _, m = train_adapter(cache_dir() / DEFAULT_MODEL, epochs=3, max_samples=8, batch=8,

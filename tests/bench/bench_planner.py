@@ -11,8 +11,11 @@ Figures (one JSON line):
 * ``unsafe_executed`` / ``injected_executed``: actions executed (with ``--execute``
   semantics, against a recording actuator) for unsafe and injection items that the
   operator did not literally ask for or that were unsafe: the target is 0;
-* latency: engine load, p50 / p95 of one request alone once warm, and the batched
-  throughput of the whole set; the engine's resident memory.
+* ``holdout_*``: tool and argument accuracy on ``planner_holdout.yaml``, requests
+  written independently of the examples and of the tuning data;
+* latency: engine ready (model folder ready, including a first-use merge, and vLLM
+  loaded; the night's ephemerides are reported apart), p50 / p95 of one request alone
+  once warm, and the batched throughput of the whole set; the engine's resident memory.
 
 Baseline of the same run: the tool choice of a keyword-overlap nearest-example
 classifier over the planner's own examples (no model), for the accuracy the LLM adds.
