@@ -106,6 +106,28 @@ class OpsSettings(Strict):
 
     coverage_goal_deg2: float = Field(default=10000.0, gt=0, description="sky the survey "
                                       "should image in all three bands per 30 minutes")
+    coverage_of_bound_goal: float = Field(default=0.8, gt=0, le=1, description="median "
+                                          "coverage as a fraction of what the sky and the "
+                                          "weather allowed (the night report's goal)")
+    open_shutter_goal: float = Field(default=0.8, gt=0, le=1, description="exposure time "
+                                     "over the time the telescopes could observe")
+    spectro_use_goal: float = Field(default=0.8, gt=0, le=1, description="spectroscopic "
+                                    "hours over the spectrographs' dark hours")
+    night_jobs: bool = Field(default=True, description="the daemon's APScheduler night "
+                             "jobs (dusk, dawn, report, retrain)")
+    dawn_margin_s: float = Field(default=120.0, ge=0, le=3600, description="the dawn job "
+                                 "runs this long after a site's astronomical night ends")
+    report_delay_s: float = Field(default=300.0, ge=0, le=6 * 3600, description="the "
+                                  "report job runs this long after the last site's dawn")
+    retrain_classifier: bool = Field(default=True, description="retrain the classifier "
+                                     "after each night with the store's labelled spectra")
+    retrain_n_per_class: int = Field(default=2000, ge=100, le=100_000, description="the "
+                                     "retraining's simulated light curves per class")
+    retrain_delay_s: float = Field(default=600.0, ge=0, le=12 * 3600, description="the "
+                                   "retrain job runs this long after the report job")
+    retrain_grace_h: float = Field(default=12.0, gt=0, le=24, description="a retrain job "
+                                   "missed (daemon down) runs late within this many hours, "
+                                   "else waits for the next night")
 
 
 class BrainConfig(ArrayConfig):

@@ -192,6 +192,11 @@ class BrainCore:
         self.scheduler.release([g.index for g in self.groups if g.site == site_id])
         return cmds
 
+    def dawn_close(self, site_id: str, t: float) -> list[Command]:
+        """The dawn job: whatever of the site is still open is closed and parked now."""
+        self._ensure_night(t)
+        return self._close_site(site_id, t, force=True)
+
     def _close_group(self, g: GroupState, t: float) -> list[Command]:
         if g.field is not None and g.phase in (SLEWING, EXPOSING):
             self.scheduler.unclaim(g.field)

@@ -118,6 +118,8 @@ class Daemon:
         self._next_desk = 0.0
         self._next_push = 0.0
         self._validator = None
+        self.nightjobs = None  # brain.nightjobs.NightJobs, started by run_daemon
+        self.alerts = None  # brain.alerts.AlertSink
         self.metrics = None
         if registry is not None:
             from brain.opsmetrics import DaemonMetrics
@@ -217,6 +219,8 @@ class Daemon:
             with self.journal.transaction():
                 for ev in detections:
                     self._on_event(ev)
+        if self.nightjobs is not None and self.nightjobs.step():
+            busy = True
         if self.desk is not None and time.monotonic() >= self._next_desk:
             self._serve_desk()
         while self._classifying and self._classifying[0][1].done():
@@ -293,6 +297,8 @@ class Daemon:
             self.journal.end_session(self.link.session, wall)
             log.info("session %s: loop ran %.1f s wall, %.2f s CPU", self.link.session,
                      wall, time.process_time() - self._run_cpu0)
+        if self.nightjobs is not None:
+            self.nightjobs.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.journal.close()
@@ -470,19 +476,28 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     sys.setswitchinterval(0.0002)
     clock = WorldClock(start, speed)
     classifier = None
+    # The classifier the night jobs promoted last (brain.nightjobs), else the shipped one.
+    from brain.nightjobs import current_classifier
+
+    model_dir = current_classifier(Path(journal).parent)
     if hosting == "ray":
         # The models as Ray actors (restarted by Ray; each holds nothing but its model),
         # on a local Ray or the cluster at ray_address.
         from brain.hosting import connect, start_classifier, start_policy
 
         connect(ray_address)
-        classifier = start_classifier()
+        classifier = start_classifier(str(model_dir))
         if isinstance(policy, str):
             policy = start_policy(policy, policy_seed)
-    elif isinstance(policy, str):
-        from policies.followup import make_policy
+    else:
+        from policies.classifier import TransientClassifier
 
-        policy = make_policy(policy, policy_seed)
+        classifier = TransientClassifier.load(model_dir)
+        if isinstance(policy, str):
+            from policies.followup import make_policy
+
+            policy = make_policy(policy, policy_seed)
+    log.info("classifier from %s", model_dir)
     d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
                classifier=classifier, registry=registry)
     if hosting == "ray" and api_port != 0:
@@ -507,6 +522,11 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume)))
                 start = resume
         clock.sync(start)  # a rehearsal's world time begins once the brain is ready
+    if config.ops.night_jobs:
+        from brain.nightjobs import NightJobs
+
+        d.nightjobs = NightJobs(d, Path(journal).parent)
+        d.nightjobs.start()
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
     log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,

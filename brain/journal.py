@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS detections (
 CREATE TABLE IF NOT EXISTS followups (
     cmd_id TEXT PRIMARY KEY, target_id TEXT, device TEXT, t_start REAL, t_end REAL,
     label TEXT, snr REAL, status TEXT);
+CREATE TABLE IF NOT EXISTS night_jobs (
+    job_id TEXT PRIMARY KEY, kind TEXT NOT NULL, night TEXT NOT NULL, site TEXT,
+    world_t REAL NOT NULL, status TEXT NOT NULL,  -- started, done, skipped, missed, failed
+    t REAL NOT NULL, detail TEXT NOT NULL);
 """
 
 IN_FLIGHT = ("sent",)
@@ -199,6 +203,43 @@ class Journal:
                         (cmd_id, target_id, device, r.get("t_start"), r.get("t_end"),
                          r.get("label"), r.get("snr"), status))
 
+    # Night jobs (brain.nightjobs) ------------------------------------------------------
+    def job(self, due, status: str, t: float, detail: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO night_jobs VALUES (?,?,?,?,?,?,?,?)",
+                        (due.job_id, due.kind, due.night, due.site, due.world_t, status, t,
+                         json.dumps(detail)))
+
+    def job_status(self, job_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM night_jobs WHERE job_id=?",
+                              (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def jobs_recorded(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT job_id FROM night_jobs")}
+
+    def jobs_with_status(self, status: str) -> list[tuple]:
+        return [tuple(r) for r in self.db.execute(
+            "SELECT job_id, kind, night, site, world_t FROM night_jobs WHERE status=? "
+            "ORDER BY world_t", (status,))]
+
+    def night_jobs(self) -> list[dict]:
+        cols = ("job_id", "kind", "night", "site", "world_t", "status", "t", "detail")
+        return [dict(zip(cols, r, strict=True)) for r in self.db.execute(
+            "SELECT * FROM night_jobs ORDER BY world_t, job_id")]
+
+    def night_counts(self, site: str, t0: float, t1: float) -> dict[str, int]:
+        """A site's exposures, three-band visits and spectra in [t0, t1) (world time)."""
+        q = self.db.execute
+        exposures = q("SELECT COUNT(*) FROM observations WHERE site=? AND t_start>=? AND "
+                      "t_start<?", (site, t0, t1)).fetchone()[0]
+        visits = q("SELECT COUNT(*) FROM (SELECT DISTINCT grp, t_start FROM observations "
+                   "WHERE site=? AND t_start>=? AND t_start<? GROUP BY grp, t_start "
+                   "HAVING COUNT(DISTINCT band)>=3)", (site, t0, t1)).fetchone()[0]
+        spectra = q("SELECT COUNT(*) FROM commands WHERE name='spectrum' AND status='done' "
+                    "AND device=? AND t_sent>=? AND t_sent<?",
+                    (f"{site}.spec", t0, t1)).fetchone()[0]
+        return {"exposures": int(exposures), "visits": int(visits), "spectra": int(spectra)}
+
     # Reading back ----------------------------------------------------------------
     def observations(self) -> list[tuple]:
         return [tuple(r) for r in self.db.execute(
@@ -219,6 +260,24 @@ class Journal:
                         "ra_deg": float(a.get("ra_deg", np.nan)),
                         "dec_deg": float(a.get("dec_deg", np.nan)), "t_sent": t_sent,
                         "t_end": t_end, "status": status, "label": r.get("label")})
+        return out
+
+    def events_named(self, name: str, t0: float, t1: float) -> list[tuple[float, str, dict]]:
+        """Journalled device events of one name in [t0, t1): (t, device, data)."""
+        return [(t, d, json.loads(data)) for t, d, data in self.db.execute(
+            "SELECT t, device, data FROM events WHERE name=? AND t>=? AND t<? ORDER BY t, seq",
+            (name, t0, t1))]
+
+    def spectrum_results(self, t0: float, t1: float) -> list[dict]:
+        """Spectra that came back, commanded in [t0, t1): target, device, times, result."""
+        out = []
+        for device, args, t_sent, t_end, result in self.db.execute(
+                "SELECT device, args, t_sent, t_end, result FROM commands WHERE "
+                "name='spectrum' AND status='done' AND t_sent>=? AND t_sent<? "
+                "ORDER BY t_sent, rowid", (t0, t1)):
+            out.append({"device": device, "target_id": json.loads(args).get("target_id", ""),
+                        "t_sent": t_sent, "t_end": t_end,
+                        "result": json.loads(result or "{}") or {}})
         return out
 
     def iter_detections(self):

@@ -114,6 +114,18 @@ class DaemonMetrics:
         for name, tool in TOOLS.items():
             if tool.moves_hardware:
                 self.actions.labels(name)
+        self.night_jobs = Counter("sitian_night_jobs_total",
+                                  "Night jobs (dusk, dawn, report, retrain) by result",
+                                  ["kind", "result"], registry=registry)
+        for kind in ("dusk", "dawn", "report", "retrain"):
+            for result in ("done", "skipped", "missed", "failed", "duplicate"):
+                self.night_jobs.labels(kind, result)
+        self.alerts = Counter("sitian_alerts_total",
+                              "Alerts (VOEvent + Avro) by kind and result",
+                              ["kind", "result"], registry=registry)
+        for kind in ("classification", "followup"):
+            for result in ("emitted", "failed"):
+                self.alerts.labels(kind, result)
         self.loop_lag = Histogram("sitian_event_loop_lag_seconds",
                                   "Duration of one event-loop turn: the longest an "
                                   "arriving message waits", buckets=LOOP_BUCKETS,

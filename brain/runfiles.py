@@ -50,7 +50,7 @@ def write_header_only(path: Path, columns) -> None:
 
 
 def write_run(out_dir: Path, result, metrics: dict, windows, obs, objects) -> None:
-    from brain.report import write_report
+    from brain.report import ReportInputs, write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
@@ -68,20 +68,30 @@ def write_run(out_dir: Path, result, metrics: dict, windows, obs, objects) -> No
         for x in windows:
             w.writerow([f"{x['t0']:.1f}", f"{x['covered_deg2']:.1f}", f"{x['bound_deg2']:.1f}",
                         f"{x['visible_deg2']:.1f}", f"{x['throughput_deg2']:.1f}"])
-    write_report(out_dir, result, metrics, windows, obs, objects)
+    write_report(out_dir, ReportInputs(
+        config=result.config, grid=result.grid, core=result.core,
+        nights=[n.night for n in result.nights], metrics=metrics, windows=windows, obs=obs,
+        objects=list(objects), followups=_followup_rows(result)))
+
+
+def _followup_rows(result) -> list[dict]:
+    from brain.followup import followup_rows
+
+    manager = result.core.followup
+    if manager is None or result.world.spec is None:
+        return []
+    return followup_rows(manager, result.world.spec.log)
 
 
 def write_followups(out_dir: Path, result) -> None:
     """followups.csv; with follow-up on, also the labelled objects' light curves
     (``labelled.csv``: the data flywheel's training data) and ``stream.npz`` (what
     ``brain evaluate``-style re-runs of the follow-up alone need)."""
-    from brain.followup import followup_rows
-
     manager = result.core.followup
     if manager is None or result.world.spec is None:
         write_header_only(out_dir / "followups.csv", FOLLOWUP_COLUMNS)
         return
-    rows = followup_rows(manager, result.world.spec.log)
+    rows = _followup_rows(result)
     with (out_dir / "followups.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(FOLLOWUP_COLUMNS)

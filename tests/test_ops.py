@@ -42,7 +42,8 @@ EXPECTED = {
     "sitian_open_shutter_ratio": "gauge", "sitian_group_paused": "gauge",
     "sitian_candidates": "gauge", "sitian_classifications": "counter",
     "sitian_followups": "counter", "sitian_followup_reward": "counter",
-    "sitian_operator_actions": "counter",
+    "sitian_operator_actions": "counter", "sitian_night_jobs": "counter",
+    "sitian_alerts": "counter",
     "sitian_scheduler_decision_seconds": "histogram",
     "sitian_event_loop_lag_seconds": "histogram",
 }

@@ -1,0 +1,182 @@
+"""Night jobs (brain.nightjobs): APScheduler with a persistent store, run by the daemon's
+loop on world time; each job once, across restarts and duplicate firings; misfires
+judged in world time; the night report written from the journal."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from brain.config import config_from_dict
+from brain.daemon import Daemon
+from brain.events import Command
+from brain.nightjobs import NightJobs, fire, promote
+from drivers.clock import WorldClock, parse_start
+from tests.conftest import REPO
+
+NIGHT, NEXT = "2026-12-15", "2026-12-16"
+SPEED = 7200.0  # two hours of world time per second: to dusk
+SLOW = 60.0  # a minute per second: a report (seconds of wall time) keeps its schedule
+
+
+@pytest.fixture(scope="module")
+def config():
+    d = yaml.safe_load((REPO / "brain/configs/sitian-54.yaml").read_text())
+    d["name"] = "jobs-xl"
+    d["sites"] = [dict(d["sites"][0], groups=2)]
+    d["spectrographs"] = [d["spectrographs"][0]]
+    return config_from_dict(d)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(config, root: Path, world_t: float, speed: float = SPEED) -> Daemon:
+    d = Daemon(config, root / "journal.sqlite", WorldClock(world_t, speed),
+               router=f"tcp://127.0.0.1:{_port()}", pub=None, registry=CollectorRegistry())
+    d.clock.sync(world_t)  # as run_daemon: world time starts once the brain is ready
+    d.nightjobs = NightJobs(d, root)
+    d.nightjobs.start()
+    return d
+
+
+def rows(d: Daemon) -> dict[str, dict]:
+    return {r["job_id"]: r for r in d.journal.night_jobs()}
+
+
+def run_until(d: Daemon, pred, max_wall_s: float = 40.0) -> None:
+    import time
+
+    t_end = time.monotonic() + max_wall_s
+    while not pred():
+        assert time.monotonic() < t_end, f"timed out; jobs: {sorted(rows(d))}"
+        d.step()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path.name
+    return struct.unpack(">II", head[16:24])
+
+
+def test_jobs_run_once_across_restarts_and_misfires(config, tmp_path):
+    t0 = parse_start(f"{NIGHT}T06:00:00")
+    d = start_daemon(config, tmp_path, t0)
+    times = {job_id: t for job_id, _k, _s, t in d.nightjobs.times(NIGHT)}
+    dusk, dawn = times[f"dusk:{NIGHT}:xl"], times[f"dawn:{NIGHT}:xl"]
+    assert t0 < dusk < dawn < times[f"report:{NIGHT}"] < times[f"retrain:{NIGHT}"]
+    try:
+        # Dusk: the site stays closed (no weather station reports: missing data is unsafe).
+        run_until(d, lambda: f"dusk:{NIGHT}:xl" in rows(d))
+        r = rows(d)[f"dusk:{NIGHT}:xl"]
+        assert r["status"] == "done" and r["t"] >= dusk
+        assert json.loads(r["detail"]) == {"open": False, "weather": "weather_missing",
+                                           "held_closed": False, "groups_up": 0}
+        # APScheduler firing a job again (or a second plan) runs nothing.
+        fire(f"dusk:{NIGHT}:xl", "dusk", NIGHT, "xl", dusk)
+        d.step()
+        assert d.nightjobs.counts.get(("dusk", "duplicate")) == 1
+        assert rows(d)[f"dusk:{NIGHT}:xl"] == r
+        assert d.nightjobs.plan(d.clock.now()) == 0
+    finally:
+        d.close()
+    dusk_row = r
+
+    # Down across dawn: the dawn job, kept in the store, runs late on start (closing is
+    # always worth doing); the dusk job does not run again; the report follows.
+    jdb = d.journal.__class__(tmp_path / "journal.sqlite")
+    t_obs = dusk + 3600.0
+    with jdb.transaction():  # a night's worth of journal, as the daemon writes it
+        for k, band in enumerate("gri"):
+            jdb.observation((f"o-{k}", f"xl.g01.{band}", "xl", 1, band, 100, 150.0, 30.0,
+                             t_obs, t_obs + 30.0, 60.0, 1.15, 90.0, -40.0, 20.5))
+        spec = Command("xl.spec", "spectrum", {"target_id": "xl.spec-000001",
+                                              "ra_deg": 150.0, "dec_deg": 30.0},
+                       deadline=t_obs + 4000)
+        jdb.command("old", spec, t_obs)
+        jdb.finish(spec.cmd_id, "done", t_obs + 1500,
+                   {"label": "TDE", "before_peak": True, "t_start": t_obs + 300,
+                    "t_end": t_obs + 1500})
+    jdb.close()
+    d = start_daemon(config, tmp_path, dawn + 2 * 3600.0, SLOW)
+    try:
+        run_until(d, lambda: rows(d).get(f"retrain:{NIGHT}", {}).get("status")
+                  in ("done", "skipped"))
+        r = rows(d)
+        assert r[f"dusk:{NIGHT}:xl"] == dusk_row
+        assert d.nightjobs.counts.get(("dusk", "done")) is None
+        assert r[f"dawn:{NIGHT}:xl"]["status"] == "done"
+        assert json.loads(r[f"dawn:{NIGHT}:xl"]["detail"]) == {
+            "closed_groups": 0, "exposures": 3, "visits": 1, "spectra": 1}
+        assert r[f"report:{NIGHT}"]["status"] == "done"
+        # No spectrum labelled an object this brain associated: nothing to retrain on.
+        assert r[f"retrain:{NIGHT}"]["status"] == "skipped"
+        assert d.nightjobs.counts == {("dawn", "done"): 1, ("report", "done"): 1,
+                                      ("retrain", "skipped"): 1}
+    finally:
+        d.close()
+
+    out = tmp_path / "nights" / NIGHT
+    html = (out / "report.html").read_text()
+    for name in ("sky_coverage.png", "coverage_windows.png", "open_shutter.png",
+                 "followups.png"):
+        assert name in html
+        w, h = png_size(out / name)
+        assert w > 500 and h > 150, (name, w, h)
+    assert "light_curves.png" not in html and "No candidates yet" in html
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["survey"]["exposures"] == 3 and m["survey"]["visits"] == 1
+    assert m["followup"]["spectra"] == 1
+    assert m["followup"]["reward"] == 40.0  # TDE 20, x2 before the peak
+    assert "Against the goals" in html and "10,000 deg²" in html
+
+    # Down for a whole night: the next night's dusk (kept in the store) is missed, its
+    # dawn still runs.
+    next_dawn = {j: t for j, _k, _s, t in d.nightjobs.times(NEXT)}[f"dawn:{NEXT}:xl"]
+    d = start_daemon(config, tmp_path, next_dawn + 1800.0, SLOW)
+    try:
+        run_until(d, lambda: rows(d).get(f"dawn:{NEXT}:xl", {}).get("status") == "done")
+        r = rows(d)
+        assert r[f"dusk:{NEXT}:xl"]["status"] == "missed"
+        assert json.loads(r[f"dusk:{NEXT}:xl"]["detail"])["late_s"] > 10 * 3600
+        assert d.nightjobs.counts[("dusk", "missed")] == 1
+    finally:
+        d.close()
+
+
+def test_a_fresh_daemon_schedules_no_stale_jobs(config, tmp_path):
+    """Started after tonight's dark ended, a new daemon plans tonight's dawn and report
+    (still useful) but not the dusk it never saw."""
+    t = parse_start(f"{NEXT}T00:30:00")
+    d = start_daemon(config, tmp_path, t)
+    try:
+        stored = {j.id for j in d.nightjobs.scheduler.get_jobs()}
+        assert f"dusk:{NIGHT}:xl" not in stored
+        assert {f"dawn:{NIGHT}:xl", f"report:{NIGHT}", f"dusk:{NEXT}:xl"} <= stored
+    finally:
+        d.close()
+
+
+def test_promotion_keeps_the_better_classifier(tmp_path):
+    (tmp_path / "models").mkdir()
+    cand = tmp_path / "models" / "classifier-a"
+    cand.mkdir()
+    (cand / "meta.json").write_text(json.dumps(
+        {"report": {"test": {"first_night": {"macro_f1": 0.9}}}}))
+    first = promote(cand, {"macro_f1_first_night": 0.9}, tmp_path)
+    assert first["promoted"] and first["previous"] > 0  # the shipped model's score
+    worse = promote(tmp_path / "models" / "classifier-b", {"macro_f1_first_night": 0.5},
+                    tmp_path)
+    assert worse == {"promoted": False, "macro_f1_first_night": 0.5, "previous": 0.9}
+    from brain.nightjobs import current_classifier
+
+    assert current_classifier(tmp_path) == cand
