@@ -113,6 +113,13 @@ class OpsSettings(Strict):
                                      "over the time the telescopes could observe")
     spectro_use_goal: float = Field(default=0.8, gt=0, le=1, description="spectroscopic "
                                     "hours over the spectrographs' dark hours")
+    alerts: bool = Field(default=True, description="publish classifications and "
+                         "follow-up triggers as VOEvent 2.0 and Avro (brain.alerts)")
+    alert_min_probability: float = Field(default=0.5, ge=0, le=1, description="a "
+                                         "classification is announced when an object's "
+                                         "predicted class is new and this likely")
+    alert_transients_only: bool = Field(default=True, description="announce only "
+                                        "transient classes (not variable stars or AGN)")
     night_jobs: bool = Field(default=True, description="the daemon's APScheduler night "
                              "jobs (dusk, dawn, report, retrain)")
     dawn_margin_s: float = Field(default=120.0, ge=0, le=3600, description="the dawn job "

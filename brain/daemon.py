@@ -231,7 +231,10 @@ class Daemon:
                 log.error("classification asked at %.0f failed: %s: %s", t_asked,
                           type(e).__name__, e)
                 continue
+            before = self._predicted(cand)
             self.core.finish_classification(self.clock.now(), cand, prob)
+            if self.alerts is not None:
+                self._alert_classified(self.clock.now(), cand, prob, before)
             if self.metrics is not None:
                 self.metrics.classified(prob)
         if self.metrics is not None and busy:  # the turn, less the wait for the sockets
@@ -291,6 +294,57 @@ class Daemon:
             self._next_push = wall + 2.0
             self.desk.put_state.remote(state.to_dict())
 
+    # Alerts (brain.alerts) ----------------------------------------------------------
+    def _predicted(self, cand: np.ndarray) -> np.ndarray:
+        """The objects' predicted class index before a new answer (-1: none yet)."""
+        prob = self.core.obj_prob
+        out = np.full(len(cand), -1)
+        known = cand < prob.shape[0]
+        if known.any() and prob.shape[1]:
+            rows = prob[cand[known]]
+            out[known] = np.where(rows.sum(axis=1) > 0, rows.argmax(axis=1), -1)
+        return out
+
+    def _alert_classified(self, t: float, cand: np.ndarray, prob: np.ndarray,
+                          before: np.ndarray) -> None:
+        """Announce the objects whose predicted class is new (first classification or a
+        change), likely enough, and (by default) a transient class."""
+        from brain.alerts import classification_alerts
+        from simulator.lightcurves import TRANSIENTS
+
+        if not len(cand):
+            return
+        ops = self.config.ops
+        classes = list(self.core.classifier.classes)
+        pred = prob.argmax(axis=1)
+        keep = (pred != before) & (prob[np.arange(len(cand)), pred] >=
+                                   ops.alert_min_probability)
+        if ops.alert_transients_only:
+            keep &= np.isin(np.asarray(classes)[pred], TRANSIENTS)
+        if not keep.any():
+            return
+        for alert in classification_alerts(t, cand[keep], prob[keep], classes,
+                                           self.core.associator):
+            self._emit(alert)
+
+    def _alert_followup(self, cmd: Command) -> None:
+        from brain.alerts import followup_alert
+
+        rec = self.core.followup.records.get(cmd.args.get("target_id"))
+        if rec is None:
+            return
+        try:
+            alert = followup_alert(cmd, rec)
+        except ValueError as exc:
+            log.error("follow-up alert for %s not made: %s", cmd.args.get("target_id"), exc)
+            return
+        self._emit(alert)
+
+    def _emit(self, alert) -> None:
+        ok = self.alerts.emit(alert) is not None
+        if self.metrics is not None:
+            self.metrics.alerts.labels(alert.kind, "emitted" if ok else "failed").inc()
+
     def close(self) -> None:
         if self._run_wall0 is not None:
             wall = time.monotonic() - self._run_wall0
@@ -299,6 +353,8 @@ class Daemon:
                      wall, time.process_time() - self._run_cpu0)
         if self.nightjobs is not None:
             self.nightjobs.close()
+        if self.alerts is not None:
+            self.alerts.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.journal.close()
@@ -452,6 +508,9 @@ class Daemon:
                 if fail is not None:
                     self._cmds.pop(cmd.cmd_id, None)
                     failed.append((cmd, t, fail))
+                elif (cmd.name == "spectrum" and self.alerts is not None
+                      and self.core.followup is not None):
+                    self._alert_followup(cmd)  # the trigger, once it is on its way
             if failed:
                 with self.journal.transaction():
                     for cmd, t, fail in failed:
@@ -522,6 +581,12 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume)))
                 start = resume
         clock.sync(start)  # a rehearsal's world time begins once the brain is ready
+    if config.ops.alerts:
+        from brain.alerts import AlertSink
+
+        d.alerts = AlertSink(Path(journal).parent / "alerts", publish=d.link.publish,
+                             role="test" if clock.simulated else "observation",
+                             sites={s.id: s for s in config.sites})
     if config.ops.night_jobs:
         from brain.nightjobs import NightJobs
 

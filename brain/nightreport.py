@@ -156,8 +156,10 @@ def gather(daemon, night: str) -> NightSnapshot:
     out = daemon.nightjobs.night_dir(night) if daemon.nightjobs else None
     if out is not None and core.followup is not None:
         out.mkdir(parents=True, exist_ok=True)
-        labels = {oid: lab for oid, lab in core.followup.labels.items()}
-        write_labelled(out / "labelled.csv", assoc, labels)
+        # Tonight's labels only: each night's folder adds its own to the retraining.
+        tonight = {int(r["object_id"][1:]): r["label"] for r in rows
+                   if r["label"] and r["object_id"]}
+        write_labelled(out / "labelled.csv", assoc, tonight)
     return NightSnapshot(night, config, core.grid, eph, sky, t0, t1, obs_rows, weather, rows,
                          objects, frozen, core.decision_percentiles(), str(j.path))
 
