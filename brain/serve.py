@@ -111,8 +111,17 @@ class PlannerService:
 STATE_MAX_AGE_S = 30.0  # an older state means the daemon is not answering: plan nothing
 
 
+def app_builder(args: dict):
+    """Serve's entry point (``import_path: brain.serve:app_builder``, e.g. a KubeRay
+    RayService): ``args`` from the Serve config, ``config`` a site config path."""
+    from brain.config import load_config
+
+    return build_app(load_config((args or {}).get("config")))
+
+
 def build_app(config, planner_options: dict | None = None):
-    """The Serve application: ``Api`` in front of a ``PlannerDeployment``."""
+    """The Serve application: ``Api`` in front of a ``PlannerDeployment``. The planner
+    asks for ``planner.num_gpus`` GPUs unless ``planner_options`` says otherwise."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from ray import serve
@@ -121,7 +130,8 @@ def build_app(config, planner_options: dict | None = None):
 
     planner_dep = serve.deployment(
         PlannerService, name="planner", num_replicas=1,
-        ray_actor_options=planner_options or {"num_cpus": 1},
+        ray_actor_options=planner_options or {"num_cpus": 1,
+                                              "num_gpus": config.planner.num_gpus},
         health_check_period_s=10, health_check_timeout_s=120)
 
     @serve.deployment(name="api", num_replicas=1, ray_actor_options={"num_cpus": 0})

@@ -184,11 +184,20 @@ def test_run_files_follow_the_contract(request, which):
     for name in ("environment.json", "environment.npz", "windows.csv", "report.html"):
         assert (run_dir / name).is_file(), name
     html = (run_dir / "report.html").read_text()
-    pngs = sorted(run_dir.glob("*.png"))
-    assert pngs, "report.html has no figures"
-    for png in pngs:
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name
-        assert png.name in html, png.name
+    # Every figure of the report, each a PNG of a readable size (pixels, at 85-90 dpi).
+    from brain.report import FIGURES
+    from tests.test_nightjobs import png_size
+
+    assert sorted(p.name for p in run_dir.glob("*.png")) == sorted(FIGURES)
+    min_size = {"sky_coverage.png": (700, 350), "coverage_windows.png": (700, 200),
+                "open_shutter.png": (700, 400), "followups.png": (600, 180),
+                "light_curves.png": (900, 500)}
+    for name in FIGURES:
+        w, h = png_size(run_dir / name)
+        assert w >= min_size[name][0] and h >= min_size[name][1], (name, w, h)
+        assert (run_dir / name).stat().st_size > 10_000, name  # drawn, not blank
+        assert name in html, name
+    assert "Against the goals" in html and "followups.png" in html
 
 
 @pytest.mark.slow
