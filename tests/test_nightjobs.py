@@ -157,8 +157,13 @@ def test_a_fresh_daemon_schedules_no_stale_jobs(config, tmp_path):
     """Started after tonight's dark ended, a new daemon plans tonight's dawn and report
     (still useful) but not the dusk it never saw."""
     t = parse_start(f"{NEXT}T00:30:00")
-    d = start_daemon(config, tmp_path, t)
+    d = Daemon(config, tmp_path / "journal.sqlite", WorldClock(t, SLOW),
+               router=f"tcp://127.0.0.1:{_port()}", pub=None)
+    d.clock.sync(t)
+    d.nightjobs = NightJobs(d, tmp_path)
+    d.nightjobs.scheduler.start(paused=True)  # nothing fires (tonight's dawn is due)
     try:
+        assert d.nightjobs.plan(t) == 7
         stored = {j.id for j in d.nightjobs.scheduler.get_jobs()}
         assert f"dusk:{NIGHT}:xl" not in stored
         assert {f"dawn:{NIGHT}:xl", f"report:{NIGHT}", f"dusk:{NEXT}:xl"} <= stored
