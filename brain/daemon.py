@@ -22,6 +22,7 @@ import math
 import signal
 import sys
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,6 +60,7 @@ log = logging.getLogger("brain.daemon")
 
 TICK_S = 60.0
 SAFETY_EVERY_S = 5.0
+ALERTS_PER_TURN = 10
 
 
 def device_specs(config: BrainConfig) -> dict[str, DeviceSpec]:
@@ -120,6 +122,7 @@ class Daemon:
         self._validator = None
         self.nightjobs = None  # brain.nightjobs.NightJobs, started by run_daemon
         self.alerts = None  # brain.alerts.AlertSink
+        self._alert_queue: deque = deque()
         self.metrics = None
         if registry is not None:
             from brain.opsmetrics import DaemonMetrics
@@ -220,6 +223,8 @@ class Daemon:
                 for ev in detections:
                     self._on_event(ev)
         if self.nightjobs is not None and self.nightjobs.step():
+            busy = True
+        if self._alert_queue and self._drain_alerts():
             busy = True
         if self.desk is not None and time.monotonic() >= self._next_desk:
             self._serve_desk()
@@ -323,9 +328,16 @@ class Daemon:
             keep &= np.isin(np.asarray(classes)[pred], TRANSIENTS)
         if not keep.any():
             return
-        for alert in classification_alerts(t, cand[keep], prob[keep], classes,
-                                           self.core.associator):
-            self._emit(alert)
+        self._alert_queue.extend(classification_alerts(t, cand[keep], prob[keep], classes,
+                                                       self.core.associator))
+
+    def _drain_alerts(self) -> bool:
+        """Emit up to ``ALERTS_PER_TURN`` queued alerts (about 1 ms each: a night's first
+        classification can announce thousands, which must not stall the loop)."""
+        n = min(len(self._alert_queue), ALERTS_PER_TURN)
+        for _ in range(n):
+            self._emit(self._alert_queue.popleft())
+        return n > 0
 
     def _alert_followup(self, cmd: Command) -> None:
         from brain.alerts import followup_alert
@@ -354,6 +366,8 @@ class Daemon:
         if self.nightjobs is not None:
             self.nightjobs.close()
         if self.alerts is not None:
+            while self._drain_alerts():  # what was announced internally goes out
+                pass
             self.alerts.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.link.close()

@@ -51,6 +51,9 @@ def test_daemon_publishes_new_transient_classifications(tmp_path):
         d.core.obj_prob = np.zeros((n, len(classes)))
         d.core.finish_classification(t, cand, prob)
         d._alert_classified(t, cand, prob, before)
+        assert len(d._alert_queue) == 2  # queued: the loop emits a few per turn
+        while d._drain_alerts():
+            pass
         got = [A.decode_feed_alert(sub.recv_multipart()) for _ in range(2)]
         assert sorted((g.kind, g.record["object_id"], g.record["predicted_class"])
                       for g in got) == [
@@ -59,6 +62,7 @@ def test_daemon_publishes_new_transient_classifications(tmp_path):
             A.validate_voevent(g.voevent)
         # The same answer again: nothing new, nothing announced.
         d._alert_classified(t + 1800, cand, prob, d._predicted(cand))
+        assert not d._alert_queue
         sub.setsockopt(zmq.RCVTIMEO, 300)
         try:
             extra = sub.recv_multipart()
