@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -241,25 +242,29 @@ class Journal:
         return {"exposures": int(exposures), "visits": int(visits), "spectra": int(spectra)}
 
     # Reading back ----------------------------------------------------------------
-    def observations(self) -> list[tuple]:
+    def observations(self, t0: float = -math.inf, t1: float = math.inf) -> list[tuple]:
+        """Observations whose shutter opened in [t0, t1) (world time), in time order."""
         return [tuple(r) for r in self.db.execute(
-            "SELECT * FROM observations ORDER BY t_start, obs_id")]
+            "SELECT * FROM observations WHERE t_start>=? AND t_start<? "
+            "ORDER BY t_start, obs_id", (t0, t1))]
 
     def visits(self) -> list[tuple[int, int, float]]:
         return [tuple(r) for r in self.db.execute("SELECT * FROM visits ORDER BY t_start")]
 
-    def spectra(self) -> list[dict]:
-        """Every spectrum commanded, oldest first: device, target_id, ra_deg, dec_deg,
-        t_sent, t_end, status, label."""
+    def spectra(self, t0: float = -math.inf, t1: float = math.inf) -> list[dict]:
+        """Every spectrum commanded in [t0, t1), oldest first: device, target_id, ra_deg,
+        dec_deg, t_sent, t_end, status, label, and the device's whole result."""
         out = []
         for device, args, status, t_sent, t_end, result in self.db.execute(
                 "SELECT device, args, status, t_sent, t_end, result FROM commands "
-                "WHERE name='spectrum' ORDER BY t_sent, rowid"):
+                "WHERE name='spectrum' AND t_sent>=? AND t_sent<? ORDER BY t_sent, rowid",
+                (t0, t1)):
             a, r = json.loads(args), json.loads(result or "{}") or {}
             out.append({"device": device, "target_id": a.get("target_id", ""),
                         "ra_deg": float(a.get("ra_deg", np.nan)),
                         "dec_deg": float(a.get("dec_deg", np.nan)), "t_sent": t_sent,
-                        "t_end": t_end, "status": status, "label": r.get("label")})
+                        "t_end": t_end, "status": status, "label": r.get("label"),
+                        "result": r})
         return out
 
     def events_named(self, name: str, t0: float, t1: float) -> list[tuple[float, str, dict]]:
@@ -267,18 +272,6 @@ class Journal:
         return [(t, d, json.loads(data)) for t, d, data in self.db.execute(
             "SELECT t, device, data FROM events WHERE name=? AND t>=? AND t<? ORDER BY t, seq",
             (name, t0, t1))]
-
-    def spectrum_results(self, t0: float, t1: float) -> list[dict]:
-        """Spectra that came back, commanded in [t0, t1): target, device, times, result."""
-        out = []
-        for device, args, t_sent, t_end, result in self.db.execute(
-                "SELECT device, args, t_sent, t_end, result FROM commands WHERE "
-                "name='spectrum' AND status='done' AND t_sent>=? AND t_sent<? "
-                "ORDER BY t_sent, rowid", (t0, t1)):
-            out.append({"device": device, "target_id": json.loads(args).get("target_id", ""),
-                        "t_sent": t_sent, "t_end": t_end,
-                        "result": json.loads(result or "{}") or {}})
-        return out
 
     def iter_detections(self):
         for obs_id, part, t, blob in self.db.execute(

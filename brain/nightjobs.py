@@ -44,6 +44,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
+
 log = logging.getLogger("brain.nightjobs")
 
 KINDS = ("dusk", "dawn", "report", "retrain")
@@ -61,6 +64,19 @@ def fire(job_id: str, kind: str, night: str, site: str | None, world_t: float) -
         log.error("night job %s fired with no daemon running", job_id)
         return
     jobs.due.put(Due(job_id, kind, night, site, float(world_t)))
+
+
+class _Scheduler(BackgroundScheduler):
+    """APScheduler's, less a race at shutdown: its thread, woken by ``shutdown``, goes on
+    to submit due jobs to the executors shutdown just closed (and dies on it). Here a
+    round of due jobs starts only while running, checked under the lock that
+    ``shutdown`` takes."""
+
+    def _process_jobs(self):
+        with self._jobstores_lock:
+            if self.state != STATE_RUNNING:
+                return None
+            return super()._process_jobs()
 
 
 @dataclass(frozen=True)
@@ -228,36 +244,41 @@ class NightJobs:
         level = logging.INFO if status in ("done", "skipped") else logging.ERROR
         log.log(level, "night job %s %s: %s", due.job_id, status, json.dumps(detail))
 
-    def _dusk(self, due: Due, now: float) -> None:
-        core = self.d.core
+    def _act(self, due: Due, now: float, decide) -> None:
+        """A job that commands devices: ``decide()`` -> (commands, detail), journalled with
+        the job in one transaction, then sent."""
         with self.d.journal.transaction():
-            core._ensure_night(now)
-            cmds = core.review_safety(now)
-            site = core.sites[due.site]
-            detail = {"open": site.open, "weather": site.verdict.rule or "safe",
-                      "held_closed": site.held_closed,
-                      "groups_up": sum(core.group_up(g) for g in core.groups
-                                       if g.site == due.site)}
+            cmds, detail = decide()
             self.d._send(cmds, now)
             self.d.journal.job(due, "done", now, detail)
         self.d._flush()
-        self._count("dusk", "done")
-        log.info("dusk at %s: %s", due.site, json.dumps(detail))
+        self._count(due.kind, "done")
+        log.info("%s at %s: %s", due.kind, due.site, json.dumps(detail))
+
+    def _dusk(self, due: Due, now: float) -> None:
+        core = self.d.core
+
+        def decide():
+            cmds = core.review_safety(now)
+            site = core.sites[due.site]
+            return cmds, {"open": site.open, "weather": site.verdict.rule or "safe",
+                          "held_closed": site.held_closed,
+                          "groups_up": sum(core.group_up(g) for g in core.groups
+                                           if g.site == due.site)}
+
+        self._act(due, now, decide)
 
     def _dawn(self, due: Due, now: float) -> None:
         from simulator.ephemeris import night_span
 
-        core = self.d.core
-        with self.d.journal.transaction():
-            cmds = core.dawn_close(due.site, now)
+        def decide():
+            cmds = self.d.core.dawn_close(due.site, now)
             t0, t1 = night_span(self.config, due.night)
-            detail = {"closed_groups": len(cmds) // 6,
-                      **self.d.journal.night_counts(due.site, t0, min(t1, now))}
-            self.d._send(cmds, now)
-            self.d.journal.job(due, "done", now, detail)
-        self.d._flush()
-        self._count("dawn", "done")
-        log.info("dawn at %s: %s", due.site, json.dumps(detail))
+            closed = {c.device.rsplit(".", 1)[0] for c in cmds}  # groups, as site.gNN
+            return cmds, {"closed_groups": len(closed),
+                          **self.d.journal.night_counts(due.site, t0, min(t1, now))}
+
+        self._act(due, now, decide)
 
     def _report(self, due: Due, now: float) -> None:
         from brain.nightreport import gather
@@ -297,11 +318,13 @@ class NightJobs:
         logf = (self.state_dir / "models").joinpath(f"retrain-{due.night}.log")
         logf.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        fh = logf.open("w")
-        # Low priority: the retraining must not take CPU from the loop.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env,
-                                preexec_fn=lambda: os.nice(10))
-        self._busy = (due, proc, {"out": out, "runs": len(runs), "log": fh})
+        with logf.open("w") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:  # low priority: the retraining must not take CPU from the loop
+            os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
+        except OSError:
+            pass  # already gone: its exit status says why
+        self._busy = (due, proc, {"out": out, "runs": len(runs), "log": logf})
         log.info("retraining the classifier with %d nights' labels -> %s", len(runs), out)
 
     def _check_busy(self) -> bool:
@@ -321,17 +344,15 @@ class NightJobs:
         if work.poll() is None:
             return False
         self._busy = None
-        info["log"].close()
-        out = work.stdout.read() if work.stdout else ""
         if work.returncode != 0:
             self._finish(due, "failed", now, {"returncode": work.returncode,
-                                              "log": str(info["log"].name)})
+                                              "log": str(info["log"])})
             return True
         detail = {"out": str(info["out"]), "runs": info["runs"]}
-        try:
-            detail.update(promote(info["out"], json.loads(out.strip().splitlines()[-1]),
-                                  self.state_dir))
-        except (ValueError, IndexError, KeyError) as exc:
+        try:  # the training's report: the last line it printed
+            last = info["log"].read_text().strip().splitlines()[-1]
+            detail.update(promote(info["out"], json.loads(last), self.state_dir))
+        except (OSError, ValueError, IndexError, KeyError) as exc:
             detail["promoted"] = False
             detail["reason"] = f"unreadable training report ({exc})"
         self._finish(due, "done", now, detail)
@@ -342,7 +363,7 @@ class NightJobs:
         stopped (it is run again on the next start: its job stays 'started')."""
         self.stop()
         if self._busy is not None:
-            _due, work, info = self._busy
+            _due, work, _info = self._busy
             if isinstance(work, threading.Thread):
                 work.join(timeout=10.0)
                 if not work.is_alive():
@@ -353,30 +374,6 @@ class NightJobs:
                     work.wait(timeout=10.0)
                 except subprocess.TimeoutExpired:
                     work.kill()
-                info["log"].close()
-
-
-def _scheduler_class():
-    from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.schedulers.base import STATE_RUNNING
-
-    class Scheduler(BackgroundScheduler):
-        """APScheduler's, less a race at shutdown: its thread, woken by ``shutdown``, goes
-        on to submit due jobs to the executors shutdown just closed (and dies on it).
-        Here a round of due jobs starts only while running, checked under the lock that
-        ``shutdown`` takes."""
-
-        def _process_jobs(self):
-            with self._jobstores_lock:
-                if self.state != STATE_RUNNING:
-                    return None
-                return super()._process_jobs()
-
-    return Scheduler
-
-
-def _Scheduler(**kwargs):
-    return _scheduler_class()(**kwargs)
 
 
 def _has_rows(path: Path) -> bool:
@@ -406,17 +403,17 @@ def promote(candidate: Path, report: dict, state_dir: Path) -> dict:
 
 def current_classifier(state_dir: Path) -> Path:
     """The promoted classifier's directory, or the shipped artifact."""
-    from policies.classifier import ARTIFACT_DIR
+    from policies.classifier import ARTIFACT_DIR, TransientClassifier
 
     path = Path(state_dir) / "models" / PROMOTED
     if path.is_file():
         try:
             d = Path(json.loads(path.read_text())["directory"])
-            if (d / "meta.json").is_file():
-                return d
-        except (ValueError, KeyError):
-            pass
-        log.error("%s is unreadable or names a missing model: using the shipped one", path)
+            TransientClassifier.load(d)  # a model this code cannot use is not used
+            return d
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("%s: promoted classifier unusable (%s): using the shipped one", path,
+                      str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return ARTIFACT_DIR
 
 

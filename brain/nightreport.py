@@ -13,7 +13,6 @@ its label earns (CONTRACTS.md's table, ×2 before the peak as the spectrum tells
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -33,10 +32,10 @@ from brain.metrics import (
 )
 from brain.report import ReportInputs, write_report
 from brain.runfiles import (
-    FOLLOWUP_COLUMNS,
-    OBJECT_COLUMNS,
     _clean,
+    write_followup_rows,
     write_labelled,
+    write_objects,
     write_observations,
 )
 
@@ -107,7 +106,7 @@ def gather(daemon, night: str) -> NightSnapshot:
     core, j, config = daemon.core, daemon.journal, daemon.config
     eph, sky = core.nights.get(night)
     t0, t1 = night_span(config, night)
-    obs_rows = [r for r in j.observations() if t0 <= r[8] < t1]
+    obs_rows = j.observations(t0, t1)
     weather: dict[str, list] = {s.id: [] for s in config.sites}
     for t, device, data in j.events_named("weather", t0 - 3600.0, t1):
         site = device.split(".", 1)[0]
@@ -117,7 +116,9 @@ def gather(daemon, night: str) -> NightSnapshot:
     records = core.followup.records if core.followup is not None else {}
     s = config.followup
     rows = []
-    for r in j.spectrum_results(t0, t1):
+    for r in j.spectra(t0, t1):
+        if r["status"] != "done":
+            continue
         rec = records.get(r["target_id"])
         res = r["result"]
         label = res.get("label") or ""
@@ -164,11 +165,10 @@ def gather(daemon, night: str) -> NightSnapshot:
                          objects, frozen, core.decision_percentiles(), str(j.path))
 
 
-def night_metrics(snap: NightSnapshot, obs: np.ndarray, windows: list) -> dict:
+def night_metrics(snap: NightSnapshot, obs: np.ndarray, windows: list,
+                  weathers: dict[str, JournalWeather]) -> dict:
     """metrics.json's keys for a daemon night (CONTRACTS.md), from the snapshot."""
     config, eph = snap.config, snap.eph
-    weathers = {k: JournalWeather(v, config.limits.max_weather_age_s)
-                for k, v in snap.weather.items()}
     open_s = 0.0
     for s in config.sites:
         frac = site_open_fraction(config, eph, weathers, s.id, eph.t_begin, eph.t_end)
@@ -225,21 +225,10 @@ def write_night(out: Path, snap: NightSnapshot) -> dict:
                 for k, v in snap.weather.items()}
     windows = coverage_windows(config, obs, [snap.eph], [snap.sky], [weathers],
                                AreaLattice(snap.grid))
-    metrics = night_metrics(snap, obs, windows)
+    metrics = night_metrics(snap, obs, windows, weathers)
     write_observations(out / "observations.csv", snap.obs_rows)
-    with (out / "followups.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(FOLLOWUP_COLUMNS)
-        for r in snap.followups:
-            w.writerow([r["target_id"], r["object_id"], r["telescope"], f"{r['t_start']:.1f}",
-                        f"{r['t_end']:.1f}", f"{r['mag']:.3f}", r["predicted_class"],
-                        f"{r['p_predicted']:.4f}", r["true_class"], r["label"],
-                        int(r["before_peak"]), f"{r['reward']:g}"])
-    with (out / "objects.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(OBJECT_COLUMNS)
-        for oid, ra, dec, n, pc, p, tc in snap.objects:
-            w.writerow([oid, f"{ra:.6f}", f"{dec:.6f}", n, pc, f"{p:.4f}", tc])
+    write_followup_rows(out / "followups.csv", snap.followups)
+    write_objects(out / "objects.csv", snap.objects)
     (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
     figures = write_report(out, ReportInputs(
         config=config, grid=snap.grid, core=snap.core, nights=[snap.eph], metrics=metrics,

@@ -44,6 +44,25 @@ def write_observations(path: Path, rows: list[tuple]) -> None:
                         f"{r[12]:.4f}", f"{r[13]:.4f}", f"{r[14]:.3f}"])
 
 
+def write_followup_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(FOLLOWUP_COLUMNS)
+        for r in rows:
+            w.writerow([r["target_id"], r["object_id"], r["telescope"], f"{r['t_start']:.1f}",
+                        f"{r['t_end']:.1f}", f"{r['mag']:.3f}", r["predicted_class"],
+                        f"{r['p_predicted']:.4f}", r["true_class"], r["label"],
+                        int(r["before_peak"]), f"{r['reward']:g}"])
+
+
+def write_objects(path: Path, objects) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(OBJECT_COLUMNS)
+        for oid, ra, dec, n, pc, p, tc in objects:
+            w.writerow([oid, f"{ra:.6f}", f"{dec:.6f}", n, pc, f"{p:.4f}", tc])
+
+
 def write_header_only(path: Path, columns) -> None:
     with path.open("w", newline="") as fh:
         csv.writer(fh).writerow(columns)
@@ -56,11 +75,7 @@ def write_run(out_dir: Path, result, metrics: dict, windows, obs, objects) -> No
     (out_dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
     write_observations(out_dir / "observations.csv", result.world.observations)
     write_followups(out_dir, result)
-    with (out_dir / "objects.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(OBJECT_COLUMNS)
-        for oid, ra, dec, n, pc, p, tc in objects:
-            w.writerow([oid, f"{ra:.6f}", f"{dec:.6f}", n, pc, f"{p:.4f}", tc])
+    write_objects(out_dir / "objects.csv", objects)
     result.env.save(out_dir)
     with (out_dir / "windows.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -91,15 +106,7 @@ def write_followups(out_dir: Path, result) -> None:
     if manager is None or result.world.spec is None:
         write_header_only(out_dir / "followups.csv", FOLLOWUP_COLUMNS)
         return
-    rows = _followup_rows(result)
-    with (out_dir / "followups.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(FOLLOWUP_COLUMNS)
-        for r in rows:
-            w.writerow([r["target_id"], r["object_id"], r["telescope"], f"{r['t_start']:.1f}",
-                        f"{r['t_end']:.1f}", f"{r['mag']:.3f}", r["predicted_class"],
-                        f"{r['p_predicted']:.4f}", r["true_class"], r["label"],
-                        int(r["before_peak"]), f"{r['reward']:g}"])
+    write_followup_rows(out_dir / "followups.csv", _followup_rows(result))
     write_labelled(out_dir / "labelled.csv", result.core.associator, manager.labels)
     manager.stream.save(out_dir / "stream.npz")
 

@@ -172,11 +172,16 @@ def test_a_fresh_daemon_schedules_no_stale_jobs(config, tmp_path):
 
 
 def test_promotion_keeps_the_better_classifier(tmp_path):
+    import shutil
+
+    from policies.classifier import ARTIFACT_DIR
+
     (tmp_path / "models").mkdir()
     cand = tmp_path / "models" / "classifier-a"
-    cand.mkdir()
-    (cand / "meta.json").write_text(json.dumps(
-        {"report": {"test": {"first_night": {"macro_f1": 0.9}}}}))
+    shutil.copytree(ARTIFACT_DIR, cand)  # a usable model, scored 0.9
+    meta = json.loads((cand / "meta.json").read_text())
+    meta["report"]["test"]["first_night"]["macro_f1"] = 0.9
+    (cand / "meta.json").write_text(json.dumps(meta))
     first = promote(cand, {"macro_f1_first_night": 0.9}, tmp_path)
     assert first["promoted"] and first["previous"] > 0  # the shipped model's score
     worse = promote(tmp_path / "models" / "classifier-b", {"macro_f1_first_night": 0.5},
@@ -185,6 +190,10 @@ def test_promotion_keeps_the_better_classifier(tmp_path):
     from brain.nightjobs import current_classifier
 
     assert current_classifier(tmp_path) == cand
+    # A promoted model this code cannot load (here: its classes changed) is not used.
+    meta["classes"] = meta["classes"][::-1]
+    (cand / "meta.json").write_text(json.dumps(meta))
+    assert current_classifier(tmp_path) == ARTIFACT_DIR
 
 
 def test_retrain_job_trains_on_the_stores_labels_and_gates_promotion(config, tmp_path):
