@@ -122,6 +122,7 @@ class Daemon:
         self._validator = None
         self.nightjobs = None  # brain.nightjobs.NightJobs, started by run_daemon
         self.alerts = None  # brain.alerts.AlertSink
+        self.metrics_server = None  # brain.opsmetrics.MetricsServer, started by run_daemon
         self._alert_queue: deque = deque()
         self.metrics = None
         if registry is not None:
@@ -291,7 +292,7 @@ class Daemon:
             self._flush()
             self.desk.done.remote(aid, None)
             if self.metrics is not None:
-                self.metrics.actions.labels(tool).inc()
+                self.metrics.actions.inc(tool)
             log.info("operator: %s %s", tool, args)
         if actions:
             state = self.core.plan_state(self.clock.now())
@@ -355,7 +356,7 @@ class Daemon:
     def _emit(self, alert) -> None:
         ok = self.alerts.emit(alert) is not None
         if self.metrics is not None:
-            self.metrics.alerts.labels(alert.kind, "emitted" if ok else "failed").inc()
+            self.metrics.alerts.inc(alert.kind, "emitted" if ok else "failed")
 
     def close(self) -> None:
         if self._run_wall0 is not None:
@@ -370,6 +371,8 @@ class Daemon:
                 pass
             self.alerts.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.link.close()
         self.journal.close()
 
@@ -505,7 +508,7 @@ class Daemon:
                         self.journal.refused(self.link.session, cmd, t, rule)
                         self.vetoes[rule] = self.vetoes.get(rule, 0) + 1
                         if self.metrics is not None:
-                            self.metrics.vetoes.labels(rule).inc()
+                            self.metrics.vetoes.inc(rule)
                         self._send(self.core.handle(Failed(
                             t, cmd.device, cmd.cmd_id, "unsafe",
                             f"refused by safety rule {rule}")), t)
@@ -540,7 +543,7 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                hosting: str = "ray", ray_address: str | None = None,
                api_port: int | None = None, policy_seed: int = 0) -> Daemon:
     """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     # metrics_port 0: no metrics at all (nothing collected, nothing served)
     registry = CollectorRegistry() if metrics_port else None
@@ -607,7 +610,9 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
         d.nightjobs = NightJobs(d, Path(journal).parent)
         d.nightjobs.start()
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
+        from brain.opsmetrics import MetricsServer
+
+        d.metrics_server = MetricsServer(registry, metrics_port)
     log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,
              d.link.router_endpoint, getattr(d.link, "pub_endpoint", "-"), speed,
              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now())))

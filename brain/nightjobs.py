@@ -219,7 +219,7 @@ class NightJobs:
         self.counts[(kind, result)] = self.counts.get((kind, result), 0) + 1
         m = self.d.metrics
         if m is not None:
-            m.night_jobs.labels(kind, result).inc()
+            m.night_jobs.inc(kind, result)
 
     def _run(self, due: Due) -> None:
         j, now = self.d.journal, self.clock.now()

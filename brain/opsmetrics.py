@@ -4,11 +4,14 @@ Names start with ``sitian_`` and use base units (shared/CONTRACTS.md). Every lab
 bounded by the configuration: devices (60), sites (3), groups (18), bands (3), command
 names, safety rules, classes (14), follow-up results.
 
-Cost: the event loop only bumps counters and observes one histogram per loop turn. The
-state (sites, weather, coverage, shutter, candidates) is read when Prometheus scrapes,
-on the HTTP server's thread, by a collector that copies what it needs from the daemon.
-The link's own metrics (device up, heartbeat age, commands by name and result, command
-latency, protocol errors) live in ``drivers.link.LinkMetrics`` on the same registry.
+Cost (issue 7: under 2 % of the daemon's CPU; ``brain bench metrics`` measures it): the
+event loop only adds to plain counters and histogram buckets (``drivers.loopmetrics``:
+one dict or list operation each, not prometheus_client's labelled children). The state
+(sites, weather, coverage, shutter, candidates) is read when Prometheus scrapes, on the
+HTTP server's thread, by a collector that copies what it needs from the daemon. The
+server (:func:`serve`) blocks until a request comes: no polling. The link's own metrics
+(device up, heartbeat age, commands by name and result, command latency, protocol
+errors) live in ``drivers.link.LinkMetrics`` on the same registry.
 
 Metric list (besides the link's):
 
@@ -38,6 +41,7 @@ import platform
 import threading
 from collections import deque
 
+from drivers.loopmetrics import LoopCollector, LoopCounter, LoopHistogram, wsgi_app
 from simulator.sky import FULL_SKY_DEG2
 
 WINDOW_S = 1800.0
@@ -65,7 +69,10 @@ class DaemonMetrics:
     """Counters the daemon bumps, and a collector that reads its state at scrape time."""
 
     def __init__(self, registry, daemon):
-        from prometheus_client import Counter, Gauge, Histogram
+        from prometheus_client import Gauge
+
+        from brain.tools import TOOLS
+        from simulator.lightcurves import CLASSES
 
         self.d = daemon
         cfg = daemon.config
@@ -75,70 +82,54 @@ class DaemonMetrics:
         self._decisions_seen = 0
         self.goal_deg2 = float(cfg.ops.coverage_goal_deg2)
         self.field_deg2 = FULL_SKY_DEG2 / max(1, daemon.core.grid.size)
+        self.classes = CLASSES
         Gauge("sitian_build_info", "Build of the running brain", ["version", "python"],
               registry=registry).labels(version(), platform.python_version()).set(1)
-        self.vetoes = Counter("sitian_safety_vetoes_total",
-                              "Commands refused by a safety rule", ["rule"],
-                              registry=registry)
-        for rule in VETO_RULES:  # every series exists from the start (at 0)
-            self.vetoes.labels(rule)
-        self.exposures_total = Counter("sitian_exposures_total",
-                                       "Exposures journalled, by band", ["band"],
-                                       registry=registry)
-        for b in cfg.camera.bands:
-            self.exposures_total.labels(b)
-        self.visits_total = Counter("sitian_visits_total",
-                                    "Group visits (one field in all three bands)",
-                                    registry=registry)
-        self.classifications = Counter("sitian_classifications_total",
-                                       "Candidates classified, by predicted class",
-                                       ["class"], registry=registry)
-        from simulator.lightcurves import CLASSES
-
-        self.classes = CLASSES
-        for c in CLASSES:
-            self.classifications.labels(c)
-        self.followups = Counter("sitian_followups_total",
-                                 "Spectroscopic follow-ups by result (sent, done, failed)",
-                                 ["result"], registry=registry)
-        for r in ("sent", "done", "failed"):
-            self.followups.labels(r)
-        self.reward = Counter("sitian_followup_reward_total",
-                              "Reward earned by the spectra, as their labels tell it",
-                              registry=registry)
-        self.actions = Counter("sitian_operator_actions_total",
-                               "Operator actions carried out, by tool", ["tool"],
-                               registry=registry)
-        from brain.tools import TOOLS
-
-        for name, tool in TOOLS.items():
-            if tool.moves_hardware:
-                self.actions.labels(name)
-        self.night_jobs = Counter("sitian_night_jobs_total",
-                                  "Night jobs (dusk, dawn, report, retrain) by result",
-                                  ["kind", "result"], registry=registry)
-        for kind in ("dusk", "dawn", "report", "retrain"):
-            for result in ("done", "skipped", "missed", "failed", "duplicate"):
-                self.night_jobs.labels(kind, result)
-        self.alerts = Counter("sitian_alerts_total",
-                              "Alerts (VOEvent + Avro) by kind and result",
-                              ["kind", "result"], registry=registry)
-        for kind in ("classification", "followup"):
-            for result in ("emitted", "failed"):
-                self.alerts.labels(kind, result)
-        self.loop_lag = Histogram("sitian_event_loop_lag_seconds",
-                                  "Duration of one event-loop turn: the longest an "
-                                  "arriving message waits", buckets=LOOP_BUCKETS,
-                                  registry=registry)
-        self.decision = Histogram("sitian_scheduler_decision_seconds",
-                                  "Time the survey scheduler takes to choose a field",
-                                  buckets=DECISION_BUCKETS, registry=registry)
-        registry.register(_StateCollector(self))
+        # Every series of a bounded label set exists from the start (at 0).
+        self.vetoes = LoopCounter("sitian_safety_vetoes_total",
+                                  "Commands refused by a safety rule", ("rule",),
+                                  [(r,) for r in VETO_RULES])
+        self.exposures_total = LoopCounter("sitian_exposures_total",
+                                           "Exposures journalled, by band", ("band",),
+                                           [(b,) for b in cfg.camera.bands])
+        self.visits_total = LoopCounter("sitian_visits_total",
+                                        "Group visits (one field in all three bands)")
+        self.classifications = LoopCounter("sitian_classifications_total",
+                                           "Candidates classified, by predicted class",
+                                           ("class",), [(c,) for c in CLASSES])
+        self.followups = LoopCounter("sitian_followups_total",
+                                     "Spectroscopic follow-ups by result (sent, done, failed)",
+                                     ("result",), [("sent",), ("done",), ("failed",)])
+        self.reward = LoopCounter("sitian_followup_reward_total",
+                                  "Reward earned by the spectra, as their labels tell it")
+        self.actions = LoopCounter("sitian_operator_actions_total",
+                                   "Operator actions carried out, by tool", ("tool",),
+                                   [(n,) for n, t in TOOLS.items() if t.moves_hardware])
+        self.night_jobs = LoopCounter(
+            "sitian_night_jobs_total", "Night jobs (dusk, dawn, report, retrain) by result",
+            ("kind", "result"), [(k, r) for k in ("dusk", "dawn", "report", "retrain")
+                                 for r in ("done", "skipped", "missed", "failed",
+                                           "duplicate")])
+        self.alerts = LoopCounter("sitian_alerts_total",
+                                  "Alerts (VOEvent + Avro) by kind and result",
+                                  ("kind", "result"),
+                                  [(k, r) for k in ("classification", "followup")
+                                   for r in ("emitted", "failed")])
+        self.loop_lag = LoopHistogram("sitian_event_loop_lag_seconds",
+                                      "Duration of one event-loop turn: the longest an "
+                                      "arriving message waits", LOOP_BUCKETS)
+        self.decision = LoopHistogram("sitian_scheduler_decision_seconds",
+                                      "Time the survey scheduler takes to choose a field",
+                                      DECISION_BUCKETS)
+        registry.register(LoopCollector(
+            [self.vetoes, self.exposures_total, self.visits_total, self.classifications,
+             self.followups, self.reward, self.actions, self.night_jobs, self.alerts,
+             self.loop_lag, self.decision], extra=_StateCollector(self).collect))
 
     # Hooks on the loop (cheap) --------------------------------------------------------
     # The windows are trimmed here too, so they stay bounded when nobody scrapes.
     def exposure(self, band: str, group: int, t0: float, t1: float) -> None:
-        self.exposures_total.labels(band).inc()
+        self.exposures_total.inc(band)
         with self.lock:
             self.exposures.append((t0, t1, group))
             while self.exposures[0][1] < t1 - WINDOW_S:
@@ -158,16 +149,16 @@ class DaemonMetrics:
             counts = np.bincount(np.argmax(prob, axis=1), minlength=len(self.classes))
             for c, n in zip(self.classes, counts, strict=False):
                 if n:
-                    self.classifications.labels(c).inc(int(n))
+                    self.classifications.inc(c, n=int(n))
 
     def spectrum(self, result: str, label: str | None = None,
                  before_peak: bool = False) -> None:
-        self.followups.labels(result).inc()
+        self.followups.inc(result)
         if result == "done" and label:
             from simulator.spectroscopy import science_reward
 
-            self.reward.inc(science_reward(label, label, before_peak,
-                                           self.d.config.followup.reward))
+            self.reward.inc(n=science_reward(label, label, before_peak,
+                                             self.d.config.followup.reward))
 
     # Scrape-time views -----------------------------------------------------------------
     def coverage_deg2(self, now: float) -> float:
@@ -198,14 +189,58 @@ class DaemonMetrics:
         self._decisions_seen = n
 
 
+class MetricsServer:
+    """``/metrics`` on one thread of its own.
+
+    prometheus_client's ``start_http_server`` polls its socket twice a second for a
+    shutdown that never comes and starts a thread per request; this one sleeps in
+    ``accept`` until a scrape and answers it on the same thread (scrapes come one at a
+    time; a client that stalls is cut off after ``REQUEST_TIMEOUT_S``). :meth:`close`
+    (the daemon's close) wakes it and frees the port. It answers in the text format
+    (``drivers.loopmetrics.encode_text``), which every Prometheus reads.
+    """
+
+    REQUEST_TIMEOUT_S = 10.0
+
+    def __init__(self, registry, port: int, addr: str = "127.0.0.1"):
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+        class Quiet(WSGIRequestHandler):
+            timeout = self.REQUEST_TIMEOUT_S  # a stalled client cannot hold the thread
+
+            def log_message(self, *args):  # the daemon's log is for operators
+                pass
+
+        self.httpd = make_server(addr, port, wsgi_app(registry), WSGIServer, Quiet)
+        self.httpd.timeout = None  # handle_request blocks until a connection
+        self.port = self.httpd.server_address[1]
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self.httpd.handle_request()
+
+    def close(self) -> None:
+        import socket
+
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        try:  # wake the accept
+            socket.create_connection(self.httpd.server_address, timeout=1).close()
+        except OSError:
+            pass
+        self.thread.join(5)
+        self.httpd.server_close()
+
+
 class _StateCollector:
     """Gauges computed from the daemon's state when scraped."""
 
     def __init__(self, m: DaemonMetrics):
         self.m = m
-
-    def describe(self):
-        return []  # no fixed description: read at collect time only
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily

@@ -25,6 +25,7 @@ import zmq
 from drivers import protocol as P
 from drivers.clock import WorldClock
 from drivers.keys import authorised_devices, may_be
+from drivers.loopmetrics import LoopCollector, LoopHistogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ class _Peer:
     last_tx: float = 0.0
     state: dict = field(default_factory=dict)
     inflight: dict[str, _Inflight] = field(default_factory=dict)
+    spoke: bool = False  # said anything but HELLO since its WELCOME
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -135,74 +137,68 @@ class SecurityError(ValueError):
 
 
 class LinkMetrics:
-    """The link's counters; exported to Prometheus when a registry is given."""
+    """The link's counters, plain on the loop (drivers.loopmetrics); exported to
+    Prometheus when a registry is given, by a collector that reads them at scrape time
+    (device up and heartbeat age are read from the peers then, too)."""
 
-    def __init__(self, registry=None, devices: list[str] = ()):
+    def __init__(self, registry=None, devices: list[str] = (), link=None):
         self.counts: dict[tuple, int] = {}
-        self.prom = None
+        self.devices = list(devices)
+        self.link = link
+        self.latency_h = None
         if registry is not None:
-            from prometheus_client import Counter, Gauge, Histogram
-
-            self.prom = {
-                "errors": Counter("sitian_protocol_errors_total",
-                                  "Malformed or refused protocol messages", ["code"],
-                                  registry=registry),
-                "up": Gauge("sitian_device_up", "1 when the device is welcomed and alive",
-                            ["device"], registry=registry),
-                "commands": Counter("sitian_commands_total", "Commands by name and result",
-                                    ["name", "result"], registry=registry),
-                "latency": Histogram("sitian_command_latency_seconds",
-                                     "Wall seconds from COMMAND to DONE/FAILED", ["name"],
-                                     registry=registry,
-                                     buckets=(.001, .005, .01, .05, .1, .5, 1, 5, 30, 120, 600)),
-                "late": Counter("sitian_protocol_late_replies_total",
-                                "Duplicate or late DONE/FAILED, ignored", registry=registry),
-            }
-            for d in devices:
-                self.prom["up"].labels(d).set(0)
-            for code in (*P.ERROR_CODES, "other"):
-                self.prom["errors"].labels(code)
+            self.latency_h = LoopHistogram("sitian_command_latency_seconds",
+                                           "Wall seconds from COMMAND to DONE/FAILED",
+                                           (.001, .005, .01, .05, .1, .5, 1, 5, 30, 120,
+                                            600), ("name",))
+            registry.register(LoopCollector([self.latency_h], extra=self._families))
 
     def inc(self, key: str, *labels: str) -> None:
         k = (key, *labels)
         self.counts[k] = self.counts.get(k, 0) + 1
-        if self.prom is not None and key in self.prom:
-            m = self.prom[key]
-            (m.labels(*labels) if labels else m).inc()
 
     def error(self, code: str) -> None:
         self.inc("errors", code if code in P.ERROR_CODES else "other")
 
-    def up(self, device: str, value: int) -> None:
-        if self.prom is not None:
-            self.prom["up"].labels(device).set(value)
-
     def latency(self, name: str, seconds: float) -> None:
-        if self.prom is not None:
-            self.prom["latency"].labels(name).observe(seconds)
+        if self.latency_h is not None:
+            self.latency_h.observe(seconds, name)
 
+    def _families(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-class _HeartbeatAges:
-    """``sitian_device_heartbeat_age_seconds{device}``: wall seconds since each welcomed
-    device was last heard, computed at scrape time."""
-
-    def __init__(self, link):
-        self.link = link
-
-    def describe(self):
-        return []
-
-    def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
-        fam = GaugeMetricFamily("sitian_device_heartbeat_age_seconds",
+        counts = list(self.counts.items())
+        errors = CounterMetricFamily("sitian_protocol_errors_total",
+                                     "Malformed or refused protocol messages", labels=["code"])
+        seen = {k[1]: v for k, v in counts if k[0] == "errors"}
+        for code in (*P.ERROR_CODES, "other"):
+            errors.add_metric([code], seen.get(code, 0))
+        yield errors
+        commands = CounterMetricFamily("sitian_commands_total", "Commands by name and result",
+                                       labels=["name", "result"])
+        for k, v in counts:
+            if k[0] == "commands":
+                commands.add_metric([k[1], k[2]], v)
+        yield commands
+        late = CounterMetricFamily("sitian_protocol_late_replies_total",
+                                   "Duplicate or late DONE/FAILED, ignored")
+        late.add_metric([], sum(v for k, v in counts if k[0] == "late"))
+        yield late
+        up = GaugeMetricFamily("sitian_device_up", "1 when the device is welcomed and alive",
+                               labels=["device"])
+        age = GaugeMetricFamily("sitian_device_heartbeat_age_seconds",
                                 "Wall seconds since the device was last heard",
                                 labels=["device"])
+        peers = dict(self.link.peers) if self.link is not None else {}
         now = time.monotonic()
-        for device, peer in list(self.link.peers.items()):
-            if peer.welcomed:
-                fam.add_metric([device], max(0.0, now - peer.last_rx))
-        yield fam
+        for device in dict.fromkeys([*self.devices, *peers]):
+            peer = peers.get(device)
+            alive = peer is not None and peer.welcomed
+            up.add_metric([device], float(alive))
+            if alive:
+                age.add_metric([device], max(0.0, now - peer.last_rx))
+        yield up
+        yield age
 
 
 class BrainLink:
@@ -219,10 +215,9 @@ class BrainLink:
         self.heartbeat_s, self.failsafe_s = float(heartbeat_s), float(failsafe_s)
         self.session = os.urandom(8).hex()
         self.ctx = context or zmq.Context.instance()
-        self.metrics = LinkMetrics(registry, list(devices) if isinstance(devices, dict) else [])
+        self.metrics = LinkMetrics(registry, list(devices) if isinstance(devices, dict) else [],
+                                   link=self)
         self.last_wait_s = 0.0
-        if registry is not None:  # heartbeat ages are read when scraped, not per turn
-            registry.register(_HeartbeatAges(self))
         self.peers: dict[str, _Peer] = {}
         self._done: OrderedDict[str, None] = OrderedDict()  # finished cmd_ids (dedup)
         self._auth = None
@@ -390,7 +385,7 @@ class BrainLink:
         if peer is None or not peer.welcomed:
             self._error(identity, "not_welcomed", "say HELLO first", msg.id)
             return
-        peer.last_rx = time.monotonic()
+        peer.last_rx, peer.spoke = time.monotonic(), True
         now = self.clock.now()
         body = msg.body
         if msg.type == "HEARTBEAT":
@@ -448,14 +443,22 @@ class BrainLink:
     def _welcome(self, device: str, spec: DeviceSpec, msg: P.Message,
                  out: list[LinkEvent]) -> None:
         peer = self.peers.get(device)
-        if peer is not None and peer.welcomed:  # it restarted: what it was doing is lost
-            self._down(device, "said HELLO again (restarted)", out)
+        welcome = {"session": self.session, "heartbeat_s": self.heartbeat_s,
+                   "failsafe_s": self.failsafe_s}
+        if peer is not None and peer.welcomed:
+            if not peer.spoke and not peer.inflight:
+                # A HELLO sent before our WELCOME reached it: a device's socket queues
+                # its HELLO retries while the brain is not yet listening, and they all
+                # arrive at once when it starts. Nothing was lost: welcome it again,
+                # without a down and up (no flapping sitian_device_up, no dead state).
+                peer.last_rx, peer.state = time.monotonic(), msg.body["state"]
+                self._send(device, "WELCOME", welcome)
+                return
+            self._down(device, "said HELLO again (restarted)", out)  # what it did is lost
         peer = self.peers[device] = self.peers.get(device) or _Peer(spec)
-        peer.welcomed, peer.last_rx = True, time.monotonic()
+        peer.welcomed, peer.spoke, peer.last_rx = True, False, time.monotonic()
         peer.state = msg.body["state"]
-        self._send(device, "WELCOME", {"session": self.session, "heartbeat_s": self.heartbeat_s,
-                                       "failsafe_s": self.failsafe_s})
-        self.metrics.up(device, 1)
+        self._send(device, "WELCOME", welcome)
         now = self.clock.now()
         out.append(DeviceUp(now, device, peer.state))
         self.publish(device, "EVENT", {"name": "state", "data": {**peer.state, "up": True}})
@@ -475,7 +478,6 @@ class BrainLink:
             out.append(CommandFailed(now, device, cmd_id, "unknown",
                                      f"link lost before {inf.name} finished ({reason})"))
         peer.inflight.clear()
-        self.metrics.up(device, 0)
         out.append(DeviceDown(now, device, reason))
         self.publish(device, "EVENT", {"name": "state", "data": {"state": "dead",
                                                                  "reason": reason}})

@@ -401,6 +401,30 @@ def test_missing_ack_times_out_and_a_dead_device_cancels_in_flight_as_unknown(ct
     host.close()
 
 
+def test_hellos_queued_while_the_brain_starts_welcome_once_and_a_restart_is_down_up(ctx):
+    # The brain binds its socket, then takes seconds to load its models before its loop
+    # runs: a device's HELLO retries (0, 0.5, 1.5 s) wait in the socket meanwhile.
+    link = make_link(ctx, heartbeat_s=0.2)
+    host = DeviceHost([Scope()], link.router_endpoint, context=ctx)
+    t_end = time.monotonic() + 2.0
+    while time.monotonic() < t_end:
+        host.step(20)
+    ev = pump(link, host, lambda ev: any(isinstance(e, DeviceUp) for e in ev))
+    ev = pump(link, host, timeout_s=1.0, collect=ev)  # heartbeats flow
+    assert [type(e).__name__ for e in ev if isinstance(e, DeviceUp | DeviceDown)] == \
+        ["DeviceUp"]  # one welcome: no down/up flapping for queued HELLOs
+    assert link.up_devices() == ["xl.g01.g"] and host.links["xl.g01.g"].welcomed
+    # A device that has spoken since its WELCOME and says HELLO again restarted: what
+    # it was doing is lost, so the brain hears a down, then an up.
+    hl = host.links["xl.g01.g"]
+    hl.welcomed, hl.next_hello = False, 0.0
+    ev = pump(link, host, lambda ev: any(isinstance(e, DeviceUp) for e in ev))
+    assert [type(e).__name__ for e in ev if isinstance(e, DeviceUp | DeviceDown)] == \
+        ["DeviceDown", "DeviceUp"]
+    link.close()
+    host.close()
+
+
 def test_idempotent_command_is_resendable_and_status_reports_state(ctx):
     link, host, _scope = connected(ctx)
     for k in range(2):
@@ -444,6 +468,8 @@ def test_device_fails_safe_when_the_brain_goes_silent_and_reports_fault(ctx):
     scope = Scope()
     host = DeviceHost([scope], link.router_endpoint, context=ctx)
     pump(link, host, lambda ev: any(isinstance(e, DeviceUp) for e in ev))
+    # ... and until the WELCOME has arrived: a device never welcomed has no brain to miss.
+    pump(link, host, lambda _ev: all(lk.welcomed for lk in host.links.values()))
     endpoint = link.router_endpoint
     link.close()  # the brain is killed
     t_end = time.monotonic() + 10
