@@ -364,6 +364,10 @@ class Daemon:
             self.journal.end_session(self.link.session, wall)
             log.info("session %s: loop ran %.1f s wall, %.2f s CPU", self.link.session,
                      wall, time.process_time() - self._run_cpu0)
+            if self.metrics_server is not None:
+                log.info("session %s: /metrics answered %d scrapes in %.3f s CPU",
+                         self.link.session, self.metrics_server.scrapes,
+                         self.metrics_server.cpu_s)
         if self.nightjobs is not None:
             self.nightjobs.close()
         if self.alerts is not None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import platform
 import threading
+import time
 from collections import deque
 
 from drivers.loopmetrics import LoopCollector, LoopCounter, LoopHistogram, wsgi_app
@@ -76,7 +77,6 @@ class DaemonMetrics:
 
         self.d = daemon
         cfg = daemon.config
-        self.lock = threading.Lock()
         self.visits: deque[tuple[float, int]] = deque()  # (t_start, field)
         self.exposures: deque[tuple[float, float, int]] = deque()  # (t0, t1, group)
         self._decisions_seen = 0
@@ -126,21 +126,24 @@ class DaemonMetrics:
              self.followups, self.reward, self.actions, self.night_jobs, self.alerts,
              self.loop_lag, self.decision], extra=_StateCollector(self).collect))
 
-    # Hooks on the loop (cheap) --------------------------------------------------------
-    # The windows are trimmed here too, so they stay bounded when nobody scrapes.
+    # Hooks on the loop (cheap: no lock, no call below them) -------------------------
+    # Only the loop changes the windows (it trims them here, so they stay bounded when
+    # nobody scrapes); a scrape copies them first, in one C-level step under the GIL.
     def exposure(self, band: str, group: int, t0: float, t1: float) -> None:
-        self.exposures_total.inc(band)
-        with self.lock:
-            self.exposures.append((t0, t1, group))
-            while self.exposures[0][1] < t1 - WINDOW_S:
-                self.exposures.popleft()
+        v, k = self.exposures_total.values, (band,)
+        v[k] = v.get(k, 0.0) + 1.0
+        ex = self.exposures
+        ex.append((t0, t1, group))
+        while ex[0][1] < t1 - WINDOW_S:
+            ex.popleft()
 
     def visit(self, field: int, t_start: float) -> None:
-        self.visits_total.inc()
-        with self.lock:
-            self.visits.append((t_start, field))
-            while self.visits[0][0] < t_start - WINDOW_S:
-                self.visits.popleft()
+        v = self.visits_total.values
+        v[()] += 1.0
+        vs = self.visits
+        vs.append((t_start, field))
+        while vs[0][0] < t_start - WINDOW_S:
+            vs.popleft()
 
     def classified(self, prob) -> None:
         import numpy as np
@@ -162,24 +165,18 @@ class DaemonMetrics:
 
     # Scrape-time views -----------------------------------------------------------------
     def coverage_deg2(self, now: float) -> float:
-        with self.lock:
-            while self.visits and self.visits[0][0] < now - WINDOW_S:
-                self.visits.popleft()
-            fields = {f for t, f in self.visits if t <= now}
+        t0 = now - WINDOW_S
+        fields = {f for t, f in list(self.visits) if t0 <= t <= now}
         return len(fields) * self.field_deg2
 
     def shutter_ratio(self, now: float, n_groups: int) -> list[float]:
         t0 = now - WINDOW_S
         open_s = [0.0] * n_groups
-        with self.lock:
-            while self.exposures and self.exposures[0][1] < t0:
-                self.exposures.popleft()
-            rows = list(self.exposures)
-        for a, b, g in rows:
-            if 0 <= g < n_groups:
-                open_s[g] += max(0.0, min(b, now) - max(a, t0))
+        for a, b, g in list(self.exposures):
+            if b > t0 and 0 <= g < n_groups:
+                open_s[g] += min(b, now) - max(a, t0)
         per = len(self.d.config.camera.bands) * WINDOW_S
-        return [min(1.0, s / per) for s in open_s]
+        return [min(1.0, max(0.0, s) / per) for s in open_s]
 
     def new_decisions(self) -> None:
         ms = self.d.core.decision_ms
@@ -211,9 +208,11 @@ class MetricsServer:
             def log_message(self, *args):  # the daemon's log is for operators
                 pass
 
-        self.httpd = make_server(addr, port, wsgi_app(registry), WSGIServer, Quiet)
+        self.httpd = make_server(addr, port, self._counted(wsgi_app(registry)), WSGIServer,
+                                 Quiet)
         self.httpd.timeout = None  # handle_request blocks until a connection
         self.port = self.httpd.server_address[1]
+        self.scrapes, self.cpu_s = 0, 0.0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
         self.thread.start()
@@ -221,6 +220,15 @@ class MetricsServer:
     def _serve(self) -> None:
         while not self._stop.is_set():
             self.httpd.handle_request()
+            # This thread's CPU so far: all of it is scrapes (accept sleeps). The daemon
+            # logs it at close; brain bench metrics reads it there.
+            self.cpu_s = time.thread_time()
+
+    def _counted(self, app):
+        def counted(environ, start_response):
+            self.scrapes += 1  # only this thread serves
+            return app(environ, start_response)
+        return counted
 
     def close(self) -> None:
         import socket

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,9 +161,18 @@ class LinkMetrics:
     def error(self, code: str) -> None:
         self.inc("errors", code if code in P.ERROR_CODES else "other")
 
-    def latency(self, name: str, seconds: float) -> None:
-        if self.latency_h is not None:
-            self.latency_h.observe(seconds, name)
+    def finished(self, name: str, result: str, seconds: float) -> None:
+        """A command's DONE/FAILED: counted by name and result, its latency observed
+        (one call per reply, written out: this is the loop's hottest metric)."""
+        c, k = self.counts, ("commands", name, result)
+        c[k] = c.get(k, 0) + 1
+        h = self.latency_h
+        if h is not None:
+            s = h.series.get((name,))
+            if s is None:
+                s = h.series[(name,)] = [0.0] * (len(h.bounds) + 2)
+            s[bisect_left(h.bounds, seconds)] += 1
+            s[-1] += seconds
 
     def _families(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -410,13 +420,12 @@ class BrainLink:
                 out.append(LateReply(now, device, body["cmd_id"], msg.type == "DONE", body))
                 return
             self._mark_done(body["cmd_id"])
-            self.metrics.latency(inf.name, time.monotonic() - inf.sent_wall)
             if msg.type == "DONE":
-                self.metrics.inc("commands", inf.name, "done")
+                self.metrics.finished(inf.name, "done", time.monotonic() - inf.sent_wall)
                 out.append(CommandDone(now, device, body["cmd_id"], body["result"]))
             else:
-                self.metrics.inc("commands", inf.name, body["code"] if body["code"]
-                                 in P.ERROR_CODES else "other")
+                self.metrics.finished(inf.name, body["code"] if body["code"] in P.ERROR_CODES
+                                      else "other", time.monotonic() - inf.sent_wall)
                 out.append(CommandFailed(now, device, body["cmd_id"], body["code"],
                                          body["message"]))
         elif msg.type == "EVENT":

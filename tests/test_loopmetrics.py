@@ -101,6 +101,7 @@ def test_metrics_server_answers_and_frees_its_port_on_close():
     with urllib.request.urlopen(url, timeout=5) as r:
         assert "x_turns_total 5.0" in r.read().decode()
     srv.close()
+    assert srv.scrapes == 1 and srv.cpu_s > 0  # what the daemon logs at close
     assert not srv.thread.is_alive()
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
