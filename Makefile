@@ -38,6 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	$(BIN)/pip install -q 'py-spy>=0.4'  # brain bench metrics samples the daemon
 	$(BIN)/brain bench
 
 clean:
