@@ -172,6 +172,7 @@ class Daemon:
         """Serve until world time ``until``, ``max_wall_s`` of wall time, or a signal."""
         t_wall0 = self._run_wall0 = time.monotonic()
         self._run_cpu0 = time.process_time()
+        self.journal.session_loop_started(self.link.session, self.clock.now())
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 signal.signal(sig, lambda *_: setattr(self, "stopping", True))
@@ -601,6 +602,14 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume)))
                 start = resume
+        if config.ops.night_jobs:
+            # The night jobs plan tonight and tomorrow from their ephemerides (seconds
+            # to compute): compute them now, so the rehearsal's clock does not run
+            # through them (at 100x, 7 s of setup cost the first 12 world minutes).
+            from simulator.ephemeris import night_date
+
+            for t in (start, start + 86400.0):
+                d.core.nights.get(night_date(config, t))
         clock.sync(start)  # a rehearsal's world time begins once the brain is ready
     if config.ops.alerts:
         from brain.alerts import AlertSink

@@ -99,6 +99,11 @@ class Journal:
                         "VALUES (?, ?, ?)", (session, time.time(), world_t))
         return found
 
+    def session_loop_started(self, session: str, world_t: float) -> None:
+        """The world time the session's loop began (a rehearsal's clock is set then)."""
+        self.db.execute("UPDATE sessions SET started_world=? WHERE session=?",
+                        (world_t, session))
+
     def end_session(self, session: str, run_wall_s: float) -> None:
         """How long the session's loop ran, in wall seconds."""
         self.db.execute("UPDATE sessions SET run_wall_s=? WHERE session=?",

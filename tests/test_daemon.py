@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,13 @@ def test_killed_daemon_restarts_from_its_journal_without_loss_or_repeats(small_c
     # from it, and none of its non-idempotent commands was sent again by the second.
     sessions = [r[0] for r in query(journal, "SELECT session FROM sessions ORDER BY rowid")]
     assert len(sessions) == 2
+    # The first session's loop began at --start (within 3 wall seconds): the setup runs
+    # before the rehearsal's clock is set, not on it. (This sparse sky sets up in about
+    # a second either way; on the default array the night jobs' ephemerides took 7 s
+    # after the clock was set, the first 12 world minutes at 100x, before they moved.)
+    began = query(journal, "SELECT started_world FROM sessions ORDER BY rowid")[0][0]
+    start_t = datetime.fromisoformat(START).replace(tzinfo=UTC).timestamp()
+    assert 0 <= began - start_t < 3 * float(SPEED)
     left = query(journal, f"SELECT COUNT(*) FROM commands WHERE session='{sessions[0]}' "
                           "AND status='sent'")[0][0]
     assert left == 0
