@@ -560,8 +560,10 @@ def cmd_run(args) -> int:
         run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
                    policy, args.router, args.pub, security, args.keys, args.hosting,
                    args.ray_address, args.api_port, args.seed)
-    except (SecurityError, OSError, zmq.ZMQError) as exc:
+    except zmq.ZMQError as exc:  # binding the device link or the feed
         raise UsageError(f"{exc} ({args.router}, {args.pub})".splitlines()[0]) from None
+    except (SecurityError, OSError) as exc:  # these name what they refuse
+        raise UsageError(str(exc).splitlines()[0]) from None
     print(f"stopped; journal {args.journal}")
     return 0
 

@@ -550,8 +550,17 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
     from prometheus_client import CollectorRegistry
 
-    # metrics_port 0: no metrics at all (nothing collected, nothing served)
+    # metrics_port 0: no metrics at all (nothing collected, nothing served). The port is
+    # taken first: a busy one stops the start before the journal or Ray is touched.
     registry = CollectorRegistry() if metrics_port else None
+    server = None
+    if metrics_port:
+        from brain.opsmetrics import MetricsServer
+
+        try:
+            server = MetricsServer(registry, metrics_port)
+        except OSError as exc:
+            raise OSError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from None
     # The loop waits on sockets without the GIL; when the classifier thread holds it, a
     # short switch interval gets an arriving DONE handled within a millisecond.
     sys.setswitchinterval(0.0002)
@@ -579,8 +588,14 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
 
             policy = make_policy(policy, policy_seed)
     log.info("classifier from %s", model_dir)
-    d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
-               classifier=classifier, registry=registry)
+    try:
+        d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
+                   classifier=classifier, registry=registry)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    d.metrics_server = server
     if hosting == "ray" and api_port != 0:
         from brain.serve import desk, start_api
 
@@ -603,13 +618,13 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume)))
                 start = resume
         if config.ops.night_jobs:
-            # The night jobs plan tonight and tomorrow from their ephemerides (seconds
-            # to compute): compute them now, so the rehearsal's clock does not run
-            # through them (at 100x, 7 s of setup cost the first 12 world minutes).
-            from simulator.ephemeris import night_date
+            # The ephemerides the night jobs plan from take seconds: computed now, the
+            # rehearsal's clock does not run through them (at 100x, 7 s of setup cost
+            # the first 12 world minutes).
+            from brain.nightjobs import NightJobs
 
-            for t in (start, start + 86400.0):
-                d.core.nights.get(night_date(config, t))
+            for night in NightJobs.nights_for(config, start):
+                d.core.nights.get(night)
         clock.sync(start)  # a rehearsal's world time begins once the brain is ready
     if config.ops.alerts:
         from brain.alerts import AlertSink
@@ -622,10 +637,6 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
 
         d.nightjobs = NightJobs(d, Path(journal).parent)
         d.nightjobs.start()
-    if metrics_port:
-        from brain.opsmetrics import MetricsServer
-
-        d.metrics_server = MetricsServer(registry, metrics_port)
     log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,
              d.link.router_endpoint, getattr(d.link, "pub_endpoint", "-"), speed,
              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now())))

@@ -171,17 +171,22 @@ class NightJobs:
             return REPORT_GRACE_S
         return self.ops.retrain_grace_h * 3600.0
 
+    @staticmethod
+    def nights_for(config, now: float) -> tuple[str, str]:
+        """The nights :meth:`plan` schedules at world time ``now``: tonight, tomorrow."""
+        from simulator.ephemeris import night_date
+
+        return night_date(config, now), night_date(config, now + 86400.0)
+
     def plan(self, now: float) -> int:
         """Schedule tonight's and the next night's jobs that are not done, not already
         in the store, and not too late to run. Returns how many were added."""
         from apscheduler.jobstores.base import ConflictingIdError
 
-        from simulator.ephemeris import night_date
 
-        today = night_date(self.config, now)
+        today, tomorrow = self.nights_for(self.config, now)
         if self._planned_for == today:
             return 0
-        tomorrow = night_date(self.config, now + 86400.0)
         done = self.d.journal.jobs_recorded()
         added = 0
         for night in (today, tomorrow):

@@ -9,7 +9,7 @@ event loop only adds to plain counters and histogram buckets (``drivers.loopmetr
 one dict or list operation each, not prometheus_client's labelled children). The state
 (sites, weather, coverage, shutter, candidates) is read when Prometheus scrapes, on the
 HTTP server's thread, by a collector that copies what it needs from the daemon. The
-server (:func:`serve`) blocks until a request comes: no polling. The link's own metrics
+server (:class:`MetricsServer`) blocks until a request comes: no polling. The link's own metrics
 (device up, heartbeat age, commands by name and result, command latency, protocol
 errors) live in ``drivers.link.LinkMetrics`` on the same registry.
 

@@ -195,7 +195,12 @@ def test_restart_takes_back_the_spectra_already_commanded(small_config, tmp_path
 
 
 def test_run_refuses_bad_input_in_one_line(tmp_path):
-    cases = [(["run", "--speed", "0"], "--speed"),
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases = [(["run", "--metrics-port", str(busy.getsockname()[1]), "--journal",
+               str(tmp_path / "busy" / "j.sqlite"), "--hosting", "local"],
+              "--metrics-port"),(["run", "--speed", "0"], "--speed"),
              (["run", "--start", "yesterday"], "ISO"),
              (["run", "--router", "tcp://0.0.0.0:5550", "--security", "none"], "non-loopback"),
              (["run", "--router", "tcp://10.0.0.1:5550"], "--keys"),
@@ -208,6 +213,9 @@ def test_run_refuses_bad_input_in_one_line(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, r.stderr)
         assert "Traceback" not in r.stderr
+    busy.close()
+    # The busy metrics port stopped the start before the journal was made.
+    assert not (tmp_path / "busy" / "j.sqlite").exists()
 
 
 def test_keys_creates_an_authorised_pair(tmp_path):
