@@ -1,4 +1,4 @@
-"""The brain's configuration: the array (``simulator.config``) plus the brain's own
+"""The brain's configuration: the array (``observatory.arrayconfig``) plus the brain's own
 settings, loaded from YAML with one-line errors."""
 
 from __future__ import annotations
@@ -8,13 +8,15 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from simulator.config import ArrayConfig, Strict
+from observatory.arrayconfig import ArrayConfig, Strict
+from observatory.spectra import DEFAULT_REWARD
+from observatory.taxonomy import CLASSES
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "sitian-54.yaml"
 
 
 class SchedulerSettings(Strict):
-    """Weights of the survey scheduler's basis functions (see ``brain.survey``)."""
+    """Weights of the survey scheduler's basis functions (see ``brain.core.survey``)."""
 
     slew_weight_per_s: float = Field(default=8.0, ge=0, description="score per second of move")
     due_weight: float = Field(default=30.0, ge=0, description="score of a field due for revisit")
@@ -49,8 +51,6 @@ class TransientSettings(Strict):
 
 
 def _default_reward() -> dict[str, float]:
-    from simulator.spectroscopy import DEFAULT_REWARD
-
     return dict(DEFAULT_REWARD)
 
 
@@ -75,9 +75,6 @@ class FollowupSettings(Strict):
     @field_validator("reward")
     @classmethod
     def _taxonomy(cls, reward: dict[str, float]) -> dict[str, float]:
-        from simulator.lightcurves import CLASSES
-        from simulator.spectroscopy import DEFAULT_REWARD
-
         unknown = sorted(set(reward) - set(CLASSES))
         if unknown:
             raise ValueError(f"unknown class {unknown[0]!r} (taxonomy: {', '.join(CLASSES)})")
@@ -89,7 +86,7 @@ class FollowupSettings(Strict):
 
 
 class PlannerSettings(Strict):
-    """The LLM planner (brain.planner, brain.llm)."""
+    """The LLM planner (brain.planner.plan, brain.planner.engine)."""
 
     num_gpus: float = Field(default=0, ge=0, le=8, description="GPUs the planner's Serve "
                             "replica asks Ray for (1 on a cluster with GPU nodes)")
@@ -105,7 +102,7 @@ class PlannerSettings(Strict):
 
 
 class OpsSettings(Strict):
-    """Operations: metrics, night jobs and reports (brain.opsmetrics, brain.nightjobs)."""
+    """Operations: metrics, night jobs and reports (brain.ops.prometheus, brain.ops.nightjobs)."""
 
     coverage_goal_deg2: float = Field(default=10000.0, gt=0, description="sky the survey "
                                       "should image in all three bands per 30 minutes")
@@ -117,7 +114,7 @@ class OpsSettings(Strict):
     spectro_use_goal: float = Field(default=0.8, gt=0, le=1, description="spectroscopic "
                                     "hours over the spectrographs' dark hours")
     alerts: bool = Field(default=True, description="publish classifications and "
-                         "follow-up triggers as VOEvent 2.0 and Avro (brain.alerts)")
+                         "follow-up triggers as VOEvent 2.0 and Avro (brain.ops.alerts)")
     alert_min_probability: float = Field(default=0.5, ge=0, le=1, description="a "
                                          "classification is announced when an object's "
                                          "predicted class is new and this likely")

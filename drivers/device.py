@@ -15,6 +15,7 @@ returns.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -302,7 +303,6 @@ class DeviceHost:
             return
         name = body["name"]
         if self.command_log is not None:
-            import json
 
             self.command_log.write(json.dumps({"device": link.device.id, "cmd_id": cmd_id,
                                                "name": name, "args": body["args"]}) + "\n")

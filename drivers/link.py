@@ -17,11 +17,15 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import msgpack
 import zmq
+import zmq.auth
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from zmq.auth.thread import ThreadAuthenticator
 
 from drivers import protocol as P
 from drivers.clock import WorldClock
@@ -175,8 +179,6 @@ class LinkMetrics:
             s[-1] += seconds
 
     def _families(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         counts = list(self.counts.items())
         errors = CounterMetricFamily("sitian_protocol_errors_total",
                                      "Malformed or refused protocol messages", labels=["code"])
@@ -261,11 +263,6 @@ class BrainLink:
             self.pub_endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
 
     def _setup_curve(self, keys_dir) -> None:
-        from pathlib import Path
-
-        import zmq.auth
-        from zmq.auth.thread import ThreadAuthenticator
-
         if keys_dir is None:
             raise SecurityError("curve security needs a keys directory (brain keys DIR)")
         keys = Path(keys_dir)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
+
 
 class LoopCounter:
     """A counter family: label values -> count. ``preset`` series exist from the start."""
@@ -37,8 +40,6 @@ class LoopCounter:
         return self.values.get(labels, 0.0)
 
     def family(self):
-        from prometheus_client.core import CounterMetricFamily
-
         f = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
         for labels, v in list(self.values.items()):
             f.add_metric(list(labels), v)
@@ -71,8 +72,6 @@ class LoopHistogram:
         return int(sum(s[:-1])) if s else 0
 
     def family(self):
-        from prometheus_client.core import HistogramMetricFamily
-
         f = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
         for labels, s in list(self.series.items()):
             s = list(s)
@@ -85,8 +84,6 @@ class LoopHistogram:
 
 
 def _le(bound: float) -> str:
-    from prometheus_client.utils import floatToGoString
-
     return floatToGoString(bound)
 
 

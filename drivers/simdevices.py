@@ -13,11 +13,15 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import date as Date
 
 import numpy as np
 
 from drivers.device import CommandError, Device, Pending
-from simulator.ephemeris import NightCache, night_date
+from observatory.ephemeris import night_date
+from observatory.visibility import NightCache
+from simulator.photometry import ExposureBatch, Photometry
+from simulator.spectroscopy import Spectrographs
 from simulator.world import Reply, World
 
 SOURCES_PER_EVENT = 6000  # keeps a detections message well under the 1 MiB limit
@@ -28,8 +32,6 @@ class SimArray:
     """The world behind every simulated device, advanced night by night."""
 
     def __init__(self, config, env, cache: NightCache):
-        from simulator.photometry import Photometry
-
         self.config, self.env, self.cache = config, env, cache
         self.world = World(config)
         self.photometry = None
@@ -37,7 +39,6 @@ class SimArray:
             self.photometry = Photometry(env.population, cache.grid, env.seed,
                                          config.sky.bogus_per_exposure)
             if config.spectrographs:
-                from simulator.spectroscopy import Spectrographs
 
                 self.world.attach_spectrographs(Spectrographs(config, env.population,
                                                               env.seed))
@@ -60,8 +61,6 @@ class SimArray:
         self.world.begin_night(sky, weather)
 
     def env_night_index(self, date: str) -> int:
-        from datetime import date as Date
-
         k = (Date.fromisoformat(date) - Date.fromisoformat(self.env.start)).days
         return int(np.clip(k, 0, self.env.nights - 1))
 
@@ -112,7 +111,6 @@ class SimArray:
 
     def _detect(self, queued):
         """The simulator's pipeline on a batch of exposures (no shared state touched)."""
-        from simulator.photometry import ExposureBatch
 
         if self.photometry is None:
             return queued, None

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from observatory.taxonomy import CLASSES
 from policies.features import extract, feature_names
-from simulator.lightcurves import CLASSES, TRANSIENTS
 
 ARTIFACT_DIR = Path(__file__).parent / "artifacts" / "classifier"
 
@@ -35,7 +35,7 @@ class TransientClassifier:
 
     @classmethod
     def load(cls, directory: Path = ARTIFACT_DIR) -> TransientClassifier:
-        import lightgbm
+        import lightgbm  # lazy: heavy optional library
 
         meta = json.loads((directory / "meta.json").read_text())
         if tuple(meta["classes"]) != CLASSES or meta["features"] != feature_names():
@@ -62,144 +62,3 @@ class TransientClassifier:
         return self.predict_features(extract(obj, mjd, band, mag, err, n_objects))
 
 
-def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t):
-        p = softmax(raw / np.exp(log_t))
-        return -np.mean(np.log(p[np.arange(len(y)), y] + 1e-12))
-
-    return float(np.exp(minimize_scalar(nll, bounds=(-2, 2), method="bounded").x))
-
-
-def expected_calibration_error(prob: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    conf = prob.max(axis=1)
-    correct = prob.argmax(axis=1) == y
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges) - 1, 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
-
-
-def evaluate(model: TransientClassifier, data) -> dict:
-    """Macro-F1 on full and first-night light curves, transient-vs-variable accuracy
-    after the first night, expected calibration error, and per-class F1."""
-    from sklearn.metrics import confusion_matrix, f1_score
-
-    prob = model.predict(data.obj, data.mjd, data.band, data.mag, data.err, data.n)
-    pred = prob.argmax(axis=1)
-    y = data.label
-    labels = list(range(len(CLASSES)))
-    out = {}
-    for name, sel in (("full", ~data.first_night), ("first_night", data.first_night)):
-        out[name] = {
-            "n": int(sel.sum()),
-            "macro_f1": float(f1_score(y[sel], pred[sel], labels=labels, average="macro")),
-            "per_class_f1": dict(zip(CLASSES, f1_score(y[sel], pred[sel], labels=labels,
-                                                       average=None).round(3).tolist(),
-                                     strict=True)),
-            "ece": expected_calibration_error(prob[sel], y[sel]),
-            "confusion": confusion_matrix(y[sel], pred[sel], labels=labels).tolist(),
-        }
-    # By how many nights the light curve spans (uneven windows on the events).
-    nights = _nights(data)
-    out["by_nights"] = {}
-    for lo, hi in ((1, 1), (2, 3), (4, 9), (10, 29), (30, 10_000)):
-        sel = ~data.first_night & (nights >= lo) & (nights <= hi)
-        if sel.sum() >= 50:
-            out["by_nights"][f"{lo}-{hi}"] = {
-                "n": int(sel.sum()),
-                "macro_f1": float(f1_score(y[sel], pred[sel], labels=labels, average="macro",
-                                           zero_division=0))}
-    transient = np.isin(np.array(CLASSES), TRANSIENTS)
-    fn = data.first_night
-    out["first_night"]["transient_vs_variable_accuracy"] = float(
-        np.mean(transient[pred[fn]] == transient[y[fn]]))
-    return out
-
-
-def _nights(data) -> np.ndarray:
-    """Nights with detections per light curve (gaps over half a day separate nights)."""
-    new = np.ones(len(data.obj), dtype=bool)
-    new[1:] = (data.obj[1:] != data.obj[:-1]) | (np.diff(data.mjd) > 0.5)
-    return np.bincount(data.obj, weights=new.astype(float), minlength=data.n).astype(int)
-
-
-def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed: int = 3,
-          rounds: int = 600, out_dir: Path | None = ARTIFACT_DIR, progress: bool = False,
-          sitian_per_class: int | None = None, labelled=None, labelled_weight: float = 5.0):
-    """Train on simulated light curves; returns (model, report).
-
-    Training data: randomised surveys (``n_per_class`` per class, seed ``seed``) plus the
-    continuous SiTian survey (``sitian_per_class``, default 3/8 of that, seed
-    ``seed + 10``, half of them first-night light curves). The temperature is fitted on
-    ``valid_seed`` (and ``valid_seed + 10``); the report's two test sets, never trained
-    on, are the SiTian survey (``test_seed + 10``: the set the targets are measured on)
-    and randomised surveys (``test_seed``: robustness to other cadences and depths).
-
-    ``labelled``: light curves with spectroscopic labels from earlier runs (the data
-    flywheel; ``brain.lightcurve_io.LabelledSet``), added to the training set with
-    weight ``labelled_weight`` each."""
-    import lightgbm
-
-    from policies.training import make_set
-
-    n_s = sitian_per_class if sitian_per_class is not None else max(n_per_class * 3 // 8, 20)
-    sets = {
-        "train": (make_set(n_per_class, seed), make_set(n_s, seed + 10, 0.5, "sitian")),
-        "valid": (make_set(max(n_per_class // 3, 20), valid_seed),
-                  make_set(max(n_s // 3, 20), valid_seed + 10, 0.5, "sitian")),
-    }
-    xy = {}
-    for name, pair in sets.items():
-        xy[name] = (np.vstack([extract(d.obj, d.mjd, d.band, d.mag, d.err, d.n) for d in pair]),
-                    np.concatenate([d.label for d in pair]))
-        if progress:
-            print(f"{name}: {len(xy[name][1])} light curves", flush=True)
-    weight = np.ones(len(xy["train"][1]))
-    n_labelled = 0
-    if labelled is not None and labelled.n:
-        xl = extract(labelled.obj, labelled.mjd, labelled.band, labelled.mag, labelled.err,
-                     labelled.n)
-        xy["train"] = (np.vstack([xy["train"][0], xl]),
-                       np.concatenate([xy["train"][1], labelled.label]))
-        weight = np.concatenate([weight, np.full(labelled.n, labelled_weight)])
-        n_labelled = int(labelled.n)
-    params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.3,
-              "num_leaves": 31, "min_data_in_leaf": 100, "feature_fraction": 0.8,
-              "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
-              "verbosity": -1, "seed": seed, "num_threads": 0, "deterministic": True}
-    dtrain = lightgbm.Dataset(xy["train"][0], xy["train"][1], weight=weight,
-                              feature_name=feature_names())
-    dvalid = lightgbm.Dataset(xy["valid"][0], xy["valid"][1], reference=dtrain)
-    callbacks = [lightgbm.early_stopping(30, verbose=False)]
-    if progress:
-        callbacks.append(lightgbm.log_evaluation(50))
-    booster = lightgbm.train(params, dtrain, rounds, valid_sets=[dvalid],
-                             callbacks=callbacks)
-    raw = booster.predict(xy["valid"][0], raw_score=True, num_iteration=booster.best_iteration)
-    booster = booster if booster.best_iteration <= 0 else _trim(booster)
-    model = TransientClassifier(booster, fit_temperature(np.asarray(raw), xy["valid"][1]))
-    test_sitian = make_set(max(n_s // 2, 20), test_seed + 10, 0.5, "sitian")
-    test_random = make_set(max(n_per_class // 3, 20), test_seed)
-    report = {"seeds": {"train": [seed, seed + 10], "valid": [valid_seed, valid_seed + 10],
-                        "test_sitian": test_seed + 10, "test_random": test_seed},
-              "n_train": len(xy["train"][1]), "n_labelled": n_labelled,
-              "rounds": int(booster.current_iteration()),
-              "temperature": model.temperature, "test": evaluate(model, test_sitian),
-              "test_random": evaluate(model, test_random)}
-    if out_dir is not None:
-        model.save(out_dir, report)
-    return model, report
-
-
-def _trim(booster):
-    """Keep only the trees up to the best validation iteration."""
-    import lightgbm
-
-    text = booster.model_to_string(num_iteration=booster.best_iteration)
-    return lightgbm.Booster(model_str=text)

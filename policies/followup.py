@@ -20,70 +20,10 @@ The reinforcement-learning policy is in ``policies.rl``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from simulator.lightcurves import CLASSES
-
-WAIT = -1
-REWARD_VECTOR_CLASSES = CLASSES
-
-
-@dataclass
-class CandidateTable:
-    """Candidates one spectroscopic telescope could observe now (one row each).
-
-    Times in seconds, magnitudes AB; ``prob`` is (rows, len(CLASSES)).
-    """
-
-    object_id: np.ndarray  # int: the brain's object ids
-    ra_deg: np.ndarray
-    dec_deg: np.ndarray
-    mag: np.ndarray  # latest magnitude (r, else the band seen last)
-    slope_mag_per_day: np.ndarray  # recent trend; negative = brightening
-    age_days: np.ndarray  # since the first detection
-    n_det: np.ndarray
-    n_nights: np.ndarray
-    prob: np.ndarray
-    alt_deg: np.ndarray  # now, from this telescope's site
-    move_s: np.ndarray  # slew + settle + acquisition
-    exposure_s: np.ndarray
-    window_s: np.ndarray  # time left before the target sets or dawn comes
-    p_label: np.ndarray  # chance that the spectrum gives a label at this magnitude
-    expected_reward: np.ndarray  # sum over classes of prob x reward (no phase bonus)
-    # The telescope's situation.
-    night_left_s: float = 0.0  # dark time left tonight at this site
-    budget_left_s: float = 0.0
-
-    @property
-    def n(self) -> int:
-        return len(self.object_id)
-
-    @property
-    def total_s(self) -> np.ndarray:
-        return self.move_s + self.exposure_s
-
-    def greedy_score(self) -> np.ndarray:
-        """Expected reward per hour of telescope time."""
-        return self.expected_reward * self.p_label / (self.total_s / 3600.0)
-
-    def entropy(self) -> np.ndarray:
-        p = np.clip(self.prob, 1e-12, 1.0)
-        return -(p * np.log(p)).sum(axis=1)
-
-
-def label_probability(mag, label_limit_mag: float, width_mag: float = 0.3) -> np.ndarray:
-    """The brain's estimate that a spectrum labels a source of magnitude ``mag``: sure
-    ``width_mag`` brighter than the limit, hopeless ``width_mag`` fainter."""
-    return np.clip((label_limit_mag + width_mag - np.asarray(mag)) / (2 * width_mag), 0, 1)
-
-
-class Policy:
-    name = "policy"
-
-    def choose(self, table: CandidateTable) -> int:
-        raise NotImplementedError
+from policies.candidates import WAIT, CandidateTable, Policy
+from policies.rl import RLPolicy
 
 
 class RandomPolicy(Policy):
@@ -138,7 +78,5 @@ def make_policy(name: str, seed: int = 0, rl_dir=None) -> Policy:
     if name == "uncertainty":
         return UncertaintyPolicy()
     if name == "rl":
-        from policies.rl import RLPolicy
-
         return RLPolicy.load(rl_dir) if rl_dir is not None else RLPolicy.load()
     raise ValueError(f"unknown policy {name!r} (choose from {', '.join(POLICY_NAMES)})")

@@ -31,6 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from observatory.taxonomy import TRANSIENTS
+from policies.classifier import TransientClassifier
+from policies.lightcurve_io import BANDS, read_detections_csv
+from policies.lightcurve_sets import observe_class
+
 # pip distribution name for each importable package (what to install when one is missing)
 PACKAGES = {"slsne": "slsne", "MulensModel": "MulensModel"}
 EXPECTED = {"slsne": "SLSN", "mulens": "uLens"}
@@ -392,8 +397,6 @@ def first_night(curves: list[Curve], window_d: float = FIRST_NIGHT_D,
 def classify_curves(curves: list[Curve], model=None, workdir: str | Path | None = None):
     """(object_ids, probabilities (n, 14), classes) through the ``brain classify`` path:
     write the CSV, read it back with ``read_detections_csv``, predict."""
-    from brain.lightcurve_io import read_detections_csv
-    from policies.classifier import TransientClassifier
 
     model = TransientClassifier.load() if model is None else model
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -406,7 +409,6 @@ def classify_curves(curves: list[Curve], model=None, workdir: str | Path | None 
 def summarize(object_ids, prob: np.ndarray, classes, expected: str) -> dict:
     """Counts per predicted class, fraction labelled ``expected`` and any transient,
     median probability of ``expected``."""
-    from simulator.lightcurves import TRANSIENTS
 
     classes = list(classes)
     pred = [classes[k] for k in np.argmax(prob, axis=1)]
@@ -454,12 +456,9 @@ def _band_counts(curves: list[Curve]) -> dict[str, int]:
 def simulated_control(expected: str, bands: tuple[str, ...], n: int = 400, seed: int = 11,
                       model=None) -> dict:
     """The same summary on simulated light curves of class ``expected`` (the training
-    generator, ``policies.training.observe_class``, on a seed of its own) keeping only
+    generator, ``policies.lightcurve_sets.observe_class``, on a seed of its own) keeping only
     ``bands``: how well the classifier does on simulations with the real data's bands,
     to read the real-data numbers against."""
-    from brain.lightcurve_io import BANDS
-    from policies.classifier import TransientClassifier
-    from policies.training import observe_class
 
     model = TransientClassifier.load() if model is None else model
     src, t, band, mag, err, _ = observe_class(expected, n, np.random.default_rng(seed))
@@ -497,7 +496,6 @@ def classify_real(max_objects: int | None = None, per_object_max: int = 40,
     with the real data's bands), and ``notes`` (``condense_notes``) on what was dropped.
     Data sets with at most ``per_object_max`` objects also list ``by_object``. Raises
     ``MissingPackageError`` naming every missing package."""
-    from policies.classifier import TransientClassifier
 
     missing = missing_packages()
     if missing:

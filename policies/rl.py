@@ -1,7 +1,7 @@
 """The reinforcement-learning target-selection policy: observation encoding and inference.
 
 The policy is offered the ``SHORTLIST`` observable candidates of highest static priority
-(``max_candidates``; see ``brain.followup``) and answers with one of them or ``WAIT``.
+(``max_candidates``; see ``brain.core.followup``) and answers with one of them or ``WAIT``.
 Each candidate is described by ``N_FEATURES`` numbers: what greedy knows (expected
 reward, chance of a label, cost in telescope time) plus what greedy ignores (the
 brightness trend -- a brightening transient is before its peak and earns twice --, age,
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.followup import WAIT, CandidateTable, Policy
-from simulator.lightcurves import CLASSES
+from observatory.taxonomy import CLASSES
+from policies.candidates import WAIT, CandidateTable, Policy
 
 SHORTLIST = 16
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts" / "policy"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simulator.population import Population
 from simulator.weather import WeatherSeries
 
 FORMAT = "sitian-environment/1"
@@ -57,7 +58,6 @@ class Environment:
                     **{k: z[f"w{n}_{s}_{k}"] for k in WeatherSeries.__dataclass_fields__})
         pop_path = run_dir / "population.npz"
         if pop_path.is_file():
-            from simulator.population import Population
 
             env.population = Population.load(pop_path)
         return env

@@ -34,12 +34,8 @@ import math
 
 import numpy as np
 
-CLASSES = ("SNIa", "SNII", "SNIbc", "SLSN", "TDE", "KN", "CV", "Flare", "uLens",
-           "RRL", "EB", "DSCT", "LPV", "AGN")
-TRANSIENTS = ("SNIa", "SNII", "SNIbc", "SLSN", "TDE", "KN", "CV", "Flare", "uLens")
-VARIABLES = ("RRL", "EB", "DSCT", "LPV", "AGN")
-PERIODIC = ("RRL", "EB", "DSCT", "LPV")
-BANDS = ("g", "r", "i")
+from observatory.taxonomy import CLASSES, PERIODIC, TRANSIENTS
+
 NO_FLUX = np.inf
 FADED_MAG = 10.0  # explosive transients: no flux once this far below peak (mag)
 

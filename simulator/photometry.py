@@ -16,16 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.sky import FieldGrid, points_in_fields
+from observatory.sky import FieldGrid, points_in_fields
+from observatory.times import unix_to_mjd
 
 CALIBRATION_FLOOR_MAG = 0.01
-UNIX_TO_MJD = 1.0 / 86400.0
-MJD_UNIX0 = 40587.0  # MJD of 1970-01-01
-
-
-def unix_to_mjd(t_unix):
-    return np.asarray(t_unix) * UNIX_TO_MJD + MJD_UNIX0
-
 
 @dataclass
 class ExposureBatch:

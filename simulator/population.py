@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from observatory.sky import FULL_SKY_DEG2, points_in_fields, unit_vectors
 from simulator import lightcurves as lc
-from simulator.sky import FULL_SKY_DEG2, points_in_fields, unit_vectors
 
 DAY_S = 86400.0
 REFERENCE_MAG = 21.0

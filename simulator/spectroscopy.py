@@ -23,57 +23,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from observatory.arrayconfig import ArrayConfig, Spectrograph
+from observatory.mount import move_time_s
+from observatory.sky import separation_deg, unit_vectors
+from observatory.spectra import SPEC_MOUNT, exposure_s, target_alt_deg
 from simulator import lightcurves as lc
-from simulator.config import ArrayConfig, Mount, Spectrograph
-from simulator.mount import move_time_s
-from simulator.sky import separation_deg, unit_vectors
+from simulator.world import Reply
 
 MATCH_ARCSEC = 3.0
-# The 4-m mounts: slower than the survey telescopes' (1 deg/s, 0.3 deg/s^2, 15 s settle).
-SPEC_MOUNT = Mount(max_rate_deg_s=1.0, accel_deg_s2=0.3, settle_s=15.0)
 DAY_S = 86400.0
-
-# shared/CONTRACTS.md, "Science reward of one spectrum".
-DEFAULT_REWARD = {"KN": 50.0, "TDE": 20.0, "SLSN": 15.0, "uLens": 10.0, "SNIbc": 5.0,
-                  "SNII": 3.0, "SNIa": 3.0, "CV": 1.0, "Flare": 0.5, "AGN": 0.5,
-                  "RRL": 0.0, "EB": 0.0, "DSCT": 0.0, "LPV": 0.0}
-BEFORE_PEAK_FACTOR = 2.0
-
-SPEC_COLUMNS = ("target_id", "object_id", "telescope", "t_start", "t_end", "mag",
-                "predicted_class", "p_predicted", "true_class", "label", "before_peak",
-                "reward")
-
-
-def exposure_s(spec: Spectrograph, mag) -> np.ndarray:
-    """Science exposure (s) for a target of AB magnitude ``mag`` (CONTRACTS.md)."""
-    t = spec.base_exposure_s * 10 ** (0.4 * (np.asarray(mag, dtype=float) - spec.reference_mag))
-    return np.clip(t, spec.min_exposure_s, spec.max_exposure_s)
-
-
-def science_reward(true_class: str | None, label: str | None, before_peak: bool,
-                   table: dict[str, float] | None = None,
-                   factor: float = BEFORE_PEAK_FACTOR) -> float:
-    """Reward of one spectrum: the class's value when the spectrum identified the source
-    correctly, times ``factor`` when it was taken before the transient's peak; a
-    spectrum without a label (too faint, an artefact, aborted) or with a wrong label
-    earns nothing."""
-    table = DEFAULT_REWARD if table is None else table
-    if label is None or true_class is None or label != true_class:
-        return 0.0
-    return float(table.get(true_class, 0.0)) * (factor if before_peak else 1.0)
-
-
-def target_alt_deg(eph, ra_deg, dec_deg, t_unix) -> np.ndarray:
-    """Altitude (deg) of ICRS targets seen from a site's ephemeris at ``t_unix``.
-
-    Uses J2000 coordinates against the apparent sidereal time: the precession since
-    J2000 (under 0.4 deg) is smaller than the 0.5 deg margin the brain keeps."""
-    lat = eph.lat_rad
-    dec = np.radians(dec_deg)
-    ha = np.radians(eph.lst_deg(t_unix) - np.asarray(ra_deg))
-    s = math.sin(lat) * np.sin(dec) + math.cos(lat) * np.cos(dec) * np.cos(ha)
-    return np.degrees(np.arcsin(np.clip(s, -1, 1)))
-
 
 _TREES: dict[int, tuple[object, cKDTree]] = {}
 
@@ -140,8 +98,6 @@ class Spectrographs:
         return reply
 
     def _execute(self, device, name, args, cmd_id, t):
-        from simulator.world import Reply
-
         tel = self.units.get(device)
         if tel is None:
             return Reply(t, device, cmd_id, False, code="unknown_device", message=device)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from simulator.config import Climate
+from observatory.arrayconfig import Climate
 
 STEP_S = 60.0
 CLEAR, CLOUDY, CLOSED = 0, 1, 2

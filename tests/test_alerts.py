@@ -1,4 +1,4 @@
-"""Alerts (brain.alerts): VOEvent 2.0 packets against the official XSD, Avro
+"""Alerts (brain.ops.alerts): VOEvent 2.0 packets against the official XSD, Avro
 single-object packets and container files, and the sink's files and PUB feed."""
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import zmq
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from lxml import etree
 
-from brain import alerts as A
-from brain.association import Associator, DetectionBatch
-from brain.events import Command
-from brain.followup import FollowupRecord
+from brain.core.association import Associator, DetectionBatch
+from brain.core.events import Command
+from brain.core.followup import FollowupRecord
+from brain.ops import alerts as A
 from drivers import protocol as P
 from drivers.link import BrainLink
-from simulator.lightcurves import CLASSES
+from observatory.taxonomy import CLASSES
 
 T0 = 1797350400.25  # 2026-12-15T16:00:00.25 UTC
 SITES = {"xl": (40.3958, 117.5775, 950.0)}
@@ -56,7 +56,7 @@ def fu_alert(**kw) -> A.FollowupAlert:
 
 
 def official_valid(xml: bytes) -> bool:
-    """voeventparse's own VOEvent 2.0 XSD instance, independent of brain.alerts."""
+    """voeventparse's own VOEvent 2.0 XSD instance, independent of brain.ops.alerts."""
     return vp.voevent_v2_0_schema.validate(etree.fromstring(xml))
 
 
@@ -349,7 +349,7 @@ def test_unwritable_directory_is_logged_and_counted_not_raised(tmp_path, caplog)
     blocker.write_text("a file where the alert directory should be")
     sent = []
     sink = A.AlertSink(blocker / "alerts", lambda *m: sent.append(m))
-    with caplog.at_level(logging.WARNING, logger="brain.alerts"):
+    with caplog.at_level(logging.WARNING, logger="brain.ops.alerts"):
         assert sink.emit(cls_alert()) is None
         assert sink.emit(fu_alert()) is None
     assert (sink.emitted, sink.failed) == (0, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from brain.association import Associator, DetectionBatch
+from brain.core.association import Associator, DetectionBatch
 
 
 def _batch(ra, dec, mjd, band=None, truth=None):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import read_metrics, read_observations, time_quantum_s
 
-import simulator.offline  # noqa: F401  (astropy offline before any astropy work)
+import observatory.offline  # noqa: F401  (astropy offline before any astropy work)
 
 pytestmark = pytest.mark.slow
 

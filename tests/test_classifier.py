@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policies.classifier import TransientClassifier, expected_calibration_error, train
+from observatory.taxonomy import CLASSES
+from policies.classifier import TransientClassifier
+from policies.classifier_training import expected_calibration_error, train
 from policies.features import extract, feature_names
-from policies.training import make_set
-from simulator.lightcurves import CLASSES
+from policies.lightcurve_sets import make_set
 
 REPO = Path(__file__).resolve().parent.parent
 

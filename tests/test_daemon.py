@@ -146,12 +146,12 @@ def test_restart_takes_back_the_spectra_already_commanded(small_config, tmp_path
     import numpy as np
 
     from brain.config import load_config
-    from brain.daemon import Daemon
-    from brain.events import Command
-    from brain.journal import Journal
+    from brain.core.events import Command
+    from brain.shells.daemon import Daemon
+    from brain.shells.journal import Journal
     from drivers.clock import WorldClock, parse_start
+    from observatory.times import unix_to_mjd
     from policies.followup import make_policy
-    from simulator.photometry import unix_to_mjd
 
     config = load_config(small_config)
     t0 = parse_start(START)

@@ -1,4 +1,4 @@
-"""The daemon announces classifications and follow-up triggers (brain.alerts) on its
+"""The daemon announces classifications and follow-up triggers (brain.ops.alerts) on its
 real PUB feed and in its alerts directory: only new, likely, transient classes."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import time
 import numpy as np
 import zmq
 
-from brain import alerts as A
-from brain.association import DetectionBatch
 from brain.config import load_config
-from brain.daemon import Daemon
+from brain.core.association import DetectionBatch
+from brain.ops import alerts as A
+from brain.shells.daemon import Daemon
 from drivers.clock import WorldClock, parse_start
 from tests.test_nightjobs import _port
 

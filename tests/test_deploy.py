@@ -3,7 +3,7 @@
 Each file is read the way its consumer reads it and checked against the real thing: the
 `ray up` configs against the JSON schema Ray ships and Ray's own config preparation,
 their `ray start` lines against Ray's own command-line parser, the RayService's Serve
-config against Serve's schema and its import path against brain/serve.py, every
+config against Serve's schema and its import path against brain/planner/api.py, every
 `brain` command line (systemd units, the KubeRay daemon container, the runbook) against
 the parser of brain/cli.py, the site configs against ``load_config``. Nothing here
 starts Ray, a daemon or a unit; the whole module takes a few seconds.
@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from brain import cli
+from brain.cli import daemon as daemon_cli
 from brain.config import load_config, with_climate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def parse_brain(argv: list[str]):
         pytest.fail(f"brain {' '.join(argv)!r} is refused by brain/cli.py (exit {exc.code})")
     if args.command in ("run", "sim-drivers"):
         try:
-            cli._clock_args(args)
+            daemon_cli.clock_args(args)
         except cli.UsageError as exc:
             pytest.fail(f"brain {args.command}: {exc}")
     return args
@@ -352,7 +353,7 @@ def test_rayservice_serve_config_puts_the_planner_on_a_gpu():
 def test_rayservice_deployment_names_are_those_of_the_serve_app():
     import ray
 
-    from brain.serve import build_app
+    from brain.planner.api import build_app
 
     # The ingress, bound to the planner: a graph of deployments, built without Ray.
     ingress = build_app(load_config(SITES / "rehearsal-xl.yaml"))._bound_deployment
@@ -466,7 +467,7 @@ def test_indi_template_execstart_is_accepted_by_the_bridge():
     assert is_loopback(args.router) or args.keys, "a remote brain needs CURVE keys"
     config = load_config(SITES / "sitian-54.yaml")
     site = config.site(args.site)
-    from brain.daemon import device_specs
+    from brain.shells.daemon import device_specs
 
     spec = device_specs(config).get(args.device_id)
     assert spec is not None and spec.kind == "telescope", "not a telescope the brain knows"

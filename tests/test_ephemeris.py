@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-import simulator.offline  # noqa: F401  (astropy offline before any astropy work)
+import observatory.offline  # noqa: F401  (astropy offline before any astropy work)
 
 DATE = "2026-12-15"
 N_FIELDS = 200
@@ -23,8 +23,8 @@ TOL_DEG = 0.1
 
 @pytest.fixture(scope="module")
 def night_and_sky(config):
-    from simulator.ephemeris import NightCache
-    from simulator.sky import FieldGrid
+    from observatory.sky import FieldGrid
+    from observatory.visibility import NightCache
 
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     return NightCache(config, grid).get(DATE)

@@ -9,13 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from simulator.spectroscopy import (
-    DEFAULT_REWARD,
-    Spectrographs,
-    exposure_s,
-    science_reward,
-    target_alt_deg,
-)
+from observatory.spectra import DEFAULT_REWARD, exposure_s, science_reward, target_alt_deg
+from simulator.spectroscopy import Spectrographs
 from tests.conftest import read_metrics, run_brain
 
 
@@ -44,9 +39,9 @@ def test_science_reward_table():
 # The spectrographs against a real simulated sky -----------------------------------------
 @pytest.fixture(scope="module")
 def sky_and_population(config):
-    from brain.fastshell import make_environment
-    from simulator.ephemeris import NightCache
-    from simulator.sky import FieldGrid
+    from brain.shells.fast import make_environment
+    from observatory.sky import FieldGrid
+    from observatory.visibility import NightCache
 
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid)
@@ -169,7 +164,7 @@ def test_followups_file_matches_metrics_and_reward(request, which):
 
 @pytest.mark.slow
 def test_spectra_are_taken_in_the_dark_above_the_limit(clear_run, config):
-    from simulator.ephemeris import NightEphemeris
+    from observatory.ephemeris import NightEphemeris
 
     night = NightEphemeris.compute(config, "2026-12-15")
     for r in _rows(clear_run):
@@ -196,7 +191,7 @@ def _object_positions(run_dir):
 
 @pytest.mark.slow
 def test_no_spectrum_runs_while_its_site_is_closed(climate_run):
-    from brain.followup import Stream
+    from brain.evaluation.followup_replay import Stream
 
     stream = Stream.load(climate_run / "stream.npz")
     sites = ["xl", "lh", "mz"]
@@ -211,10 +206,10 @@ def test_no_spectrum_runs_while_its_site_is_closed(climate_run):
 
 @pytest.fixture(scope="module")
 def clear_stream(clear_run, config):
-    from brain.followup import Stream
+    from brain.evaluation.followup_replay import Stream
+    from observatory.sky import FieldGrid
+    from observatory.visibility import NightCache
     from simulator.environment import Environment
-    from simulator.ephemeris import NightCache
-    from simulator.sky import FieldGrid
 
     env = Environment.load(clear_run)
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
@@ -225,7 +220,7 @@ def clear_stream(clear_run, config):
 def test_replaying_the_stream_reproduces_the_run(clear_run, clear_stream, config):
     """The follow-up re-run alone over the recorded stream takes exactly the spectra the
     full fast shell took (same targets, same times): evaluations can rely on it."""
-    from brain.policytrain import replay_followup
+    from brain.evaluation.policy_training import replay_followup
     from policies.followup import make_policy
 
     env, stream, cache = clear_stream
@@ -239,7 +234,7 @@ def test_replaying_the_stream_reproduces_the_run(clear_run, clear_stream, config
 
 @pytest.mark.slow
 def test_greedy_beats_random_and_policies_differ(clear_stream, config):
-    from brain.policytrain import replay_followup
+    from brain.evaluation.policy_training import replay_followup
     from policies.followup import make_policy
 
     env, stream, cache = clear_stream
@@ -256,7 +251,7 @@ def test_greedy_beats_random_and_policies_differ(clear_stream, config):
 def test_gymnasium_environment_passes_the_checker(clear_run):
     from gymnasium.utils.env_checker import check_env
 
-    from brain.policytrain import StreamLoops
+    from brain.evaluation.policy_training import StreamLoops
     from policies.env import FollowupEnv
     from policies.rl import OBS_SIZE
 
@@ -337,7 +332,7 @@ def test_evaluate_writes_the_contract_table(tmp_path):
 def test_labels_feed_the_next_classifier(clear_run, tmp_path):
     """The data flywheel: a run's spectroscopic labels are stored with their light curves
     and `brain train classifier --from-runs` learns from them."""
-    from brain.lightcurve_io import read_labelled
+    from policies.lightcurve_io import read_labelled
 
     rows = _rows(clear_run)
     labelled = read_labelled([clear_run / "labelled.csv"])

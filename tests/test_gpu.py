@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from brain.llm import has_cuda
+from brain.planner.engine import has_cuda
 
 
 @pytest.mark.skipif(not has_cuda(), reason="no CUDA GPU on this machine: the vLLM vs "

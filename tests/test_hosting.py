@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from policies.classifier import TransientClassifier
-from policies.training import make_set
+from policies.lightcurve_sets import make_set
 
 
 @pytest.fixture(scope="module")
 def ray_local(tmp_path_factory):
-    from brain import hosting
+    from brain.ops import hosting
 
     ray = hosting.connect(num_cpus=2, temp_dir=tmp_path_factory.mktemp("ray"))
     yield ray
@@ -33,7 +33,7 @@ def _requests(n_req=12):
 
 
 def test_actor_batches_and_matches_in_process(ray_local):
-    from brain.hosting import start_classifier
+    from brain.ops.hosting import start_classifier
 
     ray = ray_local
     remote = start_classifier(name="clf-test-batch", max_wait_s=0.05)
@@ -53,7 +53,7 @@ def test_actor_batches_and_matches_in_process(ray_local):
 
 
 def test_actor_restarts_after_its_process_dies(ray_local):
-    from brain.hosting import start_classifier
+    from brain.ops.hosting import start_classifier
 
     ray = ray_local
     remote = start_classifier(name="clf-test-restart")
@@ -74,7 +74,7 @@ def test_actor_restarts_after_its_process_dies(ray_local):
 
 
 def test_bad_request_fails_alone(ray_local):
-    from brain.hosting import start_classifier
+    from brain.ops.hosting import start_classifier
 
     ray = ray_local
     remote = start_classifier(name="clf-test-bad", max_wait_s=0.05)
@@ -92,7 +92,7 @@ def test_bad_request_fails_alone(ray_local):
 def test_policy_actor_answers_as_in_process(ray_local):
     """The RL policy as a Ray actor chooses exactly what the in-process network chooses,
     and asks the manager for the same shortlist."""
-    from brain.hosting import start_policy
+    from brain.ops.hosting import start_policy
     from policies.rl import RLPolicy
 
     rng = np.random.default_rng(3)
@@ -108,7 +108,7 @@ def test_policy_actor_restart_mid_night_loses_no_decision(ray_local):
     """The follow-up manager keeps asking the policy actor through a kill: every decision
     is answered (Ray retries the call on the restarted actor) and equals the in-process
     policy's."""
-    from brain.hosting import start_policy
+    from brain.ops.hosting import start_policy
     from policies.followup import make_policy
 
     ray = ray_local
@@ -127,7 +127,7 @@ def test_policy_actor_restart_mid_night_loses_no_decision(ray_local):
 
 def _random_table(rng, n: int):
     """A seeded candidate table of ``n`` rows, for policy answers to compare."""
-    from policies.followup import CandidateTable
+    from policies.candidates import CandidateTable
 
     prob = rng.dirichlet(np.ones(14), n)
     return CandidateTable(

@@ -363,7 +363,7 @@ def test_population_selects_fields():
     ra, dec = np.array([10.0, 200.0, 266.4]), np.array([20.0, -30.0, -29.0])
     pop = pp.sample_population(ra, dec, 12.0, T0, T0 + NIGHT, np.random.default_rng(23))
     assert pop.size > 0
-    from simulator.sky import in_footprint
+    from observatory.sky import in_footprint
     inside = np.zeros(pop.size, dtype=bool)
     for r, d in zip(ra, dec, strict=True):
         inside |= in_footprint(pop.ra_deg, pop.dec_deg, r, d, np.sqrt(12.0))

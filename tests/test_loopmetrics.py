@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brain.opsmetrics import MetricsServer
+from brain.ops.prometheus import MetricsServer
 from drivers.loopmetrics import LoopCollector, LoopCounter, LoopHistogram
 
 

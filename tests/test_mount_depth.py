@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from simulator.depth import limiting_mag
-from simulator.mount import move_time_s, peak_rate_deg_s, slew_time_s
+from observatory.depth import limiting_mag
+from observatory.mount import move_time_s, peak_rate_deg_s, slew_time_s
 
 
 # Mount ---------------------------------------------------------------------------------

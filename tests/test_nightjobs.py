@@ -1,4 +1,4 @@
-"""Night jobs (brain.nightjobs): APScheduler with a persistent store, run by the daemon's
+"""Night jobs (brain.ops.nightjobs): APScheduler with a persistent store, run by the daemon's
 loop on world time; each job once, across restarts and duplicate firings; misfires
 judged in world time; the night report written from the journal."""
 
@@ -14,9 +14,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from brain.config import config_from_dict
-from brain.daemon import Daemon
-from brain.events import Command
-from brain.nightjobs import NightJobs, fire, promote
+from brain.core.events import Command
+from brain.ops.nightjobs import NightJobs, fire, promote
+from brain.shells.daemon import Daemon
 from drivers.clock import WorldClock, parse_start
 from tests.conftest import REPO
 
@@ -187,7 +187,7 @@ def test_promotion_keeps_the_better_classifier(tmp_path):
     worse = promote(tmp_path / "models" / "classifier-b", {"macro_f1_first_night": 0.5},
                     tmp_path)
     assert worse == {"promoted": False, "macro_f1_first_night": 0.5, "previous": 0.9}
-    from brain.nightjobs import current_classifier
+    from brain.ops.nightjobs import current_classifier
 
     assert current_classifier(tmp_path) == cand
     # A promoted model this code cannot load (here: its classes changed) is not used.

@@ -73,7 +73,7 @@ def exposition(tmp_path_factory):
     from prometheus_client import CollectorRegistry, generate_latest
 
     from brain.config import load_config
-    from brain.daemon import Daemon
+    from brain.shells.daemon import Daemon
 
     registry = CollectorRegistry()
     tmp = tmp_path_factory.mktemp("ops")

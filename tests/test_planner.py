@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brain.planner import Planner, carry_out, request_ok
-from brain.tools import TOOLS, Validator, args_schema, parse_call
+from brain.planner.plan import Planner, carry_out, request_ok
+from brain.planner.tools import TOOLS, Validator, args_schema, parse_call
 
 sys.path.insert(0, str(Path(__file__).parent / "bench"))
 from planner_state import DONE, FAINT, REQUESTED, SOUTH, T, eval_state
@@ -155,7 +155,7 @@ def test_an_action_target_must_be_named_by_the_operator(validator, state):
 
 
 def test_an_invalid_plan_runs_nothing_and_a_valid_action_needs_approval(validator, state):
-    from brain.planner import PlanResult
+    from brain.planner.plan import PlanResult
 
     ran = []
 
@@ -178,7 +178,7 @@ def test_an_invalid_plan_runs_nothing_and_a_valid_action_needs_approval(validato
 
 
 def test_read_only_tools_answer_from_the_state(validator, state):
-    from brain.planner import answer
+    from brain.planner.plan import answer
 
     rows = answer("query_objects", {"cls": "KN", "min_prob": 0.0, "limit": 10}, state,
                   validator)
@@ -206,7 +206,7 @@ def test_notes_reach_the_prompt_only_as_quoted_data(config, state):
 def test_run_state_drops_malformed_object_names(config, clear_run, tmp_path):
     import shutil
 
-    from brain.planner import state_from_run
+    from brain.planner.runstate import state_from_run
 
     run = tmp_path / "run"
     shutil.copytree(clear_run, run)
@@ -221,8 +221,8 @@ def test_run_state_drops_malformed_object_names(config, clear_run, tmp_path):
 
 # The operator's actions in the core ------------------------------------------------------
 def test_operator_actions_in_the_core(config):
-    from brain.core import BrainCore
-    from brain.events import Operator, Tick, Weather
+    from brain.core.braincore import BrainCore
+    from brain.core.events import Operator, Tick, Weather
 
     core = BrainCore(config)
     t = T
@@ -259,9 +259,9 @@ def test_operator_actions_in_the_core(config):
 
 
 def test_requested_followup_goes_first_and_cancelled_never(config):
-    from brain.followup import FollowupManager, Snapshot
+    from brain.core.followup import FollowupManager, Snapshot
+    from observatory.ephemeris import NightEphemeris, night_date
     from policies.followup import make_policy
-    from simulator.ephemeris import NightEphemeris, night_date
 
     night = NightEphemeris.compute(config, night_date(config, T))
     mgr = FollowupManager(config, make_policy("greedy"))
@@ -292,8 +292,8 @@ def _norm(text: str) -> str:
 
 
 def test_tuning_data_covers_every_tool_with_arguments_that_parse():
-    from brain.plannertune import synthetic
-    from brain.tools import NONE_TOOL
+    from brain.planner.tools import NONE_TOOL
+    from brain.planner.tuning import synthetic
 
     data = synthetic(seed=0)
     assert data == synthetic(seed=0)  # seeded: the same tuning data every time
@@ -307,8 +307,8 @@ def test_tuning_data_covers_every_tool_with_arguments_that_parse():
 def test_tuning_data_holds_no_request_of_the_evaluation_sets():
     import yaml
 
-    from brain.planner import EXAMPLES
-    from brain.plannertune import synthetic
+    from brain.planner.prompts import EXAMPLES
+    from brain.planner.tuning import synthetic
 
     bench = Path(__file__).parent / "bench"
     held = [it["request"] for f in ("planner_eval.yaml", "planner_holdout.yaml")
@@ -322,7 +322,7 @@ def test_tuning_data_holds_no_request_of_the_evaluation_sets():
 def test_a_tuned_model_gets_the_short_prompts_and_every_tool(config, state, tmp_path):
     import types
 
-    from brain.plannertune import MARKER, TUNE_FORMAT
+    from brain.planner.adapter import MARKER, TUNE_FORMAT
 
     (tmp_path / MARKER).write_text(json.dumps({"format": TUNE_FORMAT}))
     planner = Planner(config, engine=types.SimpleNamespace(model=str(tmp_path)))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from brain.planner import Planner, carry_out
-from brain.tools import TOOLS, parse_call
+from brain.planner.plan import Planner, carry_out
+from brain.planner.tools import TOOLS, parse_call
 
 sys.path.insert(0, str(Path(__file__).parent / "bench"))
 from conftest import run_brain
@@ -79,8 +79,9 @@ def test_the_shipped_adapter_is_what_the_engine_runs(planner_engine):
     import torch
     from safetensors.torch import load_file
 
-    from brain.llm import DEFAULT_MODEL, cache_dir
-    from brain.plannertune import ARTIFACT_DIR, train_adapter
+    from brain.planner.adapter import ARTIFACT_DIR
+    from brain.planner.model import DEFAULT_MODEL, cache_dir
+    from brain.planner.tuning import train_adapter
 
     meta = json.loads((ARTIFACT_DIR / "meta.json").read_text())
     adapter = load_file(str(ARTIFACT_DIR / "adapter.safetensors"))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import run_brain
 
+from observatory.taxonomy import CLASSES
 from policies import realdata
-from simulator.lightcurves import CLASSES
 
 MIN_SLSNE = 200  # 242 usable light curves in slsne 0.3
 MIN_MULENS = 20  # 24 I-band files (8 events) in MulensModel 3.12

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import CLIMATE_ARGS, read_environment, read_metrics, read_observations
 
-from simulator.world import OBS_COLUMNS
+from observatory.records import OBS_COLUMNS
 
 # Two extra whole nights for the session: a second run of the climate night, and a
 # replay of the clear night. Both start together and run side by side.
@@ -65,10 +65,10 @@ def test_same_seed_same_observations(climate_run, second_runs):
 def test_environment_depends_on_the_seed_only(config, tmp_path):
     """Drawing the environment twice with one seed gives identical weather; another
     seed gives different weather; saving and loading it loses nothing."""
-    from brain.fastshell import make_environment
+    from brain.shells.fast import make_environment
+    from observatory.sky import FieldGrid
+    from observatory.visibility import NightCache
     from simulator.environment import Environment
-    from simulator.ephemeris import NightCache
-    from simulator.sky import FieldGrid
 
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid)
@@ -185,7 +185,7 @@ def test_run_files_follow_the_contract(request, which):
         assert (run_dir / name).is_file(), name
     html = (run_dir / "report.html").read_text()
     # Every figure of the report, each a PNG of a readable size (pixels, at 85-90 dpi).
-    from brain.report import FIGURES
+    from brain.ops.report import FIGURES
     from tests.test_nightjobs import png_size
 
     assert sorted(p.name for p in run_dir.glob("*.png")) == sorted(FIGURES)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import CLIMATE_ARGS, read_environment, read_observations
 
-from brain.events import Weather
-from brain.safety import weather_verdict
+from brain.core.events import Weather
+from brain.core.safety import weather_verdict
 
 STEP_S = 60.0
 REOPEN_WITHIN_S = 600.0
@@ -26,7 +26,7 @@ MIN_CLEAR_STRETCH_S = 1200.0
 @pytest.fixture(scope="module")
 def night_record(climate_run, config):
     """Per site: sample times, unsafe flag per held sample, dark flag; and the log."""
-    from simulator.ephemeris import NightEphemeris
+    from observatory.ephemeris import NightEphemeris
 
     date = CLIMATE_ARGS[CLIMATE_ARGS.index("--start") + 1]
     night = NightEphemeris.compute(config, date)

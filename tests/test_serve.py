@@ -36,7 +36,7 @@ def http(url: str, body: dict | None = None, timeout: float = 180.0):
 
 @pytest.fixture(scope="module")
 def ray_serve(tmp_path_factory):
-    from brain import hosting
+    from brain.ops import hosting
 
     ray = hosting.connect(num_cpus=3, temp_dir=tmp_path_factory.mktemp("ray"))
     yield ray
@@ -50,8 +50,8 @@ def ray_serve(tmp_path_factory):
 def daemon_api(ray_serve, config, tmp_path_factory):
     """A daemon (no devices connected: the array is closed, as it comes up) with its desk
     and the API with the real planner; the daemon loop runs on a thread."""
-    from brain.daemon import Daemon
-    from brain.serve import desk, start_api
+    from brain.planner.api import desk, start_api
+    from brain.shells.daemon import Daemon
     from drivers.clock import WorldClock
     from policies.followup import make_policy
 
@@ -129,7 +129,7 @@ def test_unsafe_or_unnamed_actions_are_refused_and_change_nothing(daemon_api):
 def test_ask_plans_with_the_real_engine(daemon_api):
     """A plain request through the API: a schema-valid plan from the served model, and a
     request that tries to steer the planner is never valid."""
-    from brain.tools import TOOLS, parse_call
+    from brain.planner.tools import TOOLS, parse_call
 
     _, base, _ = daemon_api
     code, res = http(base + "/ask", {"request": "Which kilonova candidates do we have?"})

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from simulator.sky import (
+from observatory.sky import (
     FULL_SKY_DEG2,
     AreaLattice,
     FieldGrid,

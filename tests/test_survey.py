@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from brain.config import load_config, with_climate
-from brain.core import BrainCore
-from brain.events import Done, Tick, Weather
-from brain.survey import NO_GROUP, SurveyScheduler
-from simulator.ephemeris import NightCache
-from simulator.sky import FieldGrid
+from brain.core.braincore import BrainCore
+from brain.core.events import Done, Tick, Weather
+from brain.core.survey import NO_GROUP, SurveyScheduler
+from observatory.sky import FieldGrid
+from observatory.visibility import NightCache
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import numpy as np
 
 from policies.classifier import TransientClassifier
 from policies.features import extract
-from policies.training import make_set
+from policies.lightcurve_sets import make_set
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ POLICIES = ["rl", "greedy", "uncertainty", "random", "brightest"]
 
 def main() -> None:
     from brain.config import load_config
-    from brain.policytrain import evaluate_many
+    from brain.evaluation.policy_training import evaluate_many
 
     t0 = time.perf_counter()
     rows = evaluate_many(load_config(), list(range(9001, 9009)), "2026-12-15", 1, POLICIES,

@@ -21,7 +21,7 @@ deploy/prometheus, per wall second).
    thread's samples while it holds the GIL (``--gil --threads``; py-spy's idle
    detection counts a thread asleep in ``zmq_poll`` as busy, but a thread waiting in
    C never holds the GIL). A sample is the metrics' when any frame of its stack is
-   metrics code (``drivers/loopmetrics.py``, ``brain/opsmetrics.py``, the link's
+   metrics code (``drivers/loopmetrics.py``, ``brain/ops/prometheus.py``, the link's
    ``LinkMetrics``, prometheus_client). The hooks are pure Python on the loop thread,
    so their share of its GIL-held samples bounds their share of the daemon's CPU from
    above (the daemon's CPU also counts other threads and work done without the GIL).

@@ -15,11 +15,11 @@ import time
 import numpy as np
 
 from brain.config import load_config, with_climate
-from brain.fastshell import make_environment, simulate
-from brain.metrics import run_metrics
-from brain.survey import FeasibilityMask, SurveyScheduler
-from simulator.ephemeris import NightCache
-from simulator.sky import AreaLattice, FieldGrid
+from brain.core.survey import FeasibilityMask, SurveyScheduler
+from brain.evaluation.survey_metrics import run_metrics
+from brain.shells.fast import make_environment, simulate
+from observatory.sky import AreaLattice, FieldGrid
+from observatory.visibility import NightCache
 
 
 class NaiveGreedy(SurveyScheduler):

@@ -70,9 +70,10 @@ def main() -> int:
     from planner_state import eval_state
 
     from brain.config import load_config
-    from brain.llm import Engine, resolve_model
-    from brain.planner import EXAMPLES, Planner, _shape, carry_out
-    from brain.tools import NONE_TOOL, TOOLS
+    from brain.planner.engine import Engine, resolve_model
+    from brain.planner.plan import Planner, _shape, carry_out
+    from brain.planner.prompts import EXAMPLES
+    from brain.planner.tools import NONE_TOOL, TOOLS
 
     config = load_config()
     state = eval_state(config)

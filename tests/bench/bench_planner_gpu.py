@@ -19,7 +19,8 @@ NEW_TOKENS = 64
 
 
 def main() -> int:
-    from brain.llm import has_cuda, offline, resolve_model
+    from brain.planner.engine import has_cuda, resolve_model
+    from brain.planner.model import offline
 
     if not has_cuda():
         print(json.dumps({"bench": "planner_gpu",
@@ -30,7 +31,7 @@ def main() -> int:
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from brain.planner import tuned_fill_messages
+    from brain.planner.prompts import tuned_fill_messages
 
     path = resolve_model(None)
     items = yaml.safe_load((Path(__file__).parent / "planner_eval.yaml").read_text())

@@ -52,9 +52,9 @@ def _iso(t: float) -> str:
 
 def find_turns(config, cache) -> list[dict]:
     """Moments a dark site's weather turns unsafe after SAFE_BEFORE_S of safe weather."""
-    from brain.events import Weather
-    from brain.fastshell import make_environment
-    from brain.safety import weather_verdict
+    from brain.core.events import Weather
+    from brain.core.safety import weather_verdict
+    from brain.shells.fast import make_environment
 
     turns, sites = [], set()
     night, _sky = cache.get(DATE)
@@ -149,7 +149,7 @@ while True:
 
 def dead_device_trials() -> list[float]:
     from brain.config import load_config
-    from brain.daemon import device_specs
+    from brain.shells.daemon import device_specs
     from drivers.clock import WorldClock
     from drivers.link import BrainLink, DeviceDown, DeviceUp
 
@@ -188,8 +188,8 @@ def dead_device_trials() -> list[float]:
 
 def main() -> None:
     from brain.config import load_config
-    from simulator.ephemeris import NightCache
-    from simulator.sky import FieldGrid
+    from observatory.sky import FieldGrid
+    from observatory.visibility import NightCache
 
     config = load_config()
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)

@@ -17,10 +17,11 @@ import warnings
 import numpy as np
 
 from brain.config import load_config, with_climate
-from brain.fastshell import make_environment
-from brain.survey import SurveyScheduler
-from simulator.ephemeris import NightCache, location
-from simulator.sky import FieldGrid
+from brain.core.survey import SurveyScheduler
+from brain.shells.fast import make_environment
+from observatory.ephemeris import location
+from observatory.sky import FieldGrid
+from observatory.visibility import NightCache
 
 
 def main() -> None:

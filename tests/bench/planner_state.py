@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from brain.tools import PlanState
-from simulator.lightcurves import CLASSES
+from brain.core.operator import PlanState
+from observatory.taxonomy import CLASSES
 
 T = datetime(2026, 12, 15, 17, 0, tzinfo=UTC).timestamp()
 

@@ -1,0 +1,179 @@
+"""The ``brain`` command line (shared/CONTRACTS.md). Bad input exits with status 2 and
+one line saying why; no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from brain.cli.common import (
+    POLICIES,
+    WEATHER_MODES,
+    UsageError,
+    bounded_int,
+    iso_date,
+    policy_list,
+    seed_range,
+)
+from brain.config import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="brain", description="SiTian Brain: control brain for the SiTian array.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sim = sub.add_parser("simulate", help="simulate nights of the array (fast shell)")
+    sim.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    sim.add_argument("--nights", type=bounded_int(1, 366), default=1)
+    sim.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7)
+    sim.add_argument("--start", type=iso_date, default="2026-12-15",
+                     help="date of the first night (its evening), YYYY-MM-DD")
+    sim.add_argument("--policy", choices=POLICIES, default="rl",
+                     help="follow-up target-selection policy")
+    sim.add_argument("--weather", choices=WEATHER_MODES, default="climate",
+                     help="'climate': each site's climate; 'clear': every site clear")
+    sim.add_argument("--out", default="out/run", help="output directory")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    rep = sub.add_parser("replay", help="re-run a recorded environment with another policy")
+    rep.add_argument("run_dir", help="directory of an earlier simulate or replay")
+    rep.add_argument("--policy", choices=POLICIES, required=True)
+    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--quiet", action="store_true")
+
+    cls = sub.add_parser("classify", help="classify light curves from a CSV of detections")
+    cls.add_argument("file", help="CSV with columns object_id, mjd, band, mag, mag_err")
+    cls.add_argument("--out", help="write the JSON here instead of standard output")
+
+    ev = sub.add_parser("evaluate", help="compare follow-up policies over many seeds (Ray)")
+    ev.add_argument("--policies", type=policy_list, default=list(POLICIES),
+                    help="comma-separated policies (default: all)")
+    ev.add_argument("--seeds", type=seed_range, default=list(range(9001, 9009)),
+                    help="A..B or a comma list (default 9001..9008); training seeds refused")
+    ev.add_argument("--nights", type=bounded_int(1, 30), default=1)
+    ev.add_argument("--start", type=iso_date, default="2026-12-15")
+    ev.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    ev.add_argument("--out", default="out/evaluation", help="output directory")
+
+    train = sub.add_parser("train", help="retrain a shipped model from simulated data")
+    train.add_argument("what", choices=("classifier", "policy"), help="the model to train")
+    train.add_argument("--from-runs", nargs="+", default=[], metavar="DIR",
+                       help="classifier: also learn from the spectroscopic labels of "
+                            "these runs (labelled.csv)")
+    train.add_argument("--iterations", type=bounded_int(1, 10_000), default=40,
+                       help="policy: PPO iterations")
+    train.add_argument("--n-per-class", type=bounded_int(100, 100_000), default=8000,
+                       help="training light curves per class (default 8000, as shipped)")
+    train.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=1)
+    train.add_argument("--out", help="artifact directory (default: the shipped one)")
+
+    ask = sub.add_parser("ask", help="LLM planner: a request -> validated tool calls")
+    ask.add_argument("request", help="what the operator wants, in words")
+    ask.add_argument("--state", metavar="DIR",
+                     help="plan against the end state of a brain simulate/replay run "
+                          "(default: the running daemon's API)")
+    ask.add_argument("--at", help="with --state: plan at this time (ISO, UTC; default: "
+                                  "the run's last exposure)")
+    ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--execute", action="store_true",
+                     help="approve: carry out the plan's actions if it is valid")
+    ask.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    ask.add_argument("--api", default=None,
+                     help="the daemon's API (default http://127.0.0.1:<planner.api_port>)")
+
+    bench = sub.add_parser("bench", help="run the benchmarks in tests/bench (JSON lines)")
+    bench.add_argument("name", nargs="?", help="one benchmark, e.g. scheduler or night")
+
+    run = sub.add_parser("run", help="the observatory daemon (daemon shell, SBP1 devices)")
+    _link_args(run)
+    run.add_argument("--metrics-port", type=bounded_int(0, 65535), default=9180,
+                     help="Prometheus /metrics on 127.0.0.1 (0: off)")
+    run.add_argument("--journal", default="out/daemon/journal.sqlite",
+                     help="SQLite journal (WAL); a restart continues from it")
+    run.add_argument("--until", help="stop at this world time (ISO, UTC)")
+    run.add_argument("--policy", choices=(*POLICIES, "none"), default="rl",
+                     help="follow-up policy ('none': spectrographs stay closed)")
+    run.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7,
+                     help="seed of the random follow-up policy")
+    run.add_argument("--failsafe-s", type=float, default=60.0,
+                     help="devices close on their own after this long without the brain")
+    run.add_argument("--hosting", choices=("ray", "local"), default="ray",
+                     help="models in Ray actors with the operators' API (default), or "
+                          "in the daemon's process without API or planner")
+    run.add_argument("--ray-address", help="join this Ray cluster (default: a local Ray)")
+    run.add_argument("--api-port", type=bounded_int(0, 65535), default=None,
+                     help="operators' API on 127.0.0.1 (default: planner.api_port of "
+                          "the config; 0: off)")
+
+    drv = sub.add_parser("sim-drivers", help="serve the simulated array's devices over SBP1")
+    _link_args(drv)
+    drv.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7)
+    drv.add_argument("--nights", type=bounded_int(1, 366), default=1)
+    drv.add_argument("--weather", choices=WEATHER_MODES, default="climate")
+    drv.add_argument("--until", help="stop at this world time (ISO, UTC)")
+    drv.add_argument("--only", help="comma-separated device ids to serve (default: all)")
+    drv.add_argument("--log", help="append one JSON line per command executed (rehearsal "
+                                   "audits: nothing executed twice)")
+
+    keys = sub.add_parser("keys", help="create CURVE key pairs for the brain and devices")
+    keys.add_argument("dir", help="key directory (created)")
+    keys.add_argument("--name", default="devices",
+                      help="name of the device key pair to add (authorised at once)")
+    keys.add_argument("--devices", default=None,
+                      help="bind the pair to these device-id globs, comma-separated "
+                           "(e.g. 'xl.*'); it gets ERROR unauthorised as any other device")
+    return p
+
+
+def _link_args(p) -> None:
+    p.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
+    p.add_argument("--start", help="world clock start, ISO UTC (default: now, real time)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="world clock speed, times real time (rehearsals)")
+    p.add_argument("--router", default="tcp://127.0.0.1:5550", help="the brain's device link")
+    p.add_argument("--pub", default="tcp://127.0.0.1:5551", help="the brain's event feed")
+    p.add_argument("--security", choices=("none", "curve"), default=None,
+                   help="default: none on loopback, curve elsewhere")
+    p.add_argument("--keys", help="CURVE key directory (brain keys DIR)")
+
+
+# command -> (module of brain.cli, function)
+COMMANDS = {"simulate": ("simulation", "cmd_simulate"), "replay": ("simulation", "cmd_replay"),
+            "evaluate": ("simulation", "cmd_evaluate"), "classify": ("models", "cmd_classify"),
+            "train": ("models", "cmd_train"), "ask": ("planner", "cmd_ask"),
+            "bench": ("bench", "cmd_bench"), "run": ("daemon", "cmd_run"),
+            "sim-drivers": ("simdrivers", "cmd_sim_drivers"), "keys": ("daemon", "cmd_keys")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand in the one-line error
+        parser.exit(2, f"brain {args.command}: error: unrecognized arguments: "
+                       f"{' '.join(extra)}\n")
+    module, name = COMMANDS[args.command]
+    # Each command group is imported when it runs: `brain run` loads no simulator and
+    # `brain classify` no vLLM (heavy, optional for that command).
+    handler = getattr(importlib.import_module(f"brain.cli.{module}"), name)
+    try:
+        return handler(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"brain {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"brain {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `brain classify f.csv | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

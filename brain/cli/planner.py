@@ -1,0 +1,79 @@
+"""brain ask: the LLM planner from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from brain.cli.common import (
+    UsageError,
+)
+from brain.config import load_config
+from brain.planner.api import ask_daemon
+from brain.planner.engine import Engine, resolve_model
+from brain.planner.plan import Planner, carry_out, request_ok
+from brain.planner.runstate import state_from_run
+from drivers.clock import parse_start
+
+
+def cmd_ask(args) -> int:
+    if not request_ok(args.request):
+        raise UsageError("the request must be 1 to 1000 characters without control "
+                         "characters")
+    config = load_config(args.config)
+    if args.state:
+
+        if not Path(args.state, "metrics.json").is_file():
+            raise UsageError(f"{args.state} is not a run directory (no metrics.json)")
+        try:
+            at = parse_start(args.at) if args.at else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+        try:
+            state = state_from_run(args.state, config, at)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UsageError(f"{args.state}: {exc}".splitlines()[0]) from None
+        engine = _engine(config)
+        planner = Planner(config, engine)
+        result = carry_out(planner.plan(args.request, state), state, planner.validator,
+                           args.execute, actuator=None).to_json()
+    else:
+        if args.at:
+            raise UsageError("--at needs --state")
+
+        api = args.api or f"http://127.0.0.1:{config.planner.api_port}"
+        try:
+            result = ask_daemon(api, args.request, args.execute)
+        except OSError as exc:
+            raise UsageError(f"no daemon API at {api} ({exc}); start `brain run`, or "
+                             "plan offline with --state DIR") from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_plan(result)
+    return 0 if result["valid"] else 1
+
+
+
+def _engine(config):
+    try:
+        path = resolve_model(config.planner.model, config.planner.cache_dir)
+        return Engine(path, config.planner.max_model_len)
+    except (OSError, ImportError, ValueError) as exc:  # no model, or a bad adapter
+        raise UsageError(f"planner engine: {exc}".splitlines()[0]) from None
+
+
+
+def _print_plan(result: dict) -> None:
+    print(f"request: {result['request']}")
+    for c in result["calls"]:
+        print(f"  call {c['tool']}({json.dumps(c['args'])})")
+    if not result["calls"]:
+        print("  (no tool call)")
+    print("valid" if result["valid"] else "INVALID")
+    for p in result["problems"]:
+        print(f"  problem: {p}")
+    for r in result.get("results", []):
+        print(f"  result: {json.dumps(r)[:2000]}")
+    print("executed" if result["executed"] else "not executed")

@@ -1,0 +1,1 @@
+"""The brain core: handle(event) -> commands, the same in every shell."""

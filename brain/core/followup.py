@@ -1,0 +1,552 @@
+"""The follow-up manager: which candidate each spectroscopic telescope observes next.
+
+The core hands it a ``Snapshot`` of the candidates each time it reclassifies them, and
+calls ``tick`` every minute with the sites' open/closed state. For each free telescope
+at an open site it builds the ``CandidateTable`` of what that telescope could observe
+now (above the altitude limit with a margin for the whole exposure, away from the moon,
+finished before the end of astronomical darkness, not already observed) and asks the
+policy; the answer becomes a ``spectrum`` command, or the telescope waits
+``followup.wait_s``. A spectrum that comes back stores its label: the labels are the
+training data of the next classifier (``brain train classifier --from-runs``).
+
+The manager only sees what the brain knows (positions, photometry, probabilities,
+labels); the reward is scored outside, by the shell, from the simulator's truth.
+
+``FollowupLoop`` re-runs the manager alone over a recorded ``Stream`` of snapshots and
+site states. The survey does not depend on the follow-up (the spectroscopic telescopes
+are separate devices), so a policy evaluated on a stream faces exactly the candidates,
+weather and sky it would face inside the full fast shell, in a small fraction of the
+time; tests check that both give the same follow-ups.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from brain.core.events import Command, Done, Failed
+from observatory.mount import move_time_s
+from observatory.sky import unit_vectors
+from observatory.spectra import SPEC_MOUNT, exposure_s, science_reward, target_alt_deg
+from observatory.taxonomy import CLASSES
+from observatory.times import unix_to_mjd
+from policies.candidates import WAIT, CandidateTable, label_probability
+
+BAND_R = 1
+SIDEREAL_DEG_S = 360.0 / 86164.0905
+
+
+@dataclass
+class Snapshot:
+    """The candidates known at ``t`` (unix s) after a classification (one row each)."""
+
+    t: float
+    object_id: np.ndarray
+    ra_deg: np.ndarray
+    dec_deg: np.ndarray
+    mag: np.ndarray
+    slope_mag_per_day: np.ndarray
+    first_mjd: np.ndarray
+    n_det: np.ndarray
+    n_nights: np.ndarray
+    prob: np.ndarray
+
+    FIELDS = ("object_id", "ra_deg", "dec_deg", "mag", "slope_mag_per_day", "first_mjd",
+              "n_det", "n_nights", "prob")
+
+    @classmethod
+    def empty(cls, t: float) -> Snapshot:
+        z = np.zeros(0)
+        return cls(t, z.astype(np.int64), z, z, z, z, z, z.astype(np.int32),
+                   z.astype(np.int32), np.zeros((0, len(CLASSES))))
+
+    @property
+    def n(self) -> int:
+        return len(self.object_id)
+
+
+def take_snapshot(t: float, associator, obj_prob: np.ndarray, min_detections: int,
+                  recent_days: float, max_mag: float) -> Snapshot:
+    """Candidates with a classification, a detection in the last ``recent_days`` and a
+    latest magnitude brighter than ``max_mag``, with their recent photometry."""
+    n_obj = associator.n_objects
+    if n_obj == 0 or obj_prob.shape[0] == 0:
+        return Snapshot.empty(t)
+    ndet = associator.n_detections()
+    classified = np.zeros(n_obj, dtype=bool)
+    classified[:obj_prob.shape[0]] = obj_prob.sum(axis=1) > 0
+    cand = np.flatnonzero(classified & (ndet >= min_detections))
+    if cand.size == 0:
+        return Snapshot.empty(t)
+    obj, mjd, band, mag, _err = associator.light_curves(cand)
+    local = np.searchsorted(cand, obj)
+    n = cand.size
+    last = np.full(n, -np.inf)
+    np.maximum.at(last, local, mjd)
+    first = np.full(n, np.inf)
+    np.minimum.at(first, local, mjd)
+    now_mjd = float(unix_to_mjd(t))
+    # Latest magnitude: the last r detection, else the last detection of any band.
+    order = np.arange(len(obj))
+    last_any = np.full(n, -1)
+    np.maximum.at(last_any, local, order)
+    is_r = band == BAND_R
+    last_r = np.full(n, -1)
+    np.maximum.at(last_r, local[is_r], order[is_r])
+    pick = np.where(last_r >= 0, last_r, last_any)
+    latest = mag[pick].astype(float)
+    # Trend over the last day of r (or any band) detections: least-squares slope.
+    recent = mjd > last[local] - 1.0
+    use = recent & np.where(last_r[local] >= 0, is_r, True)
+    k, x, y = local[use], mjd[use], mag[use].astype(float)
+    cnt = np.bincount(k, minlength=n).astype(float)
+    mx = np.bincount(k, x, minlength=n) / np.maximum(cnt, 1)
+    my = np.bincount(k, y, minlength=n) / np.maximum(cnt, 1)
+    dx = x - mx[k]
+    sxx = np.bincount(k, dx * dx, minlength=n)
+    sxy = np.bincount(k, dx * (y - my[k]), minlength=n)
+    slope = np.where(sxx > (0.02 ** 2) * np.maximum(cnt, 1), sxy / np.maximum(sxx, 1e-12), 0.0)
+    nights = np.zeros(n, dtype=np.int32)
+    new_night = np.ones(len(obj), dtype=bool)
+    new_night[1:] = (obj[1:] != obj[:-1]) | (np.diff(mjd) > 0.5)
+    np.add.at(nights, local, new_night.astype(np.int32))
+    keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
+    return Snapshot(t, cand[keep].astype(np.int64), associator.obj_ra.view[cand[keep]].copy(),
+                    associator.obj_dec.view[cand[keep]].copy(), latest[keep],
+                    np.clip(slope[keep], -5, 5), first[keep], ndet[cand[keep]].astype(np.int32),
+                    nights[keep], obj_prob[cand[keep]].copy())
+
+
+@dataclass
+class SpecState:
+    device: str
+    site: str
+    spec: object  # observatory.arrayconfig.Spectrograph
+    is_open: bool = False
+    busy: dict | None = None  # the spectrum in progress
+    ra_deg: float | None = None
+    dec_deg: float | None = None
+    next_decision: float = -math.inf
+    used_s: float = 0.0  # tonight
+
+
+@dataclass
+class FollowupRecord:
+    """One spectrum as the brain records it (the shell adds truth and reward)."""
+
+    target_id: str
+    object_id: int
+    telescope: str
+    t_cmd: float
+    t_start: float
+    t_end: float
+    mag: float
+    predicted_class: str
+    p_predicted: float
+    label: str | None = None
+    before_peak: bool = False
+    status: str = "pending"  # pending, done, failed, aborted
+
+
+class FollowupManager:
+    def __init__(self, config, policy, seed: int = 0):
+        self.config = config
+        self.settings = config.followup
+        self.policy = policy
+        self.specs = {f"{s.site}.spec": SpecState(f"{s.site}.spec", s.site, s)
+                      for s in config.spectrographs}
+        self.snapshot: Snapshot | None = None
+        self.taken: set[int] = set()  # objects observed or being observed
+        self.labels: dict[int, str] = {}
+        self.records: dict[str, FollowupRecord] = {}
+        self._cmd_target: dict[str, str] = {}
+        self._seq = itertools.count(1)
+        self._date: str | None = None
+        self.n_decisions = 0
+        # What the loop needs to re-run the manager without the survey.
+        self.stream = Stream()
+        self.record = True
+        self._min_alt = config.limits.min_alt_deg + self.settings.alt_margin_deg
+        self.max_mag = (max((s.label_limit_mag for s in config.spectrographs), default=21.5)
+                        + self.settings.faint_margin_mag)
+        self._reward = np.array([self.settings.reward.get(c, 0.0) for c in CLASSES])
+        self._dark: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        # Operator requests (brain.planner.tools): offered first and taken whenever observable;
+        # cancelled objects are never offered to the policy.
+        self.requested: list[int] = []
+        self.vetoed: set[int] = set()
+
+    # After a restart ---------------------------------------------------------------
+    def restore(self, spectra: list[dict], object_ids: np.ndarray, date: str) -> int:
+        """Take back the spectra an earlier daemon session commanded (from its journal):
+        their objects are not offered again, labels are known, tonight's spectra count
+        against each telescope's nightly budget, and target ids continue after the last.
+        ``spectra``: dicts with ``device, target_id, t_sent, t_end, status, label,
+        night`` (the night's date); ``object_ids``: each one's object in the rebuilt
+        association, -1 where none matches. A spectrum that failed gives its object
+        back. Returns how many objects are taken."""
+        top = 0
+        for sp, oid in zip(spectra, object_ids, strict=True):
+            tail = str(sp["target_id"]).rsplit("-", 1)[-1]
+            if tail.isdigit():
+                top = max(top, int(tail))
+            st = self.specs.get(sp["device"])
+            status = {"done": "done", "failed": "failed", "refused": "failed"}.get(
+                sp["status"], "unknown")
+            if st is not None and sp["night"] == date and status != "failed":
+                st.used_s += max(0.0, float(sp["t_end"] or sp["t_sent"]) - sp["t_sent"])
+            if oid < 0:
+                continue
+            rec = FollowupRecord(sp["target_id"], int(oid), sp["device"], sp["t_sent"],
+                                 sp["t_sent"], float(sp["t_end"] or sp["t_sent"]),
+                                 math.nan, "unknown", math.nan, sp.get("label"))
+            rec.status = status
+            self.records[sp["target_id"]] = rec
+            if status != "failed":
+                self.taken.add(int(oid))
+            if sp.get("label"):
+                self.labels[int(oid)] = sp["label"]
+        self._seq = itertools.count(top + 1)
+        self._date = date
+        return len(self.taken)
+
+    def request(self, object_id: int) -> None:
+        self.vetoed.discard(object_id)
+        if object_id not in self.requested and object_id not in self.taken:
+            self.requested.append(object_id)
+
+    def cancel(self, object_id: int) -> None:
+        if object_id in self.requested:
+            self.requested.remove(object_id)
+        self.vetoed.add(object_id)
+
+    # Inputs ------------------------------------------------------------------------
+    def update(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        if self.record:
+            self.stream.snapshots.append(snapshot)
+
+    def on_reply(self, ev: Done | Failed) -> None:
+        tid = self._cmd_target.pop(ev.cmd_id, None)
+        if tid is None:
+            return  # open/close/park acknowledgements, or a reply after an abort
+        rec = self.records[tid]
+        st = self.specs[rec.telescope]
+        planned_end = st.busy["t_end"]  # a reply with a known command: its spectrum is busy
+        st.busy = None
+        if isinstance(ev, Done):
+            rec.status = "done"
+            rec.t_start = float(ev.result.get("t_start", rec.t_start))
+            rec.t_end = float(ev.result.get("t_end", ev.t))
+            rec.label = ev.result.get("label")
+            rec.before_peak = bool(ev.result.get("before_peak", False))
+            if rec.label is not None:
+                self.labels[rec.object_id] = rec.label
+        else:
+            # Refused (below the limit, busy, closed): the time was not spent, and the
+            # object is not offered again.
+            rec.status, rec.t_end = "failed", ev.t
+            st.used_s -= max(0.0, planned_end - ev.t)
+            st.next_decision = ev.t
+
+    # Every minute -------------------------------------------------------------------
+    def tick(self, t: float, open_sites: dict[str, bool], night) -> list[Command]:
+        cmds = self.open_close(t, open_sites, night)
+        gen = self.decisions(t, night)
+        try:
+            _dev, table, _rows = next(gen)
+            while True:
+                _dev, table, _rows = gen.send(self.policy.choose(table))
+        except StopIteration as stop:
+            return cmds + stop.value
+
+    def decisions(self, t: float, night):
+        """For each free telescope with candidates, yield (device, table, rows) and take
+        the policy's choice sent back; returns the commands. The shells drive it with
+        their policy (``tick``); ``FollowupLoop`` lets an agent answer instead."""
+        cmds: list[Command] = []
+        for dev in self.ready(t):
+            table, rows = self.candidates_for(dev, t, night)
+            if table.n and int(table.object_id[0]) in self.requested:
+                choice = 0  # the operator's request goes first (candidates_for)
+                self.requested.remove(int(table.object_id[0]))
+            else:
+                choice = (yield dev, table, rows) if table.n else WAIT
+            cmds += self.act(dev, t, table, rows, choice)
+        return cmds
+
+    def open_close(self, t: float, open_sites: dict[str, bool], night) -> list[Command]:
+        if night.date != self._date:
+            self._date = night.date
+            for st in self.specs.values():
+                st.used_s = 0.0
+        if self.record:
+            self.stream.ticks.append((t, night.date, tuple(
+                bool(open_sites.get(st.site, False)) for st in self.specs.values())))
+        cmds = []
+        for st in self.specs.values():
+            want = bool(open_sites.get(st.site, False))
+            if want and not st.is_open:
+                st.is_open = True
+                st.next_decision = -math.inf
+                cmds.append(Command(st.device, "open", deadline=t + 120))
+            elif st.is_open and not want:
+                st.is_open = False
+                if st.busy is not None:
+                    rec = self.records[st.busy["target_id"]]
+                    rec.status, rec.t_end = "aborted", t
+                    st.used_s -= max(0.0, st.busy["t_end"] - t)
+                    self._cmd_target.pop(st.busy["cmd_id"], None)
+                    self.taken.discard(rec.object_id)  # may be tried again
+                    st.busy = None
+                cmds += [Command(st.device, n, deadline=t + 180) for n in ("close", "park")]
+                st.ra_deg = st.dec_deg = None
+        return cmds
+
+    def ready(self, t: float) -> list[str]:
+        budget = self.settings.max_hours_per_night
+        return [d for d, st in self.specs.items()
+                if st.is_open and st.busy is None and t >= st.next_decision
+                and (budget is None or st.used_s < budget * 3600)]
+
+    def candidates_for(self, device: str, t: float, night):
+        """The CandidateTable of ``device`` at ``t`` and the snapshot rows behind it.
+
+        A policy with a ``max_candidates`` attribute is offered only that many: the
+        observable candidates of highest priority (expected reward x label chance per
+        hour of acquisition and exposure, which does not depend on the telescope)."""
+        st = self.specs[device]
+        eph = night.sites[st.site]
+        snap = self.snapshot
+        night_left = self._dark_left(eph, t)
+        budget = self.settings.max_hours_per_night
+        budget_left = (math.inf if budget is None else budget * 3600 - st.used_s)
+        if snap is None or snap.n == 0:
+            return empty_table(night_left, budget_left), np.zeros(0, dtype=np.int64)
+        limit = getattr(self.policy, "max_candidates", None)
+        order = self._priority_order(st.spec) if limit else np.arange(snap.n)
+        if self.taken or self.vetoed:
+            order = order[~np.isin(snap.object_id[order],
+                                   np.fromiter(self.taken | self.vetoed, np.int64))]
+        if self.requested:  # operator requests first, in the order asked
+            ids = snap.object_id[order]
+            first = [np.flatnonzero(ids == o) for o in self.requested]
+            first = np.concatenate(first) if first else np.zeros(0, dtype=np.int64)
+            order = np.concatenate([order[first], np.delete(order, first)])
+        if limit:
+            # Scan in priority order until enough observable candidates are found.
+            found, count, a, step = [], 0, 0, 8 * limit
+            while a < order.size and count < limit:
+                rows = self._observable(st, eph, t, order[a:a + step], night_left, budget_left)
+                found.append(rows)
+                count += rows.size
+                a, step = a + step, 2 * step
+            rows = np.concatenate(found)[:limit] if found else order[:0]
+        else:
+            rows = self._observable(st, eph, t, order, night_left, budget_left)
+        return self._table(st, eph, t, rows, night_left, budget_left), rows
+
+    def _priority_order(self, spec) -> np.ndarray:
+        snap = self.snapshot
+        if getattr(self, "_order_snap", None) is not snap:
+            self._order_snap, self._orders = snap, {}
+        key = (spec.base_exposure_s, spec.reference_mag, spec.min_exposure_s,
+               spec.max_exposure_s, spec.acquisition_s, spec.label_limit_mag)
+        if key not in self._orders:
+            cost = exposure_s(spec, snap.mag) + spec.acquisition_s
+            prio = (snap.prob @ self._reward) * label_probability(
+                snap.mag, spec.label_limit_mag) / cost
+            self._orders[key] = np.argsort(-prio, kind="stable")
+        return self._orders[key]
+
+    def _move_s(self, st, eph, t, ra, dec) -> np.ndarray:
+        """Slew + settle + acquisition (s) from the telescope's pointing (zenith: parked)."""
+        if st.ra_deg is None:
+            ra0, dec0 = float(eph.lst_deg(t)), eph.site.lat_deg
+        else:
+            ra0, dec0 = st.ra_deg, st.dec_deg
+        here = unit_vectors(np.array([ra0]), np.array([dec0]))[0]
+        sep = np.degrees(np.arccos(np.clip(unit_vectors(ra, dec) @ here, -1, 1)))
+        return move_time_s(sep, SPEC_MOUNT) + st.spec.acquisition_s
+
+    def _observable(self, st, eph, t, rows, night_left, budget_left) -> np.ndarray:
+        """The snapshot rows this telescope can observe now: above the limit (with the
+        margin) from the end of acquisition to the end of the exposure, away from a risen
+        moon, finished before dawn and within the budget."""
+        if rows.size == 0:
+            return rows
+        snap = self.snapshot
+        ra, dec = snap.ra_deg[rows], snap.dec_deg[rows]
+        t_start = t + self._move_s(st, eph, t, ra, dec)
+        t_end = t_start + exposure_s(st.spec, snap.mag[rows])
+        lim = self._min_alt
+        ok = ((target_alt_deg(eph, ra, dec, t_start) >= lim)
+              & (target_alt_deg(eph, ra, dec, t_end) >= lim)
+              & (t_end <= t + min(night_left, budget_left)))
+        if eph.moon_alt(t) > 0:
+            ok &= np.degrees(np.arccos(np.clip(unit_vectors(ra, dec) @ eph.moon_vec(t), -1, 1))) \
+                >= self.config.limits.min_moon_sep_deg
+        return rows[ok]
+
+    def _table(self, st, eph, t, rows, night_left, budget_left) -> CandidateTable:
+        if rows.size == 0:
+            return empty_table(night_left, budget_left)
+        snap = self.snapshot
+        ra, dec, mag = snap.ra_deg[rows], snap.dec_deg[rows], snap.mag[rows]
+        prob = snap.prob[rows]
+        return CandidateTable(
+            object_id=snap.object_id[rows], ra_deg=ra, dec_deg=dec, mag=mag,
+            slope_mag_per_day=snap.slope_mag_per_day[rows],
+            age_days=np.maximum(float(unix_to_mjd(t)) - snap.first_mjd[rows], 0.0),
+            n_det=snap.n_det[rows], n_nights=snap.n_nights[rows], prob=prob,
+            alt_deg=target_alt_deg(eph, ra, dec, t), move_s=self._move_s(st, eph, t, ra, dec),
+            exposure_s=exposure_s(st.spec, mag), window_s=self._window(eph, ra, dec, t,
+                                                                       night_left),
+            p_label=label_probability(mag, st.spec.label_limit_mag),
+            expected_reward=prob @ self._reward, night_left_s=night_left,
+            budget_left_s=budget_left)
+
+    def act(self, device: str, t: float, table: CandidateTable, rows, choice: int
+            ) -> list[Command]:
+        st = self.specs[device]
+        self.n_decisions += 1
+        if choice == WAIT or not (0 <= choice < table.n):
+            st.next_decision = t + self.settings.wait_s
+            return []
+        snap = self.snapshot
+        row = rows[choice]
+        oid = int(snap.object_id[row])
+        tid = f"{device}-{next(self._seq):06d}"
+        seconds = float(table.exposure_s[choice])
+        t_end = t + float(table.move_s[choice]) + seconds
+        k = int(np.argmax(snap.prob[row]))
+        cmd = Command(device, "spectrum",
+                      {"ra_deg": float(snap.ra_deg[row]), "dec_deg": float(snap.dec_deg[row]),
+                       "seconds": seconds, "target_id": tid, "object_id": f"o{oid:07d}"},
+                      deadline=t_end + 600)
+        self.records[tid] = FollowupRecord(tid, oid, device, t, t, t_end,
+                                           float(snap.mag[row]), CLASSES[k],
+                                           float(snap.prob[row, k]))
+        self._cmd_target[cmd.cmd_id] = tid
+        st.busy = {"target_id": tid, "cmd_id": cmd.cmd_id, "t_end": t_end}
+        st.used_s += t_end - t
+        st.ra_deg, st.dec_deg = float(snap.ra_deg[row]), float(snap.dec_deg[row])
+        self.taken.add(oid)
+        return [cmd]
+
+    # Sky -----------------------------------------------------------------------------
+    def _dark_left(self, eph, t: float) -> float:
+        """Seconds of astronomical darkness left at the site after ``t``."""
+        key = (self._date, eph.site.id)
+        if key not in self._dark:
+            self._dark[key] = eph.dark_intervals(self.config.limits.max_sun_alt_deg)
+        for t0, t1 in self._dark[key]:
+            if t0 <= t < t1:
+                return t1 - t
+        return 0.0
+
+    def _window(self, eph, ra, dec, t, night_left) -> np.ndarray:
+        """Seconds each target stays above the altitude limit tonight (from its hour
+        angle: the target sets when it reaches the hour angle of the limit)."""
+        lat = eph.lat_rad
+        d = np.radians(dec)
+        cos_h = ((math.sin(math.radians(self._min_alt)) - math.sin(lat) * np.sin(d))
+                 / np.maximum(math.cos(lat) * np.cos(d), 1e-9))
+        h_lim = np.degrees(np.arccos(np.clip(cos_h, -1, 1)))  # 180: never sets
+        ha = (eph.lst_deg(t) - ra + 180.0) % 360.0 - 180.0
+        left = np.where(h_lim >= 180.0, np.inf, (h_lim - ha) / SIDEREAL_DEG_S)
+        return np.clip(left, 0.0, night_left)
+
+
+def empty_table(night_left: float, budget_left: float) -> CandidateTable:
+    z = np.zeros(0)
+    return CandidateTable(z.astype(np.int64), z, z, z, z, z, z, z, np.zeros((0, len(CLASSES))),
+                          z, z, z, z, z, z, night_left, budget_left)
+
+
+
+@dataclass
+class Stream:
+    """What the follow-up manager heard during a run: every snapshot and, every minute,
+    the date and which sites were open. Enough to re-run the manager alone."""
+
+    snapshots: list[Snapshot] = field(default_factory=list)
+    ticks: list[tuple[float, str, tuple[bool, ...]]] = field(default_factory=list)
+
+    def save(self, path) -> None:
+        arrays = {"tick_t": np.array([x[0] for x in self.ticks]),
+                  "tick_date": np.array([x[1] for x in self.ticks]),
+                  "tick_open": np.array([x[2] for x in self.ticks], dtype=bool),
+                  "snap_t": np.array([s.t for s in self.snapshots]),
+                  "snap_n": np.array([s.n for s in self.snapshots], dtype=np.int64)}
+        for f in Snapshot.FIELDS:
+            parts = [getattr(s, f) for s in self.snapshots]
+            arrays[f"snap_{f}"] = (np.concatenate(parts) if parts else
+                                   getattr(Snapshot.empty(0.0), f))
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path) -> Stream:
+        with np.load(path) as z:
+            out = cls()
+            out.ticks = [(float(t), str(d), tuple(bool(x) for x in o)) for t, d, o in
+                         zip(z["tick_t"], z["tick_date"], z["tick_open"], strict=True)]
+            bounds = np.concatenate([[0], np.cumsum(z["snap_n"])])
+            cols = {f: z[f"snap_{f}"] for f in Snapshot.FIELDS}
+            for k, t in enumerate(z["snap_t"]):
+                a, b = bounds[k], bounds[k + 1]
+                out.snapshots.append(Snapshot(float(t), *(cols[f][a:b] for f in
+                                                          Snapshot.FIELDS)))
+        return out
+
+
+def followup_rows(manager: FollowupManager, log: list[dict]) -> list[dict]:
+    """One row per finished spectrum (followups.csv), the brain's record joined with the
+    simulator's truth, and its science reward."""
+    truth = {e["target_id"]: e for e in log}
+    s = manager.settings
+    rows = []
+    for tid, rec in manager.records.items():
+        if rec.status != "done":
+            continue
+        e = truth.get(tid, {})
+        true_class = e.get("true_class")
+        before = bool(e.get("before_peak", False))
+        rows.append({"target_id": tid, "object_id": f"o{rec.object_id:07d}",
+                     "telescope": rec.telescope, "t_start": rec.t_start, "t_end": rec.t_end,
+                     "mag": rec.mag, "predicted_class": rec.predicted_class,
+                     "p_predicted": rec.p_predicted,
+                     "true_class": true_class if true_class is not None else "bogus",
+                     "label": rec.label or "", "before_peak": before,
+                     "reward": science_reward(true_class, rec.label, before, s.reward,
+                                              s.before_peak_factor),
+                     "_hours": (rec.t_end - rec.t_cmd) / 3600.0})
+    return rows
+
+
+def followup_summary(manager: FollowupManager, rows: list[dict], ticks=None) -> dict:
+    """The ``followup`` keys of metrics.json (``ticks``: the stream's minutes, when the
+    manager re-ran over a recorded stream instead of recording one)."""
+    hours = sum(r["_hours"] for r in rows) + sum(
+        (rec.t_end - rec.t_cmd) / 3600.0 for rec in manager.records.values()
+        if rec.status == "aborted")
+    reward = float(sum(r["reward"] for r in rows))
+    ticks = manager.stream.ticks if ticks is None else ticks
+    dark_h = sum(sum(o) for _t, _d, o in ticks) / 60.0
+    confirmed: dict[str, int] = {}
+    for r in rows:
+        if r["label"] and r["label"] == r["true_class"]:
+            confirmed[r["label"]] = confirmed.get(r["label"], 0) + 1
+    statuses = [rec.status for rec in manager.records.values()]
+    return {"spectra": len(rows), "hours": hours, "reward": reward,
+            "reward_per_hour": reward / hours if hours > 0 else None,
+            "confirmed": dict(sorted(confirmed.items())),
+            "labelled": sum(1 for r in rows if r["label"]),
+            "before_peak": sum(1 for r in rows if r["before_peak"] and r["reward"] > 0),
+            "aborted": statuses.count("aborted"), "refused": statuses.count("failed"),
+            "open_hours": dark_h,
+            "reward_per_open_hour": reward / dark_h if dark_h > 0 else None,
+            "decisions": manager.n_decisions}

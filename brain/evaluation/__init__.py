@@ -1,0 +1,1 @@
+"""Offline scoring and training: survey metrics of a run, policy training and evaluation."""

@@ -1,0 +1,276 @@
+"""Training and evaluation of target-selection policies over the fast shell, on Ray.
+
+* ``record`` runs the fast shell for one seed and keeps what follow-up needs: the
+  environment (sky, weather) and the candidate ``Stream`` (brain.core.followup).
+* ``train_policy`` records the training nights as Ray tasks, then trains the RL policy
+  with RLlib PPO on ``policies.env.FollowupEnv`` and exports the network to
+  ``policies/artifacts/policy`` (loaded at run time without RLlib).
+* ``evaluate`` runs seeds as Ray tasks: each task simulates the night(s) once and
+  replays every policy's follow-up over the same candidate stream, so all policies face
+  the same sky, weather and candidates.
+
+Seeds: training uses 1001-1008 (validation 2001-2004); evaluation uses 9001 and up.
+They never overlap (``check_seeds``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from brain.config import config_from_dict
+from brain.core.followup import followup_rows, followup_summary
+from brain.evaluation.followup_replay import FollowupLoop, Stream
+from brain.evaluation.survey_metrics import run_metrics
+from brain.ops.hosting import connect
+from brain.shells.fast import make_environment, simulate
+from brain.shells.runfiles import EVALUATION_COLUMNS
+from observatory.sky import AreaLattice, FieldGrid
+from observatory.visibility import NightCache
+from policies.env import FollowupEnv
+from policies.followup import GreedyPolicy, make_policy
+from policies.rl import OBS_SIZE, RLPolicy
+from simulator.environment import Environment
+
+TRAIN_SEEDS = tuple(range(1001, 1009))
+VALID_SEEDS = tuple(range(2001, 2005))
+TRAIN_DATES = ("2026-11-20", "2026-12-05", "2027-01-10", "2027-02-08")
+
+
+def check_seeds(seeds) -> None:
+    bad = sorted(set(seeds) & (set(TRAIN_SEEDS) | set(VALID_SEEDS)))
+    if bad:
+        raise ValueError(f"seeds {bad[0]}..{bad[-1]} are training seeds; evaluate on others "
+                         f"(e.g. 9001..9008)")
+
+
+def _grid_cache(config, nights):
+    grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
+    return NightCache(config, grid, keep=nights + 1)
+
+
+def record(config, seed: int, start: str, nights: int, out_dir: Path | None = None,
+           survey_metrics: bool = True):
+    """Simulate and return (env, stream, survey metrics, night cache); with ``out_dir``,
+    save the environment and the stream there. Training needs no survey metrics."""
+
+    cache = _grid_cache(config, nights)
+    env = make_environment(config, seed, start, nights, "climate", cache)
+    result = simulate(config, env, cache=cache, policy=GreedyPolicy())
+    stream = result.core.followup.stream
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        env.save(out_dir)
+        stream.save(out_dir / "stream.npz")
+    if not survey_metrics:
+        return env, stream, {}, cache
+
+    m, *_ = run_metrics(result, "greedy", config.name, AreaLattice(cache.grid))
+    survey = {"coverage_deg2_per_30min": m["survey"]["coverage_deg2_per_30min"]["median"],
+              "macro_f1": m["classifier"]["macro_f1"]}
+    return env, stream, survey, cache
+
+
+def replay_followup(config, env, stream, cache, policy):
+    """The follow-up of ``policy`` over a recorded stream: (metrics, rows)."""
+
+    loop = FollowupLoop(config, stream, env.population, env.seed, cache)
+    manager = loop.run(policy)
+    rows = followup_rows(manager, loop.spectro.log)
+    return followup_summary(manager, rows, stream.ticks), rows
+
+
+def evaluate_seed(config_data: dict, seed: int, start: str, nights: int,
+                  policies: list[str]) -> list[dict]:
+    """One evaluation task: simulate once, then every policy's follow-up."""
+
+    config = config_from_dict(config_data)
+    env, stream, survey, cache = record(config, seed, start, nights)
+    rows = []
+    for name in policies:
+        t0 = time.perf_counter()
+        m, _ = replay_followup(config, env, stream, cache, make_policy(name, seed))
+        rows.append({"policy": name, "seed": seed, "spectra": m["spectra"],
+                     "hours": m["hours"], "reward": m["reward"],
+                     "reward_per_hour": m["reward_per_hour"],
+                     "coverage_deg2_per_30min": survey["coverage_deg2_per_30min"],
+                     "macro_f1": survey["macro_f1"],
+                     "reward_per_open_hour": m["reward_per_open_hour"],
+                     "before_peak": m["before_peak"], "labelled": m["labelled"],
+                     "followup_seconds": time.perf_counter() - t0})
+    return rows
+
+
+# Training ----------------------------------------------------------------------------
+class StreamLoops:
+    """Builds a ``FollowupLoop`` over one of the recorded streams (chosen by the env's
+    random generator); loads streams and ephemerides lazily, once per worker process."""
+
+    def __init__(self, dirs: list[str]):
+        self.dirs = [str(d) for d in dirs]
+        self._cache = {}
+
+    def _load(self, d: str):
+        if d not in self._cache:
+
+            env = Environment.load(Path(d))
+            config = config_from_dict(env.config)
+            if "night_cache" not in self._cache:
+                self._cache["night_cache"] = _grid_cache(config, 63)
+            self._cache[d] = (config, env, Stream.load(Path(d) / "stream.npz"))
+        return self._cache[d]
+
+    def __call__(self, rng):
+        d = self.dirs[int(rng.integers(len(self.dirs)))]
+        config, env, stream = self._load(d)
+        loop = FollowupLoop(config, stream, env.population, env.seed,
+                            self._cache["night_cache"], credit_at_decision=True)
+        loop.manager.policy = _Shortlist(RLPolicy.max_candidates)
+        return loop
+
+
+class _Shortlist:
+    """Stands in for the policy inside the loop: asks for the RL shortlist."""
+
+    def __init__(self, k: int):
+        self.max_candidates = k
+
+
+def record_streams(config, seeds, dates, out_root: Path, progress: bool = True) -> list[Path]:
+    """Record one single-night stream per seed (dates cycled) as Ray tasks."""
+    import ray  # lazy: heavy optional library
+
+    connect()
+    todo, dirs = [], []
+    task = ray.remote(num_cpus=1)(_record_task)
+    for k, seed in enumerate(seeds):
+        d = out_root / f"seed-{seed}"
+        dirs.append(d)
+        if (d / "stream.npz").is_file():
+            continue
+        todo.append(task.remote(config.model_dump(mode="json"), seed, dates[k % len(dates)],
+                                str(d)))
+    for k, ref in enumerate(todo):
+        ray.get(ref)
+        if progress:
+            print(f"recorded {k + 1}/{len(todo)} training nights", flush=True)
+    return dirs
+
+
+def _record_task(config_data, seed, start, out_dir):
+    record(config_from_dict(config_data), seed, start, 1, Path(out_dir), survey_metrics=False)
+    return out_dir
+
+
+def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
+                 seeds=TRAIN_SEEDS, progress: bool = True, seed: int = 0) -> dict:
+    """Record the training nights, train PPO, export the network; returns the report."""
+    import torch  # lazy: heavy optional library
+    from ray.rllib.algorithms.ppo import PPOConfig  # lazy: heavy optional library
+
+    t0 = time.time()
+    dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress)
+    t_record = time.time() - t0
+    connect()
+    torch.manual_seed(seed)
+    algo_config = (
+        PPOConfig()
+        .environment(FollowupEnv, env_config={"make_loop": StreamLoops(dirs)})
+        .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
+                     rollout_fragment_length="auto")
+        .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=3000,
+                  minibatch_size=300, num_epochs=8, entropy_coeff=0.005, clip_param=0.2,
+                  vf_clip_param=100.0)
+        .rl_module(model_config={"fcnet_hiddens": [64, 64], "fcnet_activation": "tanh",
+                                 "vf_share_layers": False})
+        .debugging(seed=seed)
+    )
+    algo = algo_config.build_algo()
+    history = []
+    for it in range(iterations):
+        res = algo.train()
+        ret = res.get("env_runners", {}).get("episode_return_mean")
+        history.append(None if ret is None else float(ret))
+        if progress:
+            print(f"iteration {it + 1}/{iterations}: mean night reward "
+                  f"{'n/a' if ret is None else f'{ret:.1f}'}", flush=True)
+    module = algo.get_module()
+    policy = export_module(module)
+    algo.stop()
+    report = {"iterations": iterations, "train_seeds": list(seeds),
+              "train_dates": list(TRAIN_DATES), "episode_return_mean": history,
+              "record_seconds": round(t_record), "seconds": round(time.time() - t0)}
+    policy.save(out_dir, report)
+    return report
+
+
+def export_module(module):
+    """The actor's MLP (encoder + policy head) of an RLlib PPO torch module as numpy
+    layers; checked against the module's own forward pass."""
+    import torch  # lazy: heavy optional library
+
+    sd = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    enc = sorted((k for k in sd if "encoder" in k and "critic" not in k and k.endswith("weight")),
+                 key=_layer_index)
+    head = sorted((k for k in sd if k.startswith("pi.") and k.endswith("weight")),
+                  key=_layer_index)
+    layers = [(sd[k].T.copy(), sd[k[:-len("weight")] + "bias"].copy()) for k in enc + head]
+    policy = RLPolicy(layers, "tanh")
+    x = np.random.default_rng(0).normal(0, 0.5, (32, OBS_SIZE)).astype(np.float32)
+    with torch.no_grad():
+        out = module.forward_inference({"obs": torch.from_numpy(x)})
+    ref = out["action_dist_inputs"].numpy()
+    got = np.stack([policy.logits(r) for r in x])
+    if not np.allclose(ref, got, atol=1e-4):
+        raise RuntimeError("exported network differs from the RLlib module "
+                           f"(max error {np.abs(ref - got).max():.2e}; layers {enc + head})")
+    return policy
+
+
+def _layer_index(key: str):
+    return [int(x) for x in re.findall(r"\d+", key)]
+
+
+def write_evaluation(out_dir: Path, rows: list[dict]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "evaluation.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(EVALUATION_COLUMNS)
+        for r in rows:
+            w.writerow([r[c] if not isinstance(r[c], float) else f"{r[c]:.6g}"
+                        for c in EVALUATION_COLUMNS])
+    (out_dir / "evaluation.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return path
+
+
+def evaluate_many(config, seeds, start: str, nights: int, policies: list[str],
+                  progress: bool = True) -> list[dict]:
+    """Every seed as a Ray task (each simulates once and replays every policy)."""
+    import ray  # lazy: heavy optional library
+
+    check_seeds(seeds)
+    connect()
+    task = ray.remote(num_cpus=1)(evaluate_seed)
+    data = config.model_dump(mode="json")
+    refs = {task.remote(data, s, start, nights, list(policies)): s for s in seeds}
+    rows, pending = [], list(refs)
+    bar = None
+    if progress:
+
+        bar = tqdm(total=len(refs), unit="seed", desc="evaluating", leave=False, disable=None)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        rows += ray.get(done[0])
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    order = {p: k for k, p in enumerate(policies)}
+    return sorted(rows, key=lambda r: (order[r["policy"]], r["seed"]))

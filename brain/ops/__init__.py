@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, night jobs, reports, alerts and Ray hosting."""

@@ -1,0 +1,1 @@
+"""The LLM planner: engine, prompts, tuning, tool schemas and the operators' API."""

@@ -1,0 +1,637 @@
+"""The daemon shell (``brain run``): the brain core on a clock, behind SBP1.
+
+Same core as the fast shell (ARCHITECTURE.md: no second scheduler); what differs is
+around it. Devices come and go over ZeroMQ (:class:`drivers.link.BrainLink`); the core
+schedules only groups whose three telescopes are up. Every command is journalled before
+it is sent and every device event before the core acts on it (:class:`Journal`). Each
+command passes :meth:`BrainCore.guard` last: a refusal names its rule, is journalled and
+counted (``sitian_safety_vetoes_total{rule}``), and comes back to the core as ``FAILED
+unsafe``. Safety is reviewed every ``SAFETY_EVERY_S`` of world time as well as on each
+weather report, and the clock ticks each minute of world time as in the fast shell.
+
+On start the daemon recovers the journal: commands left in flight are marked ``unknown``
+(non-idempotent, never resent) or ``lost``; the scheduler's visits, the detections and the
+exposure counter are read back, so the night continues where it stopped. It comes up
+safe: every site starts closed and opens only on fresh, safe weather.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from brain.config import BrainConfig
+from brain.core.association import DetectionBatch
+from brain.core.braincore import BrainCore
+from brain.core.events import (
+    Command,
+    DetectionsEvent,
+    DeviceState,
+    Done,
+    Failed,
+    Operator,
+    Tick,
+    Weather,
+    set_command_prefix,
+)
+from brain.core.followup import FollowupManager
+from brain.ops.alerts import AlertSink, classification_alerts, followup_alert
+from brain.ops.hosting import connect, start_classifier, start_policy
+from brain.ops.nightjobs import NightJobs, current_classifier
+from brain.ops.prometheus import DaemonMetrics, MetricsServer
+from brain.planner.api import desk, start_api
+from brain.planner.tools import TOOLS, Validator, parse_call
+from brain.shells.journal import Journal
+from drivers.clock import WorldClock
+from drivers.link import (
+    BrainLink,
+    CommandDone,
+    CommandFailed,
+    DeviceDown,
+    DeviceEvent,
+    DeviceSpec,
+    DeviceUp,
+    LateReply,
+)
+from observatory.ephemeris import night_date
+from observatory.taxonomy import TRANSIENTS
+from observatory.times import unix_to_mjd
+from observatory.visibility import airmass
+from policies.classifier import TransientClassifier
+from policies.followup import make_policy
+
+log = logging.getLogger("brain.shells.daemon")
+
+TICK_S = 60.0
+SAFETY_EVERY_S = 5.0
+ALERTS_PER_TURN = 10
+
+
+def device_specs(config: BrainConfig) -> dict[str, DeviceSpec]:
+    """Every device the configuration knows (CONTRACTS.md ids)."""
+    specs = {}
+    for g in config.groups:
+        for b in config.camera.bands:
+            specs[g.telescope(b)] = DeviceSpec("telescope", g.site, g.number, b)
+    for s in config.sites:
+        specs[f"{s.id}.wx"] = DeviceSpec("weather", s.id)
+    for sp in config.spectrographs:
+        specs[f"{sp.site}.spec"] = DeviceSpec("spectrograph", sp.site)
+    return specs
+
+
+class Daemon:
+    def __init__(self, config: BrainConfig, journal: str | Path, clock: WorldClock | None = None,
+                 router: str = "tcp://127.0.0.1:5550", pub: str | None = "tcp://127.0.0.1:5551",
+                 security: str = "none", keys_dir: str | None = None, policy=None,
+                 classifier=None, registry=None, heartbeat_s: float = 1.0,
+                 failsafe_s: float = 60.0, seed: int = 0):
+        self.config = config
+        self.clock = clock or WorldClock()
+        self.registry = registry
+        self.link = BrainLink(device_specs(config), router, pub, self.clock, heartbeat_s,
+                              failsafe_s, security, keys_dir, registry)
+        set_command_prefix(f"{self.link.session[:8]}-")
+        followup = None
+        if policy is not None and config.spectrographs:
+
+            followup = FollowupManager(config, policy, seed)
+        self.core = BrainCore(config, classifier=classifier, followup=followup,
+                              require_devices=True)
+        self.core.on_visit = self._on_visit
+        self.core._ensure_night(self.clock.now())  # ephemerides before the loop starts
+        _ = self.core.classifier  # and the model: loading it mid-night stalls the loop
+        # Classification (half-hourly, up to a second of CPU) runs on a worker thread so
+        # device outcomes keep being answered; its answer is applied on the loop.
+        self._classifying: list[tuple[float, Future]] = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="classify")
+        self.core.offload = lambda t, job: self._classifying.append(
+            (t, self._pool.submit(job)))
+        self.journal = Journal(journal)
+        self.recovered = self.journal.start_session(self.link.session, self.clock.now())
+        self._restore()
+        self._next_tick = -math.inf
+        self._next_safety = -math.inf
+        self._cmds: dict[str, Command] = {}  # in flight, for journalling the results
+        self._outbox: list[tuple[Command, float]] = []  # decided, not yet journalled/sent
+        self.vetoes: dict[str, int] = {}
+        self.stopping = False
+        self._run_wall0: float | None = None
+        # Operators (brain.planner.api): the planner's state goes to the desk actor, approved
+        # actions come back from it.
+        self.desk = None
+        self._next_desk = 0.0
+        self._next_push = 0.0
+        self._validator = None
+        self.nightjobs = None  # brain.ops.nightjobs.NightJobs, started by run_daemon
+        self.alerts = None  # brain.ops.alerts.AlertSink
+        self.metrics_server = None  # brain.ops.prometheus.MetricsServer, started by run_daemon
+        self._alert_queue: deque = deque()
+        self.metrics = None
+        if registry is not None:
+
+            self.metrics = DaemonMetrics(registry, self)
+
+    # Recovery --------------------------------------------------------------------
+    def _restore(self) -> None:
+        j, core = self.journal, self.core
+        for field_id, group, t_start in j.visits():
+            core.scheduler.add_observation(int(field_id), int(group), float(t_start))
+        core._obs_seq = j.max_obs_seq()
+        batches = [self._batch(arr) for _o, _p, _t, arr in j.iter_detections()]
+        batches = [b for b in batches if len(b)]
+        if batches:
+            core.associator.add(DetectionBatch.concat(batches))
+        n_taken = 0
+        spectra = j.spectra()
+        if core.followup is not None and spectra:
+
+            for sp in spectra:
+                sp["night"] = night_date(self.config, sp["t_sent"])
+            oids = core.associator.locate([sp["ra_deg"] for sp in spectra],
+                                          [sp["dec_deg"] for sp in spectra])
+            n_taken = core.followup.restore(spectra, oids,
+                                            night_date(self.config, self.clock.now()))
+        n_ops = 0
+        for t, tool, args in j.operator_actions():
+            # The operator's standing orders (held sites, paused groups, the region,
+            # follow-up requests) outlive a restart; the commands they gave were sent.
+            try:
+                core.handle(Operator(t, tool, args))
+                n_ops += 1
+            except ValueError as exc:
+                log.warning("journalled operator action %s not restored: %s", tool, exc)
+        if n_ops:
+            log.warning("restored %d operator actions from the journal", n_ops)
+        if any(self.recovered.values()) or batches:
+            log.warning("journal recovered: %s; %d visits, %d detection messages, "
+                        "%d spectra (%d objects taken)", self.recovered, len(j.visits()),
+                        len(batches), len(spectra), n_taken)
+
+    # Loop ------------------------------------------------------------------------
+    def run(self, until: float | None = None, max_wall_s: float | None = None) -> None:
+        """Serve until world time ``until``, ``max_wall_s`` of wall time, or a signal."""
+        t_wall0 = self._run_wall0 = time.monotonic()
+        self._run_cpu0 = time.process_time()
+        self.journal.session_loop_started(self.link.session, self.clock.now())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, lambda *_: setattr(self, "stopping", True))
+            except ValueError:  # not the main thread (tests): stop via .stopping
+                pass
+        try:
+            while not self.stopping:
+                now = self.clock.now()
+                if until is not None and now >= until:
+                    break
+                if max_wall_s is not None and time.monotonic() - t_wall0 > max_wall_s:
+                    break
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> None:
+        """One turn of the loop. Latency matters (a rehearsal at 100x turns each
+        millisecond into 0.1 s of telescope time), so: device outcomes and state first,
+        their commands journalled in one transaction and sent; then the safety review
+        and the minute tick; detections last (they wait for the next tick anyway)."""
+        turn0 = time.perf_counter()
+        now = self.clock.now()
+        wait_world = min(self._next_tick, self._next_safety) - now
+        timeout_ms = int(np.clip(self.clock.wall_s(wait_world) * 1e3, 0, 20))
+        detections = []
+        with self.journal.transaction():
+            events = self.link.poll(timeout_ms)
+            busy = bool(events)
+            for ev in events:
+                if isinstance(ev, DeviceEvent) and ev.name == "detections":
+                    detections.append(ev)
+                else:
+                    self._on_link(ev)
+        self._flush()
+        now = self.clock.now()
+        if now >= self._next_safety:
+            busy = True
+            self._next_safety = now + SAFETY_EVERY_S
+            self._send(self.core.review_safety(now), now)
+            self._flush()
+        if now >= self._next_tick:
+            busy = True
+            self._next_tick = now + TICK_S
+            with self.journal.transaction():  # the visits it schedules
+                self._send(self.core.handle(Tick(now)), now)
+            self._flush()
+        if detections:
+            with self.journal.transaction():
+                for ev in detections:
+                    self._on_event(ev)
+        if self.nightjobs is not None and self.nightjobs.step():
+            busy = True
+        if self._alert_queue and self._drain_alerts():
+            busy = True
+        if self.desk is not None and time.monotonic() >= self._next_desk:
+            self._serve_desk()
+        while self._classifying and self._classifying[0][1].done():
+            t_asked, fut = self._classifying.pop(0)
+            try:
+                cand, prob = fut.result()
+            except Exception as e:  # a broken model must not take the night down
+                log.error("classification asked at %.0f failed: %s: %s", t_asked,
+                          type(e).__name__, e)
+                continue
+            before = self._predicted(cand)
+            self.core.finish_classification(self.clock.now(), cand, prob)
+            if self.alerts is not None:
+                self._alert_classified(self.clock.now(), cand, prob, before)
+            if self.metrics is not None:
+                self.metrics.classified(prob)
+        if self.metrics is not None and busy:  # the turn, less the wait for the sockets
+            self.metrics.loop_lag.observe(max(0.0, time.perf_counter() - turn0
+                                              - self.link.last_wait_s))
+
+    # Operators -------------------------------------------------------------------
+    def attach_desk(self, desk) -> None:
+        self.desk = desk
+        self._validator = Validator(self.config)
+
+    def _serve_desk(self) -> None:
+        """Take approved actions (each validated again against the state now: the plan
+        was made on a state up to a few seconds old) and push a fresh state."""
+        import ray  # lazy: heavy optional library
+
+        wall = time.monotonic()
+        self._next_desk = wall + 0.25
+        try:
+            actions = ray.get(self.desk.take.remote(), timeout=2.0)
+        except Exception as exc:  # the desk restarting: try again on the next turn
+            log.warning("operator desk unavailable: %s", type(exc).__name__)
+            return
+        now = self.clock.now()
+        state = self.core.plan_state(now) if actions or wall >= self._next_push else None
+        for aid, tool, args in actions:
+            parsed, err = parse_call(tool, args)
+            problems = ([err] if err else [f"{tool} is not an action"]
+                        if not TOOLS[tool].moves_hardware else
+                        self._validator.check(tool, parsed, state, None))
+            if not problems:
+                args = parsed.model_dump()
+                try:
+                    with self.journal.transaction():
+                        self._send(self.core.handle(Operator(now, tool, args)), now)
+                        self.journal.event(now, "operator", tool, args)
+                except ValueError as exc:
+                    problems = [str(exc)]
+            if problems:
+                with self.journal.transaction():
+                    self.journal.event(now, "operator", "refused",
+                                       {"tool": tool, "args": args, "problems": problems})
+                self.desk.done.remote(aid, "; ".join(problems))
+                continue
+            self._flush()
+            self.desk.done.remote(aid, None)
+            if self.metrics is not None:
+                self.metrics.actions.inc(tool)
+            log.info("operator: %s %s", tool, args)
+        if actions:
+            state = self.core.plan_state(self.clock.now())
+        if state is not None:
+            self._next_push = wall + 2.0
+            self.desk.put_state.remote(state.to_dict())
+
+    # Alerts (brain.ops.alerts) ----------------------------------------------------------
+    def _predicted(self, cand: np.ndarray) -> np.ndarray:
+        """The objects' predicted class index before a new answer (-1: none yet)."""
+        prob = self.core.obj_prob
+        out = np.full(len(cand), -1)
+        known = cand < prob.shape[0]
+        if known.any() and prob.shape[1]:
+            rows = prob[cand[known]]
+            out[known] = np.where(rows.sum(axis=1) > 0, rows.argmax(axis=1), -1)
+        return out
+
+    def _alert_classified(self, t: float, cand: np.ndarray, prob: np.ndarray,
+                          before: np.ndarray) -> None:
+        """Announce the objects whose predicted class is new (first classification or a
+        change), likely enough, and (by default) a transient class."""
+
+        if not len(cand):
+            return
+        ops = self.config.ops
+        classes = list(self.core.classifier.classes)
+        pred = prob.argmax(axis=1)
+        keep = (pred != before) & (prob[np.arange(len(cand)), pred] >=
+                                   ops.alert_min_probability)
+        if ops.alert_transients_only:
+            keep &= np.isin(np.asarray(classes)[pred], TRANSIENTS)
+        if not keep.any():
+            return
+        self._alert_queue.extend(classification_alerts(t, cand[keep], prob[keep], classes,
+                                                       self.core.associator))
+
+    def _drain_alerts(self) -> bool:
+        """Emit up to ``ALERTS_PER_TURN`` queued alerts (about 1 ms each: a night's first
+        classification can announce thousands, which must not stall the loop)."""
+        n = min(len(self._alert_queue), ALERTS_PER_TURN)
+        for _ in range(n):
+            self._emit(self._alert_queue.popleft())
+        return n > 0
+
+    def _alert_followup(self, cmd: Command) -> None:
+        rec = self.core.followup.records.get(cmd.args.get("target_id"))
+        if rec is None:
+            return
+        try:
+            alert = followup_alert(cmd, rec)
+        except ValueError as exc:
+            log.error("follow-up alert for %s not made: %s", cmd.args.get("target_id"), exc)
+            return
+        self._emit(alert)
+
+    def _emit(self, alert) -> None:
+        ok = self.alerts.emit(alert) is not None
+        if self.metrics is not None:
+            self.metrics.alerts.inc(alert.kind, "emitted" if ok else "failed")
+
+    def close(self) -> None:
+        if self._run_wall0 is not None:
+            wall = time.monotonic() - self._run_wall0
+            self.journal.end_session(self.link.session, wall)
+            log.info("session %s: loop ran %.1f s wall, %.2f s CPU", self.link.session,
+                     wall, time.process_time() - self._run_cpu0)
+            if self.metrics_server is not None:
+                log.info("session %s: /metrics answered %d scrapes in %.3f s CPU",
+                         self.link.session, self.metrics_server.scrapes,
+                         self.metrics_server.cpu_s)
+        if self.nightjobs is not None:
+            self.nightjobs.close()
+        if self.alerts is not None:
+            while self._drain_alerts():  # what was announced internally goes out
+                pass
+            self.alerts.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.link.close()
+        self.journal.close()
+
+    # Link events -----------------------------------------------------------------
+    def _on_link(self, ev) -> None:
+        j, core = self.journal, self.core
+        if isinstance(ev, DeviceUp):
+            j.event(ev.t, ev.device, "up", ev.state)
+            self._send(core.handle(DeviceState(ev.t, ev.device, True)), ev.t)
+        elif isinstance(ev, DeviceDown):
+            j.event(ev.t, ev.device, "down", {"reason": ev.reason})
+            self._send(core.handle(DeviceState(ev.t, ev.device, False)), ev.t)
+        elif isinstance(ev, CommandDone):
+            cmd = self._cmds.pop(ev.cmd_id, None)
+            # The observation first: killed in between, the command stays 'sent', becomes
+            # 'unknown' on restart and the device's replay fills in (INSERT OR IGNORE).
+            if cmd is not None and cmd.name == "expose":
+                self._journal_observation(cmd, ev.result)
+            j.finish(ev.cmd_id, "done", ev.t, ev.result)
+            if cmd is not None and cmd.name == "spectrum":
+                j.followup(ev.cmd_id, cmd.args.get("target_id"), cmd.device, "done", ev.result)
+                if self.metrics is not None:
+                    self.metrics.spectrum("done", ev.result.get("label"),
+                                          bool(ev.result.get("before_peak", False)))
+            self._send(core.handle(Done(ev.t, ev.device, ev.cmd_id, ev.result)), ev.t)
+        elif isinstance(ev, CommandFailed):
+            self._failed(ev.t, ev.device, ev.cmd_id, ev.code, ev.message)
+        elif isinstance(ev, DeviceEvent):
+            self._on_event(ev)
+        elif isinstance(ev, LateReply):
+            row = j.reconcile(ev.cmd_id, ev.ok, ev.t, ev.body)
+            if row is not None and ev.ok and row["name"] == "expose":
+
+                cmd = Command(row["device"], "expose", json.loads(row["args"]), ev.cmd_id)
+                self._journal_observation(cmd, ev.body["result"])
+
+    def _failed(self, t, device, cmd_id, code, message) -> None:
+        cmd = self._cmds.pop(cmd_id, None)
+        status = ("unknown" if code == "unknown" or (code == "timeout" and cmd is not None
+                                                      and not cmd.idempotent) else
+                  "timeout" if code == "timeout" else "failed")
+        self.journal.finish(cmd_id, status, t, code=code, message=message)
+        if self.metrics is not None and cmd is not None and cmd.name == "spectrum":
+            self.metrics.spectrum("failed")
+        self._send(self.core.handle(Failed(t, device, cmd_id, code, message)), t)
+
+    def _on_event(self, ev: DeviceEvent) -> None:
+        now = self.clock.now()
+        if ev.name == "weather":
+            site = ev.device.split(".", 1)[0]
+            self.journal.event(ev.t, ev.device, ev.name, ev.data)
+            d = ev.data
+            w = Weather(min(ev.t, now), site, float(d["wind_mps"]), float(d["humidity"]),
+                        bool(d["rain"]), float(d["cloud"]), float(d["seeing_arcsec"]),
+                        float(d["dew_margin_c"]))
+            self._send(self.core.handle(w), now)
+        elif ev.name == "detections":
+            arrays = self._arrays(ev.data)
+            if self.journal.detections(ev.data["obs_id"], int(ev.data.get("part", 0)), ev.t,
+                                       arrays):
+                self.core.handle(DetectionsEvent(now, self._batch(arrays)))
+        else:  # state, fault and extensions: journalled for the operators
+            self.journal.event(ev.t, ev.device, ev.name, ev.data)
+            if ev.name == "fault":
+                log.warning("%s fault %s: %s", ev.device, ev.data.get("code"),
+                            ev.data.get("message"))
+
+    def _arrays(self, data: dict) -> dict[str, np.ndarray]:
+        src = data["sources"]
+        bands = self.config.camera.bands
+        band = bands.index(data["band"]) if data["band"] in bands else -1
+        out = {k: np.array([s[k] for s in src], dtype=float)
+               for k in ("ra_deg", "dec_deg", "mag", "mag_err")}
+        out["mjd"] = np.full(len(src), float(unix_to_mjd(float(data["t_mid"]))))
+        out["band"] = np.full(len(src), band, dtype=np.int64)
+        if src and all("truth" in s for s in src):
+            out["truth"] = np.array([int(s["truth"]) for s in src], dtype=np.int64)
+        return out
+
+    @staticmethod
+    def _batch(a: dict[str, np.ndarray]) -> DetectionBatch:
+        keep = a["band"] >= 0
+        truth = a.get("truth")
+        return DetectionBatch(a["ra_deg"][keep], a["dec_deg"][keep], a["mjd"][keep],
+                              a["band"][keep], a["mag"][keep], a["mag_err"][keep],
+                              truth[keep] if truth is not None else None)
+
+    def _journal_observation(self, cmd: Command, result: dict) -> None:
+        core = self.core
+        spec = self.link.peers[cmd.device].spec
+        f = int(cmd.args["field_id"])
+        t0, t1 = float(result.get("t_start", 0)), float(result.get("t_end", 0))
+        t_mid = 0.5 * (t0 + t1)
+        idx = np.array([f])
+        try:
+            alt = float(core.sky.alt_deg(spec.site, t_mid, idx)[0])
+            moon = float(core.sky.moon_sep_deg(spec.site, t_mid, idx)[0])
+            sun = float(core.sky.night.sites[spec.site].sun_alt(t_mid))
+        except Exception:  # an exposure from another night's cache: geometry unknown
+            alt = moon = sun = float("nan")
+
+        self.journal.observation((
+            str(result.get("obs_id", cmd.args["obs_id"])), cmd.device, spec.site,
+            int(spec.group), spec.band, f, float(core.grid.ra_deg[f]),
+            float(core.grid.dec_deg[f]), t0, t1, alt, float(airmass(alt)), moon, sun,
+            float(result.get("limiting_mag", float("nan")))))
+        if self.metrics is not None:
+            self.metrics.exposure(spec.band, int(spec.group), t0, t1)
+
+    def _on_visit(self, field_id: int, group: int, t_start: float) -> None:
+        self.journal.visit(int(field_id), int(group), float(t_start))
+        if self.metrics is not None:
+            self.metrics.visit(int(field_id), float(t_start))
+
+    # Commands --------------------------------------------------------------------
+    def _send(self, cmds: list[Command], t: float) -> None:
+        """Queue commands; :meth:`_flush` journals and sends them."""
+        self._outbox += [(cmd, t) for cmd in cmds]
+
+    def _flush(self) -> None:
+        """Send the queued commands: each passes the safety guard last, all are
+        journalled and committed in one transaction, then sent. A refusal or a failed
+        send goes back to the core, whose new commands go round again."""
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            ready = []
+            with self.journal.transaction():
+                for cmd, t in batch:
+                    rule = self.core.guard(cmd, t)
+                    if rule is not None:
+                        self.journal.refused(self.link.session, cmd, t, rule)
+                        self.vetoes[rule] = self.vetoes.get(rule, 0) + 1
+                        if self.metrics is not None:
+                            self.metrics.vetoes.inc(rule)
+                        self._send(self.core.handle(Failed(
+                            t, cmd.device, cmd.cmd_id, "unsafe",
+                            f"refused by safety rule {rule}")), t)
+                        continue
+                    self.journal.command(self.link.session, cmd, t)
+                    ready.append((cmd, t))
+                    if self.metrics is not None and cmd.name == "spectrum":
+                        self.metrics.spectrum("sent")
+            failed = []
+            for cmd, t in ready:
+                self._cmds[cmd.cmd_id] = cmd
+                fail = self.link.send_command(cmd.device, cmd.cmd_id, cmd.name, cmd.args,
+                                              cmd.deadline, cmd.idempotent)
+                if fail is not None:
+                    self._cmds.pop(cmd.cmd_id, None)
+                    failed.append((cmd, t, fail))
+                elif (cmd.name == "spectrum" and self.alerts is not None
+                      and self.core.followup is not None):
+                    self._alert_followup(cmd)  # the trigger, once it is on its way
+            if failed:
+                with self.journal.transaction():
+                    for cmd, t, fail in failed:
+                        self.journal.finish(cmd.cmd_id, "failed", t, code=fail.code,
+                                            message=fail.message)
+                        self._send(self.core.handle(Failed(t, cmd.device, cmd.cmd_id,
+                                                           fail.code, fail.message)), t)
+
+def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: float,
+               metrics_port: int, until: float | None = None, policy=None,
+               router: str = "tcp://127.0.0.1:5550", pub: str = "tcp://127.0.0.1:5551",
+               security: str = "none", keys_dir: str | None = None,
+               hosting: str = "ray", ray_address: str | None = None,
+               api_port: int | None = None, policy_seed: int = 0) -> Daemon:
+    """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
+
+    # metrics_port 0: no metrics at all (nothing collected, nothing served). The port is
+    # taken first: a busy one stops the start before the journal or Ray is touched.
+    registry = CollectorRegistry() if metrics_port else None
+    server = None
+    if metrics_port:
+
+        try:
+            server = MetricsServer(registry, metrics_port)
+        except OSError as exc:
+            raise OSError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from None
+    # The loop waits on sockets without the GIL; when the classifier thread holds it, a
+    # short switch interval gets an arriving DONE handled within a millisecond.
+    sys.setswitchinterval(0.0002)
+    clock = WorldClock(start, speed)
+    classifier = None
+    # The classifier the night jobs promoted last (brain.ops.nightjobs), else the shipped one.
+
+    model_dir = current_classifier(Path(journal).parent)
+    if hosting == "ray":
+        # The models as Ray actors (restarted by Ray; each holds nothing but its model),
+        # on a local Ray or the cluster at ray_address.
+
+        connect(ray_address)
+        classifier = start_classifier(str(model_dir))
+        if isinstance(policy, str):
+            policy = start_policy(policy, policy_seed)
+    else:
+
+        classifier = TransientClassifier.load(model_dir)
+        if isinstance(policy, str):
+
+            policy = make_policy(policy, policy_seed)
+    log.info("classifier from %s", model_dir)
+    try:
+        d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
+                   classifier=classifier, registry=registry)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    d.metrics_server = server
+    if hosting == "ray" and api_port != 0:
+
+        d.attach_desk(desk(create=True))
+        d._serve_desk()  # a first state before the API answers
+        start_api(config, api_port)
+        log.info("operators' API on http://127.0.0.1:%d (planner loading)",
+                 api_port or config.planner.api_port)
+    if start is not None:
+        # A rehearsal restarted on its journal goes on with its night, not back at
+        # --start: world time kept running while the brain was down, as it would have
+        # for real (the devices' clocks did), so it resumes at the journal's last world
+        # time plus the wall time since its last write, times the speed.
+        last = d.journal.last_world_time()
+        if last is not None and d.journal.last_write_wall is not None:
+            resume = last + max(0.0, time.time() - d.journal.last_write_wall) * speed
+            if resume > start:
+                log.warning("journal reaches %s: resuming at %s, not at --start",
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume)))
+                start = resume
+        if config.ops.night_jobs:
+            # The ephemerides the night jobs plan from take seconds: computed now, the
+            # rehearsal's clock does not run through them (at 100x, 7 s of setup cost
+            # the first 12 world minutes).
+
+            for night in NightJobs.nights_for(config, start):
+                d.core.nights.get(night)
+        clock.sync(start)  # a rehearsal's world time begins once the brain is ready
+    if config.ops.alerts:
+
+        d.alerts = AlertSink(Path(journal).parent / "alerts", publish=d.link.publish,
+                             role="test" if clock.simulated else "observation",
+                             sites={s.id: s for s in config.sites})
+    if config.ops.night_jobs:
+
+        d.nightjobs = NightJobs(d, Path(journal).parent)
+        d.nightjobs.start()
+    log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,
+             d.link.router_endpoint, getattr(d.link, "pub_endpoint", "-"), speed,
+             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now())))
+    d.run(until=until)
+    return d
+
+

@@ -1,0 +1,163 @@
+"""The fast shell: a discrete-event loop running the brain core against MiniSiTian.
+
+No sockets and no wall clock: world time jumps from one event to the next. Each minute
+of world time every site's weather station reports and the clock ticks; between
+minutes, the telescopes' replies (a slew ends, a shutter closes) are delivered in time
+order. Deterministic for a given environment.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from datetime import date as Date
+from datetime import timedelta
+
+import numpy as np
+from tqdm import tqdm
+
+from brain.config import BrainConfig
+from brain.core.association import DetectionBatch
+from brain.core.braincore import BrainCore
+from brain.core.events import DetectionsEvent, Done, Failed, Tick, Weather
+from brain.core.followup import FollowupManager
+from observatory.ephemeris import NightEphemeris
+from observatory.sky import FieldGrid
+from observatory.visibility import NightCache
+from simulator.environment import Environment
+from simulator.photometry import ExposureBatch, Photometry
+from simulator.population import sample_population
+from simulator.spectroscopy import Spectrographs
+from simulator.weather import STEP_S, generate
+from simulator.world import World
+
+WEATHER_LEAD_S = 3600.0  # weather starts this long before the first dusk
+
+
+def night_dates(start: str, nights: int) -> list[str]:
+    d0 = Date.fromisoformat(start)
+    return [(d0 + timedelta(days=k)).isoformat() for k in range(nights)]
+
+
+def make_environment(config: BrainConfig, seed: int, start: str, nights: int,
+                     weather_mode: str, cache: NightCache) -> Environment:
+    """Draw a new environment: the weather of every site on every night."""
+    env = Environment(config.model_dump(mode="json"), seed, start, nights, weather_mode)
+    spans = []
+    for k, d in enumerate(night_dates(start, nights)):
+        night, _sky = cache.get(d)
+        spans.append((night.t_begin, night.t_end))
+        for s in config.sites:
+            env.weather[(k, s.id)] = generate(config.climates[s.climate],
+                                              night.t_begin - WEATHER_LEAD_S,
+                                              night.t_end + STEP_S, seed, s.id, k)
+    env.population = sample_population(
+        None, None, config.camera.fov_deg2, spans[0][0], spans[-1][1],
+        np.random.default_rng([seed, 0x5C1]), config.sky.density_scale,
+        config.sky.faint_limit_mag)
+    return env
+
+
+@dataclass
+class NightRun:
+    date: str
+    night: NightEphemeris
+    wall_s: float
+
+
+@dataclass
+class RunResult:
+    config: BrainConfig
+    env: Environment
+    grid: FieldGrid
+    core: BrainCore
+    world: World
+    nights: list[NightRun] = field(default_factory=list)
+
+    @property
+    def sim_seconds(self) -> float:
+        return sum(n.night.t_end - n.night.t_begin for n in self.nights)
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(n.wall_s for n in self.nights)
+
+
+def simulate(config: BrainConfig, env: Environment, progress: bool = False,
+             grid: FieldGrid | None = None, cache: NightCache | None = None,
+             scheduler=None, policy=None, classifier=None) -> RunResult:
+    """Run the nights of ``env``. ``policy`` (a ``policies.followup.Policy``) turns on
+    spectroscopic follow-up; without one the spectroscopic telescopes stay closed."""
+    grid = grid or (cache.grid if cache else FieldGrid.tile(config.camera.fov_deg2,
+                                                            config.survey.ring_fit))
+    cache = cache or NightCache(config, grid, keep=env.nights + 1)
+    followup = None
+    world = World(config)
+    if policy is not None and env.population is not None and config.spectrographs:
+
+        followup = FollowupManager(config, policy, env.seed)
+        world.attach_spectrographs(Spectrographs(config, env.population, env.seed))
+    core = BrainCore(config, grid, cache, scheduler, classifier=classifier, followup=followup)
+    photometry = (Photometry(env.population, grid, env.seed, config.sky.bogus_per_exposure)
+                  if env.population is not None else None)
+    result = RunResult(config, env, grid, core, world)
+    dates = night_dates(env.start, env.nights)
+    bar = None
+    if progress:
+
+        spans = [cache.get(d)[0] for d in dates]
+        total_h = sum(n.t_end - n.t_begin for n in spans) / 3600
+        bar = tqdm(total=round(total_h, 1), unit="h", desc="simulating", leave=False,
+                   disable=None, mininterval=0.5,
+                   bar_format="{desc} {n:.1f}/{total:.1f} sim-h |{bar}| {elapsed}<{remaining}")
+    for k, d in enumerate(dates):
+        t0 = time.perf_counter()
+        night, sky = cache.get(d)
+        weather = {s.id: env.weather[(k, s.id)] for s in config.sites}
+        world.begin_night(sky, weather)
+        _run_night(core, world, night, weather, bar, photometry)
+        result.nights.append(NightRun(d, night, time.perf_counter() - t0))
+    if bar is not None:
+        bar.close()
+    return result
+
+
+def _run_night(core, world, night, weather, bar, photometry) -> None:
+    seq = itertools.count()
+    queue: list = []  # (t, seq, reply)
+
+    def dispatch(cmds, t):
+        for c in cmds:
+            r = world.execute(c.device, c.name, c.args, c.cmd_id, t)
+            heapq.heappush(queue, (r.t, next(seq), r))
+
+    t_minute = night.t_begin
+    while t_minute <= night.t_end:
+        while queue and queue[0][0] < t_minute:
+            t, _, r = heapq.heappop(queue)
+            if not world.is_current(r):
+                continue
+            world.complete(r)
+            ev = (Done(t, r.device, r.cmd_id, r.result) if r.ok
+                  else Failed(t, r.device, r.cmd_id, r.code, r.message))
+            dispatch(core.handle(ev), t)
+        finished = world.take_finished()
+        if photometry is not None and finished:
+            core.handle(DetectionsEvent(t_minute, _detect(photometry, finished, t_minute)))
+        for site, series in weather.items():
+            dispatch(core.handle(Weather(t_minute, site, **series.at(t_minute))), t_minute)
+        dispatch(core.handle(Tick(t_minute)), t_minute)
+        t_minute += 60.0
+        if bar is not None:
+            bar.update(1 / 60)
+
+
+def _detect(photometry: Photometry, finished, t_minute: float) -> DetectionBatch:
+    """The detections of a minute's exposures, as the brain receives them."""
+    f, b, t, m5 = (np.array(x) for x in zip(*finished, strict=True))
+    det = photometry.detect(ExposureBatch(f.astype(np.int64), b.astype(np.int64), t, m5,
+                                          np.arange(len(f))), int(t_minute))
+    return DetectionBatch(det.ra_deg, det.dec_deg, det.mjd, det.band, det.mag, det.mag_err,
+                          det.truth)

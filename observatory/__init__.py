@@ -1,0 +1,1 @@
+"""The array and its sky: the vocabulary every part of SiTian Brain shares."""

@@ -1,0 +1,139 @@
+"""Light curves in and out of ``brain classify`` (shared/CONTRACTS.md).
+
+Input CSV columns: object_id, mjd, band, mag, mag_err (detections; band g, r or i; AB).
+Every problem is reported in one line naming the row and column; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from observatory.taxonomy import CLASSES
+
+REQUIRED = ("object_id", "mjd", "band", "mag", "mag_err")
+BANDS = {"g": 0, "r": 1, "i": 2}
+
+
+class LightCurveInputError(ValueError):
+    """A one-line description of what is wrong with the input."""
+
+
+@dataclass
+class DetectionTable:
+    """Detections sorted by object then time; ``obj`` indexes ``object_ids``."""
+
+    object_ids: list[str]
+    obj: np.ndarray
+    mjd: np.ndarray
+    band: np.ndarray
+    mag: np.ndarray
+    err: np.ndarray
+
+
+def _number(text: str, row: int, col: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise LightCurveInputError(f"row {row}: {col} is not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise LightCurveInputError(f"row {row}: {col} is not finite: {text!r}")
+    return v
+
+
+def read_detections_csv(path: str | Path) -> DetectionTable:
+    p = Path(path)
+    if not p.is_file():
+        raise LightCurveInputError(f"file {str(p)!r} not found")
+    with p.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise LightCurveInputError(f"{p}: empty file (expected a header: "
+                                       f"{', '.join(REQUIRED)})")
+        names = [h.strip() for h in header]
+        missing = [c for c in REQUIRED if c not in names]
+        if missing:
+            raise LightCurveInputError(f"{p}: missing column(s) {', '.join(missing)}")
+        col = {c: names.index(c) for c in REQUIRED}
+        ids, mjd, band, mag, err = [], [], [], [], []
+        for row_no, row in enumerate(reader, start=2):
+            if not row or not any(x.strip() for x in row):
+                continue
+            if len(row) < len(names):
+                raise LightCurveInputError(f"row {row_no}: {len(row)} fields, expected "
+                                           f"{len(names)}")
+            oid = row[col["object_id"]].strip()
+            if not oid:
+                raise LightCurveInputError(f"row {row_no}: empty object_id")
+            b = row[col["band"]].strip()
+            if b not in BANDS:
+                raise LightCurveInputError(f"row {row_no}: unknown band {b!r} (use g, r or i)")
+            e = _number(row[col["mag_err"]], row_no, "mag_err")
+            if e <= 0:
+                raise LightCurveInputError(f"row {row_no}: mag_err must be positive, got {e}")
+            ids.append(oid)
+            mjd.append(_number(row[col["mjd"]], row_no, "mjd"))
+            band.append(BANDS[b])
+            mag.append(_number(row[col["mag"]], row_no, "mag"))
+            err.append(e)
+    if not ids:
+        raise LightCurveInputError(f"{p}: no detections after the header")
+    object_ids, obj = np.unique(np.array(ids), return_inverse=True)
+    mjd_a = np.array(mjd)
+    order = np.lexsort((mjd_a, obj))
+    return DetectionTable([str(x) for x in object_ids], obj[order], mjd_a[order],
+                          np.array(band)[order], np.array(mag)[order], np.array(err)[order])
+
+
+def classification_json(object_ids: list[str], prob: np.ndarray, classes) -> dict:
+    """{object_id: {"class": C, "probabilities": {C: p, ...}}}, every class present."""
+    out = {}
+    for oid, p in zip(object_ids, prob, strict=True):
+        p = np.asarray(p, dtype=float)
+        p = p / p.sum()
+        out[oid] = {"class": classes[int(np.argmax(p))],
+                    "probabilities": {c: float(x) for c, x in zip(classes, p, strict=True)}}
+    return out
+
+
+@dataclass
+class LabelledSet:
+    """Light curves with spectroscopic labels (from runs' labelled.csv files)."""
+
+    obj: np.ndarray
+    mjd: np.ndarray
+    band: np.ndarray
+    mag: np.ndarray
+    err: np.ndarray
+    label: np.ndarray  # index into the taxonomy, one per object
+
+    @property
+    def n(self) -> int:
+        return len(self.label)
+
+
+def read_labelled(paths) -> LabelledSet:
+    """Merge labelled.csv files (the detection columns plus ``label``); object ids are
+    made unique per file. Unknown labels are an error."""
+
+    parts, offset = [], 0
+    for path in paths:
+        table = read_detections_csv(path)
+        labels: dict[str, str] = {}
+        with Path(path).open(newline="") as fh:
+            for row_no, row in enumerate(csv.DictReader(fh), start=2):
+                lab = (row.get("label") or "").strip()
+                if lab not in CLASSES:
+                    raise LightCurveInputError(f"{path}: row {row_no}: unknown label {lab!r}")
+                labels[row["object_id"].strip()] = lab
+        y = np.array([CLASSES.index(labels[o]) for o in table.object_ids], dtype=np.int64)
+        parts.append((table.obj + offset, table.mjd, table.band, table.mag, table.err, y))
+        offset += len(table.object_ids)
+    if not parts:
+        raise LightCurveInputError("no labelled runs given")
+    return LabelledSet(*(np.concatenate([p[k] for p in parts]) for k in range(6)))
