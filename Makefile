@@ -1,4 +1,4 @@
-# Quick start: `make demo` and `make test` (shared/CONTRACTS.md).
+# Quick start: `make demo` and `make test` (docs/contracts.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

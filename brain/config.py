@@ -56,7 +56,7 @@ def _default_reward() -> dict[str, float]:
 
 class FollowupSettings(Strict):
     """Spectroscopic follow-up: the budget, the candidates offered to the policy, and
-    the science reward every policy is scored by (shared/CONTRACTS.md)."""
+    the science reward every policy is scored by (docs/contracts.md)."""
 
     max_hours_per_night: float | None = Field(
         default=None, gt=0, le=24,
@@ -81,7 +81,7 @@ class FollowupSettings(Strict):
         bad = [c for c, v in reward.items() if not (0 <= v < 1e6)]
         if bad:
             raise ValueError(f"reward of {bad[0]} must be between 0 and 1e6")
-        # Classes the config leaves out keep the default (CONTRACTS.md) reward.
+        # Classes the config leaves out keep the default (docs/contracts.md) reward.
         return {c: float(reward.get(c, DEFAULT_REWARD[c])) for c in CLASSES}
 
 

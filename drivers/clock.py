@@ -1,6 +1,6 @@
 """World time for the daemon and the drivers.
 
-PROTOCOL.md separates two clocks: world time (Unix seconds UTC; simulated when a
+docs/protocol.md separates two clocks: world time (Unix seconds UTC; simulated when a
 rehearsal runs with ``--start``/``--speed``) stamps messages, deadlines, ETAs, results and
 events; link timing (heartbeats, the 1 s ACK limit, ``failsafe_s``) is wall-clock time
 (``time.monotonic``). A simulated clock starts at ``start`` and runs ``speed`` times real
@@ -41,7 +41,7 @@ class WorldClock:
 
 def parse_start(text: str | None) -> float | None:
     """``--start`` as Unix seconds: an ISO date or date-time, UTC unless it says
-    otherwise (PROTOCOL.md: ISO times there are UTC). ``None`` stays ``None``."""
+    otherwise (docs/protocol.md: ISO times there are UTC). ``None`` stays ``None``."""
     if text is None:
         return None
     try:

@@ -5,7 +5,7 @@ A device implements ``cmd_<name>(args, now)`` for each command it offers. A hand
 returns the ``DONE`` result (a dict) when the command finished at once, a
 :class:`Pending` when it finishes later (``poll(now)`` returns the result once done, or
 ``None`` while it runs), or raises :class:`CommandError` (``FAILED`` with its code). The
-host does the rest of PROTOCOL.md: ``HELLO`` until ``WELCOME`` (with back-off), ``ACK`` at
+host does the rest of docs/protocol.md: ``HELLO`` until ``WELCOME`` (with back-off), ``ACK`` at
 once, ``PROGRESS`` when the work outlasts the brain's deadline, heartbeats, idempotent
 replays of finished ``cmd_id``\\ s, ``abort`` cutting running commands short
 (``FAILED aborted``), and the fail-safe: with no word from the brain for ``failsafe_s``

@@ -1,10 +1,10 @@
-"""SBP1, the SiTian Brain device protocol (shared/PROTOCOL.md): framing, message
+"""SBP1, the SiTian Brain device protocol (docs/protocol.md): framing, message
 validation and the error codes, shared by the brain's ROUTER and the devices' DEALERs.
 
 A message on the wire is two frames, ``b"SBP1"`` and one msgpack map
 ``{type, id, t, body}``. :func:`decode` turns frames into a :class:`Message` or raises
 :class:`ProtocolError` carrying the first error code that applies, in the order
-PROTOCOL.md fixes: ``bad_frame``, ``too_large``, ``bad_message``, ``unknown_type``
+docs/protocol.md fixes: ``bad_frame``, ``too_large``, ``bad_message``, ``unknown_type``
 (``unknown_device`` and ``not_welcomed`` depend on the link's state and are the link's
 to decide). Bodies are checked field by field; unknown extra keys are kept (the protocol
 may be extended in writing), mistyped or missing ones are ``bad_message``.
@@ -23,7 +23,7 @@ import msgpack
 
 MAGIC = b"SBP1"
 PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, PROTOCOL.md's default limit
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, docs/protocol.md's default limit
 DEVICE_ID = re.compile(r"[a-z0-9._-]{1,64}")
 
 FROM_DEVICE = frozenset({"HELLO", "HEARTBEAT", "ACK", "PROGRESS", "DONE", "FAILED", "EVENT",

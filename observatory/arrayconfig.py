@@ -3,7 +3,7 @@ weather climate and spectrographs.
 
 This is the world as configured (it lives in ``simulator`` because both the simulator
 and the brain read it, and the simulator must not import the brain). Every number of
-the default ``sitian-54`` array (shared/CONTRACTS.md) is a field here with its unit in
+the default ``sitian-54`` array (docs/contracts.md) is a field here with its unit in
 its name.
 """
 
@@ -174,7 +174,7 @@ class ArrayConfig(Strict):
 
 
 class GroupId(NamedTuple):
-    """A telescope group: (site, number), spelled as in shared/CONTRACTS.md device ids."""
+    """A telescope group: (site, number), spelled as in docs/contracts.md device ids."""
 
     site: str
     number: int

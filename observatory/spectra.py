@@ -13,14 +13,14 @@ from observatory.arrayconfig import Mount, Spectrograph
 # The 4-m mounts: slower than the survey telescopes' (1 deg/s, 0.3 deg/s^2, 15 s settle).
 SPEC_MOUNT = Mount(max_rate_deg_s=1.0, accel_deg_s2=0.3, settle_s=15.0)
 
-# shared/CONTRACTS.md, "Science reward of one spectrum".
+# docs/contracts.md, "Science reward of one spectrum".
 DEFAULT_REWARD = {"KN": 50.0, "TDE": 20.0, "SLSN": 15.0, "uLens": 10.0, "SNIbc": 5.0,
                   "SNII": 3.0, "SNIa": 3.0, "CV": 1.0, "Flare": 0.5, "AGN": 0.5,
                   "RRL": 0.0, "EB": 0.0, "DSCT": 0.0, "LPV": 0.0}
 BEFORE_PEAK_FACTOR = 2.0
 
 def exposure_s(spec: Spectrograph, mag) -> np.ndarray:
-    """Science exposure (s) for a target of AB magnitude ``mag`` (CONTRACTS.md)."""
+    """Science exposure (s) for a target of AB magnitude ``mag`` (docs/contracts.md)."""
     t = spec.base_exposure_s * 10 ** (0.4 * (np.asarray(mag, dtype=float) - spec.reference_mag))
     return np.clip(t, spec.min_exposure_s, spec.max_exposure_s)
 

@@ -5,7 +5,7 @@ re-runs over the night's candidate stream against the simulator's spectroscopic
 telescopes (``brain.core.followup.FollowupLoop``). A step is one decision of one free
 telescope: the observation encodes its shortlist of candidates and the night's state
 (``policies.rl.encode``), the action picks a candidate or waits, and the reward is the
-science reward (shared/CONTRACTS.md) of the spectra that finished since the previous
+science reward (docs/contracts.md) of the spectra that finished since the previous
 decision. The episode ends with the night.
 
 The environment does not import the brain: ``env_config["make_loop"](rng)`` builds a

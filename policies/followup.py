@@ -6,7 +6,7 @@ away from the moon, done before dawn, not yet observed) with the classifier's
 probabilities, its recent photometry and what a spectrum would cost. The policy answers
 with a row index, or ``WAIT`` to leave the telescope idle for a while.
 
-Baselines (shared/CONTRACTS.md names):
+Baselines (docs/contracts.md names):
 
 * ``random`` -- any row, uniformly (seeded);
 * ``brightest`` -- the brightest candidate;
@@ -68,7 +68,7 @@ POLICY_NAMES = ("rl", "greedy", "uncertainty", "brightest", "random")
 
 
 def make_policy(name: str, seed: int = 0, rl_dir=None) -> Policy:
-    """A policy by its CONTRACTS.md name; ``rl`` loads the shipped network."""
+    """A policy by its docs/contracts.md name; ``rl`` loads the shipped network."""
     if name == "random":
         return RandomPolicy(seed)
     if name == "brightest":

@@ -1,4 +1,4 @@
-"""Light curves in and out of ``brain classify`` (shared/CONTRACTS.md).
+"""Light curves in and out of ``brain classify`` (docs/contracts.md).
 
 Input CSV columns: object_id, mjd, band, mag, mag_err (detections; band g, r or i; AB).
 Every problem is reported in one line naming the row and column; nothing is guessed.

@@ -11,7 +11,7 @@ neither package's own dependencies are needed.
   telescopes) under ``MulensModel/data/photometry_files/<EVENT>/`` plus one real OGLE
   light curve among its unit-test files. Expected class: ``uLens``.
 
-Both are turned into the ``brain classify`` detection table (shared/CONTRACTS.md:
+Both are turned into the ``brain classify`` detection table (docs/contracts.md:
 object_id, mjd, band, mag, mag_err; band g, r or i; AB magnitudes), written as CSV and
 classified through the same path as ``brain classify`` (``read_detections_csv`` on the
 written file, then ``TransientClassifier.predict``).
@@ -372,7 +372,7 @@ def detection_rows(curves: list[Curve]) -> list[tuple[str, float, str, float, fl
 
 
 def write_csv(curves: list[Curve], path: str | Path) -> Path:
-    """Write the detection table as a ``brain classify`` CSV (shared/CONTRACTS.md)."""
+    """Write the detection table as a ``brain classify`` CSV (docs/contracts.md)."""
     path = Path(path)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)

@@ -2,7 +2,7 @@
 
 A spectrum of a target at (RA, Dec) takes a slew of the big mount (slower than the
 survey telescopes' 1-m mounts), the acquisition overhead and the exposure that the brain
-asks for (shared/CONTRACTS.md: clamp(900 s x 10^(0.4 (m - 19)), 300, 3600) + 300 s).
+asks for (docs/contracts.md: clamp(900 s x 10^(0.4 (m - 19)), 300, 3600) + 300 s).
 The telescope refuses a target below its altitude limit at the start or the end of the
 exposure and a command while it is closed or busy. When the shutter closes, the
 spectrum is reduced against the simulator's truth: the source nearest the pointing

@@ -144,7 +144,7 @@ OBS_DTYPE = [("obs_id", "U40"), ("telescope", "U16"), ("site", "U8"), ("group", 
 
 
 def read_observations(run_dir: Path) -> np.ndarray:
-    """observations.csv as a structured array (columns by name, per CONTRACTS.md)."""
+    """observations.csv as a structured array (columns by name, per docs/contracts.md)."""
     with (run_dir / "observations.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
         rows = [tuple(r[name] for name, _ in OBS_DTYPE) for r in reader]

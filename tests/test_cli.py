@@ -117,7 +117,7 @@ def test_load_config_raises_config_error_naming_the_field(tmp_path):
 
 
 def test_shipped_config_is_the_contract_array():
-    """The default config loads and is the 54-telescope array of CONTRACTS.md."""
+    """The default config loads and is the 54-telescope array of docs/contracts.md."""
     from brain.config import load_config
 
     cfg = load_config()
@@ -207,7 +207,7 @@ def test_help(args):
 
 
 def test_help_lists_the_options_of_the_contract():
-    """simulate's help documents the options CONTRACTS.md promises."""
+    """simulate's help documents the options docs/contracts.md promises."""
     out = run_brain("simulate", "--help").stdout
     for opt in ("--config", "--nights", "--seed", "--start", "--policy", "--out",
                 "--weather", "--quiet"):

@@ -14,7 +14,7 @@ from simulator.spectroscopy import Spectrographs
 from tests.conftest import read_metrics, run_brain
 
 
-# The exposure formula and the reward (shared/CONTRACTS.md) ------------------------------
+# The exposure formula and the reward (docs/contracts.md) ------------------------------
 def test_exposure_formula_and_clamp(config):
     spec = config.spectrographs[0]
     assert exposure_s(spec, 19.0) == pytest.approx(900.0)

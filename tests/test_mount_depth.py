@@ -22,7 +22,7 @@ def mount(config):
 
 
 def test_mount_is_the_contract_mount(mount):
-    """The default mount: 5 deg/s, 2 deg/s^2, 3 s settle (CONTRACTS.md)."""
+    """The default mount: 5 deg/s, 2 deg/s^2, 3 s settle (docs/contracts.md)."""
     assert (mount.max_rate_deg_s, mount.accel_deg_s2, mount.settle_s) == (5.0, 2.0, 3.0)
 
 

@@ -1,6 +1,6 @@
 """SBP1 on real ZeroMQ sockets over loopback: every message type and error code, the
 malformed-input fuzzing of the brain's ROUTER, dead and returning devices, idempotent
-commands, the device fail-safe, and CURVE security (shared/PROTOCOL.md)."""
+commands, the device fail-safe, and CURVE security (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Determinism and replay, and the files a run writes (CONTRACTS.md).
+"""Determinism and replay, and the files a run writes (docs/contracts.md).
 
 A run is fully determined by its seed: the same seed gives the same environment and the
 same observation log. ``brain replay`` re-runs a recorded environment (the same weather)
@@ -146,7 +146,7 @@ def _missing_keys(spec: dict, got: dict, where: str = "") -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["clear", "climate", "replay"])
 def test_metrics_have_every_contract_key(request, which):
-    """metrics.json holds every key CONTRACTS.md lists, as JSON (no NaN), with the
+    """metrics.json holds every key docs/contracts.md lists, as JSON (no NaN), with the
     run's seed, night count, policy and config name."""
     if which == "replay":
         run_dir, policy = request.getfixturevalue("second_runs")[1], "greedy"

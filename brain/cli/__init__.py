@@ -1,4 +1,4 @@
-"""The ``brain`` command line (shared/CONTRACTS.md). Bad input exits with status 2 and
+"""The ``brain`` command line (docs/contracts.md). Bad input exits with status 2 and
 one line saying why; no traceback."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the core hears (events) and what it says (commands).
 
-Commands mirror PROTOCOL.md's ``COMMAND`` body so the daemon shell can put them on the
+Commands mirror docs/protocol.md's ``COMMAND`` body so the daemon shell can put them on the
 wire unchanged; events mirror ``DONE``/``FAILED``/``EVENT`` bodies plus the shells' clock.
 """
 
@@ -21,7 +21,7 @@ def set_command_prefix(prefix: str) -> None:
     across restarts (devices remember finished ids and would not act on a reused one)."""
     _prefix[0] = prefix
 
-IDEMPOTENT = IDEMPOTENT_COMMANDS  # PROTOCOL.md: the brain may resend these
+IDEMPOTENT = IDEMPOTENT_COMMANDS  # docs/protocol.md: the brain may resend these
 
 
 @dataclass(slots=True)

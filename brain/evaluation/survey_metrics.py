@@ -1,5 +1,5 @@
 """Survey metrics of a run, computed from the observation log, the environment and the
-ephemerides (the definitions of shared/CONTRACTS.md).
+ephemerides (the definitions of docs/contracts.md).
 
 Coverage: for each 30-minute window in which every site is dark (windows tile the
 all-dark span from its start; an exposure belongs to the window holding its shutter-open

@@ -8,7 +8,7 @@ the slow part (coverage windows, figures) from the copy alone.
 
 What the daemon cannot know is said so: the classifier is scored against spectra, not
 against a simulator's truth (``macro_f1`` is null), and a spectrum's reward is the one
-its label earns (CONTRACTS.md's table, ×2 before the peak as the spectrum tells it).
+its label earns (docs/contracts.md's table, ×2 before the peak as the spectrum tells it).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def gather(daemon, night: str) -> NightSnapshot:
 
 def night_metrics(snap: NightSnapshot, obs: np.ndarray, windows: list,
                   weathers: dict[str, JournalWeather]) -> dict:
-    """metrics.json's keys for a daemon night (CONTRACTS.md), from the snapshot."""
+    """metrics.json's keys for a daemon night (docs/contracts.md), from the snapshot."""
     config, eph = snap.config, snap.eph
     open_s = 0.0
     for s in config.sites:

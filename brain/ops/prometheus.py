@@ -1,6 +1,6 @@
 """The daemon's Prometheus metrics for the operators' dashboard (issue 7).
 
-Names start with ``sitian_`` and use base units (shared/CONTRACTS.md). Every label set is
+Names start with ``sitian_`` and use base units (docs/contracts.md). Every label set is
 bounded by the configuration: devices (60), sites (3), groups (18), bands (3), command
 names, safety rules, classes (14), follow-up results.
 

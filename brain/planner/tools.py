@@ -1,4 +1,4 @@
-"""The LLM planner's tools (shared/CONTRACTS.md): typed arguments, validation, execution.
+"""The LLM planner's tools (docs/contracts.md): typed arguments, validation, execution.
 
 A tool call is ``{"tool": name, "args": {...}}``. Its arguments are a pydantic model
 (every string has a pattern, extra keys are forbidden), so whatever a language model

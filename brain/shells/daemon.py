@@ -1,6 +1,6 @@
 """The daemon shell (``brain run``): the brain core on a clock, behind SBP1.
 
-Same core as the fast shell (ARCHITECTURE.md: no second scheduler); what differs is
+Same core as the fast shell (docs/architecture.md: no second scheduler); what differs is
 around it. Devices come and go over ZeroMQ (:class:`drivers.link.BrainLink`); the core
 schedules only groups whose three telescopes are up. Every command is journalled before
 it is sent and every device event before the core acts on it (:class:`Journal`). Each
@@ -78,7 +78,7 @@ ALERTS_PER_TURN = 10
 
 
 def device_specs(config: BrainConfig) -> dict[str, DeviceSpec]:
-    """Every device the configuration knows (CONTRACTS.md ids)."""
+    """Every device the configuration knows (docs/contracts.md ids)."""
     specs = {}
     for g in config.groups:
         for b in config.camera.bands:

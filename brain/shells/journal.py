@@ -1,12 +1,12 @@
 """The daemon's crash-safe journal: one SQLite file in WAL mode.
 
-Write-ahead discipline (ARCHITECTURE.md step 9): every command is written (status
+Write-ahead discipline (docs/architecture.md step 9): every command is written (status
 ``sent``) and committed before it goes on the wire; every event from a device is written
 before the core acts on it. WAL with ``synchronous=NORMAL`` survives a killed process
 (kill -9) without losing a committed row; only a power loss can cost the last
 transactions. On restart, :meth:`Journal.recover` marks every command still in flight:
 idempotent ones ``lost`` (they may be sent again), non-idempotent ones ``unknown`` —
-never resent blindly (PROTOCOL.md).
+never resent blindly (docs/protocol.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The files a run writes (shared/CONTRACTS.md): metrics.json, observations.csv,
+"""The files a run writes (docs/contracts.md): metrics.json, observations.csv,
 followups.csv, objects.csv, the environment record and report.html."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ weather turns unsafe, and a dead device detected within 3 heartbeat intervals + 
 
 Closure: the climate weather of the default array (seeds from 1, night ``DATE``) is
 searched for moments when a dark site's weather turns from safe to unsafe (rain, wind or
-humidity past CONTRACTS.md's limits, after at least 20 minutes of safe weather), one per
+humidity past docs/contracts.md's limits, after at least 20 minutes of safe weather), one per
 seed and at most one per site (``MAX_EVENTS`` in all). For each, a
 rehearsal (``brain run`` + ``brain sim-drivers`` at ``SPEED`` x) starts 15 minutes
 before it; the closure time is from the moment the weather turned to the last of the

@@ -4,7 +4,7 @@ the fast shell on the same sky and weather (issue 5's targets).
 The daemon and the simulated drivers run as two processes on a simulated clock at
 ``SPEED`` times real time over ``HOURS`` of an all-dark night; the fast shell simulates the
 whole night in-process (the baseline of the same run). Both observation logs are scored
-with the same coverage code (CONTRACTS.md: 3-band union area per 30-minute window) over
+with the same coverage code (docs/contracts.md: 3-band union area per 30-minute window) over
 the windows after the wire run's first half hour (the fast shell has been observing
 since dusk; the daemon starts cold). Also reported: exposures per telescope-hour, the
 wall time of the daemon's loop (journalled at its exit) and how long an exposure's DONE
