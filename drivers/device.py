@@ -303,7 +303,6 @@ class DeviceHost:
             return
         name = body["name"]
         if self.command_log is not None:
-
             self.command_log.write(json.dumps({"device": link.device.id, "cmd_id": cmd_id,
                                                "name": name, "args": body["args"]}) + "\n")
             self.command_log.flush()

@@ -39,7 +39,6 @@ class SimArray:
             self.photometry = Photometry(env.population, cache.grid, env.seed,
                                          config.sky.bogus_per_exposure)
             if config.spectrographs:
-
                 self.world.attach_spectrographs(Spectrographs(config, env.population,
                                                               env.seed))
         self._date: str | None = None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from observatory.taxonomy import CLASSES, TRANSIENTS
 from simulator import lightcurves as lc
 
 N_SLOTS = 32  # candidate visits per night
@@ -42,7 +43,7 @@ class LightCurveSet:
 
 def _window_offset(cls: str, params: dict, n: int, rng) -> np.ndarray:
     """Days from the source's reference time to the survey's first visit."""
-    if cls in lc.TRANSIENTS:
+    if cls in TRANSIENTS:
         peak = lc.peak_time_days(cls, params)
         scale = np.maximum(np.abs(peak), 1.0)
         return peak + rng.uniform(-1.5, 1.0, n) * scale - rng.uniform(0, 10, n)
@@ -100,7 +101,7 @@ def _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit):
     sigma = np.hypot(1.0857 / np.maximum(snr, 1e-3), floor[src])
     obs = true + rng.normal(0, 1, src.size) * sigma
     ok = np.isfinite(true) & (snr * (1 + rng.normal(0, 0.2, src.size)) >= 5) & (obs < mag_limit)
-    if cls in lc.TRANSIENTS:
+    if cls in TRANSIENTS:
         # In outburst: 0.2 mag or more above the steady counterpart (if it has one).
         base = lc.baseline_magnitudes(cls, params, src[ok], band[ok])
         active = true[ok] < base - 0.2
@@ -124,7 +125,7 @@ def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float 
     """
     bright = lc.mag_distribution(cls, n, rng, faint_limit=21.0)
     params = lc.sample_params(cls, n, rng, bright)
-    if cls in lc.TRANSIENTS:
+    if cls in TRANSIENTS:
         peak = lc.peak_time_days(cls, params)
         offset = peak - np.maximum(1.5 * np.abs(peak), 10.0) - rng.uniform(0, 20, n)
     else:
@@ -160,7 +161,7 @@ def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
     observe = {"random": observe_class, "sitian": observe_sitian}[survey]
     rng = np.random.default_rng(seed)
     parts, offset = [], 0
-    for k, cls in enumerate(lc.CLASSES):
+    for k, cls in enumerate(CLASSES):
         got, need = [], n_per_class
         for _ in range(40 if survey == "sitian" else 1):
             piece = _one_chunk(observe, cls, n_per_class, rng, first_night_fraction)

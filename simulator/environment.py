@@ -58,6 +58,5 @@ class Environment:
                     **{k: z[f"w{n}_{s}_{k}"] for k in WeatherSeries.__dataclass_fields__})
         pop_path = run_dir / "population.npz"
         if pop_path.is_file():
-
             env.population = Population.load(pop_path)
         return env

@@ -39,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+from observatory.bands import BANDS
 from observatory.sky import FULL_SKY_DEG2, points_in_fields, unit_vectors
+from observatory.taxonomy import CLASSES, TRANSIENTS
 from simulator import lightcurves as lc
 
 DAY_S = 86400.0
@@ -191,15 +193,15 @@ class Population:
 
     @property
     def class_name(self) -> np.ndarray:
-        return np.asarray(lc.CLASSES)[self.cls]
+        return np.asarray(CLASSES)[self.cls]
 
     @property
     def is_transient(self) -> np.ndarray:
-        return self.cls < len(lc.TRANSIENTS)
+        return self.cls < len(TRANSIENTS)
 
     def counts(self) -> dict[str, int]:
-        n = np.bincount(self.cls, minlength=len(lc.CLASSES))
-        return {name: int(k) for name, k in zip(lc.CLASSES, n, strict=True)}
+        n = np.bincount(self.cls, minlength=len(CLASSES))
+        return {name: int(k) for name, k in zip(CLASSES, n, strict=True)}
 
     def _per_class(self, source_idx, fn, fill):
         src = np.asarray(source_idx, dtype=np.int64)
@@ -207,7 +209,7 @@ class Population:
         cls = self.cls[src]
         for k in np.unique(cls):
             sel = cls == k
-            name = lc.CLASSES[k]
+            name = CLASSES[k]
             out[sel] = fn(name, self.params[name], self.local_index[src[sel]], sel)
         return out
 
@@ -216,7 +218,7 @@ class Population:
         src = np.asarray(source_idx, dtype=np.int64)
 
         def fn(name, p, rows, sel):
-            if name not in lc.TRANSIENTS:
+            if name not in TRANSIENTS:
                 return np.nan
             return self.t_ref_unix[src[sel]] + lc.peak_time_days(name, p)[rows] * DAY_S
         return self._per_class(src, fn, np.nan)
@@ -280,7 +282,7 @@ class Population:
 def _band_index(band) -> np.ndarray:
     b = np.asarray(band)
     if b.dtype.kind in "USO":
-        lookup = {name: k for k, name in enumerate(lc.BANDS)}
+        lookup = {name: k for k, name in enumerate(BANDS)}
         return np.vectorize(lookup.__getitem__, otypes=[np.int64])(b)
     return b.astype(np.int64)
 
@@ -328,7 +330,7 @@ def sample_population(ra_deg, dec_deg, area_deg2, t0_unix: float, t1_unix: float
         raise ValueError("t1_unix must not precede t0_unix")
     parts = []
     params = {}
-    for k, name in enumerate(lc.CLASSES):
+    for k, name in enumerate(CLASSES):
         n = int(rng.poisson(expected_count(name, t0, t1, density_scale, faint_limit)))
         p = lc.sample_params(name, n, rng, lc.mag_distribution(name, n, rng, faint_limit))
         t_ref = _t_ref(name, p, n, t0, t1, rng)

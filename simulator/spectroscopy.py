@@ -27,7 +27,7 @@ from observatory.arrayconfig import ArrayConfig, Spectrograph
 from observatory.mount import move_time_s
 from observatory.sky import separation_deg, unit_vectors
 from observatory.spectra import SPEC_MOUNT, exposure_s, target_alt_deg
-from simulator import lightcurves as lc
+from observatory.taxonomy import CLASSES
 from simulator.world import Reply
 
 MATCH_ARCSEC = 3.0
@@ -162,7 +162,7 @@ class Spectrographs:
                                                             0.5 * (t_start + t_end), 1)[0])
         label, true_class, before_peak = None, None, False
         if truth >= 0:
-            true_class = lc.CLASSES[int(self.population.cls[truth])]
+            true_class = CLASSES[int(self.population.cls[truth])]
             peak = float(self.population.peak_unix(np.array([truth]))[0])
             before_peak = bool(np.isfinite(peak) and t_start < peak)
             need = float(exposure_s(tel.spec, true_mag)) if np.isfinite(true_mag) else math.inf
@@ -172,7 +172,7 @@ class Spectrographs:
                     (true_mag - (tel.spec.label_limit_mag - 1.5)) / 1.5, 0, 1))
                 label = true_class
                 if rng.random() < p_wrong:
-                    others = [c for c in lc.CLASSES if c != true_class]
+                    others = [c for c in CLASSES if c != true_class]
                     label = others[int(rng.integers(len(others)))]
         # The phase of a labelled transient is read from its spectrum (line widths and
         # velocities): the brain learns "before peak" only with a label.

@@ -103,7 +103,6 @@ def test_sitian_held_out_set_is_balanced_and_first_nights_hold_the_outburst():
     transient's first-night light curve is the night its outburst was first seen, not a
     night of its quiescent counterpart (for flares, CVs and microlensing the counterpart
     may be visible for weeks before)."""
-    from simulator import lightcurves as lc
 
     d = make_set(40, seed=4321, first_night_fraction=1.0, survey="sitian")
     assert np.bincount(d.label, minlength=len(CLASSES)).tolist() == [40] * len(CLASSES)
@@ -114,7 +113,7 @@ def test_sitian_held_out_set_is_balanced_and_first_nights_hold_the_outburst():
     np.minimum.at(t0, d.obj, d.mjd)
     assert np.all(span - t0 < 1.1)  # one night each
     # Flares: the outburst is in the light curve, so its amplitude is large.
-    flare = lc.CLASSES.index("Flare")
+    flare = CLASSES.index("Flare")
     amp = np.zeros(d.n)
     lo = np.full(d.n, np.inf)
     np.minimum.at(lo, d.obj, d.mag)

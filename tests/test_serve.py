@@ -59,7 +59,7 @@ def daemon_api(ray_serve, config, tmp_path_factory):
     d = Daemon(config, journal, WorldClock(T0, 1.0), router=f"tcp://127.0.0.1:{free_port()}",
                pub=None, policy=make_policy("greedy", 0))
     d.attach_desk(desk(create=True))
-    d._serve_desk()
+    d.serve_desk()
     port = free_port()
     start_api(config, port)
     thread = threading.Thread(target=d.run, kwargs={"max_wall_s": 3600}, daemon=True)

@@ -14,7 +14,7 @@ from brain.cli.common import (
     output_file,
 )
 from brain.config import load_config
-from brain.shells.daemon import run_daemon
+from brain.shells.daemon_start import run_daemon
 from drivers.clock import parse_start
 from drivers.keys import create_keys, device_keys
 from drivers.link import SecurityError, is_loopback

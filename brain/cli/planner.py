@@ -22,7 +22,6 @@ def cmd_ask(args) -> int:
                          "characters")
     config = load_config(args.config)
     if args.state:
-
         if not Path(args.state, "metrics.json").is_file():
             raise UsageError(f"{args.state} is not a run directory (no metrics.json)")
         try:

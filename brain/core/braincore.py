@@ -286,7 +286,6 @@ class BrainCore:
             self.sites[a["site"]].held_closed = False
             return self._review_site(a["site"], t)  # opens only if safe and dark
         if ev.tool == "set_survey_region":
-
             r = SurveyRegion.model_validate(a)
             self.scheduler.region = region_mask(self.grid.ra_deg, self.grid.dec_deg, r)
             return []
@@ -320,7 +319,6 @@ class BrainCore:
         objects: dict[str, dict] = {}
         n_cls = self.obj_prob.shape[1] if self.obj_prob.ndim == 2 else 0
         if n_cls and self.associator.n_objects:
-
             tr = self.config.transients
             # Every classified candidate, however old or faint (no follow-up filter).
             snap = take_snapshot(t, self.associator, self.obj_prob, tr.min_detections,
@@ -452,7 +450,6 @@ class BrainCore:
     @property
     def classifier(self):
         if self._classifier is None:
-
             self._classifier = TransientClassifier.load()
         return self._classifier
 
@@ -509,7 +506,6 @@ class BrainCore:
         if cand.size:
             self.obj_prob[cand] = prob
         if self.followup is not None:
-
             tr = self.config.transients
             self.followup.update(take_snapshot(
                 t, self.associator, self.obj_prob, tr.min_detections,

@@ -118,7 +118,6 @@ class StreamLoops:
 
     def _load(self, d: str):
         if d not in self._cache:
-
             env = Environment.load(Path(d))
             config = config_from_dict(env.config)
             if "night_cache" not in self._cache:
@@ -263,7 +262,6 @@ def evaluate_many(config, seeds, start: str, nights: int, policies: list[str],
     rows, pending = [], list(refs)
     bar = None
     if progress:
-
         bar = tqdm(total=len(refs), unit="seed", desc="evaluating", leave=False, disable=None)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)

@@ -70,7 +70,6 @@ DECISION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.
 
 def version() -> str:
     try:
-
         return v("sitian-brain")
     except Exception:  # not installed as a distribution (a source checkout)
         return "0+unknown"
@@ -161,7 +160,6 @@ class DaemonMetrics:
                  before_peak: bool = False) -> None:
         self.followups.inc(result)
         if result == "done" and label:
-
             self.reward.inc(n=science_reward(label, label, before_peak,
                                              self.d.config.followup.reward))
 

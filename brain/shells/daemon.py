@@ -21,14 +21,12 @@ import json
 import logging
 import math
 import signal
-import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import CollectorRegistry
 
 from brain.config import BrainConfig
 from brain.core.association import DetectionBatch
@@ -45,11 +43,8 @@ from brain.core.events import (
     set_command_prefix,
 )
 from brain.core.followup import FollowupManager
-from brain.ops.alerts import AlertSink, classification_alerts, followup_alert
-from brain.ops.hosting import connect, start_classifier, start_policy
-from brain.ops.nightjobs import NightJobs, current_classifier
-from brain.ops.prometheus import DaemonMetrics, MetricsServer
-from brain.planner.api import desk, start_api
+from brain.ops.alerts import classification_alerts, followup_alert
+from brain.ops.prometheus import DaemonMetrics
 from brain.planner.tools import TOOLS, Validator, parse_call
 from brain.shells.journal import Journal
 from drivers.clock import WorldClock
@@ -67,8 +62,6 @@ from observatory.ephemeris import night_date
 from observatory.taxonomy import TRANSIENTS
 from observatory.times import unix_to_mjd
 from observatory.visibility import airmass
-from policies.classifier import TransientClassifier
-from policies.followup import make_policy
 
 log = logging.getLogger("brain.shells.daemon")
 
@@ -104,7 +97,6 @@ class Daemon:
         set_command_prefix(f"{self.link.session[:8]}-")
         followup = None
         if policy is not None and config.spectrographs:
-
             followup = FollowupManager(config, policy, seed)
         self.core = BrainCore(config, classifier=classifier, followup=followup,
                               require_devices=True)
@@ -139,7 +131,6 @@ class Daemon:
         self._alert_queue: deque = deque()
         self.metrics = None
         if registry is not None:
-
             self.metrics = DaemonMetrics(registry, self)
 
     # Recovery --------------------------------------------------------------------
@@ -155,7 +146,6 @@ class Daemon:
         n_taken = 0
         spectra = j.spectra()
         if core.followup is not None and spectra:
-
             for sp in spectra:
                 sp["night"] = night_date(self.config, sp["t_sent"])
             oids = core.associator.locate([sp["ra_deg"] for sp in spectra],
@@ -240,7 +230,7 @@ class Daemon:
         if self._alert_queue and self._drain_alerts():
             busy = True
         if self.desk is not None and time.monotonic() >= self._next_desk:
-            self._serve_desk()
+            self.serve_desk()
         while self._classifying and self._classifying[0][1].done():
             t_asked, fut = self._classifying.pop(0)
             try:
@@ -264,7 +254,7 @@ class Daemon:
         self.desk = desk
         self._validator = Validator(self.config)
 
-    def _serve_desk(self) -> None:
+    def serve_desk(self) -> None:
         """Take approved actions (each validated again against the state now: the plan
         was made on a state up to a few seconds old) and push a fresh state."""
         import ray  # lazy: heavy optional library
@@ -413,7 +403,6 @@ class Daemon:
         elif isinstance(ev, LateReply):
             row = j.reconcile(ev.cmd_id, ev.ok, ev.t, ev.body)
             if row is not None and ev.ok and row["name"] == "expose":
-
                 cmd = Command(row["device"], "expose", json.loads(row["args"]), ev.cmd_id)
                 self._journal_observation(cmd, ev.body["result"])
 
@@ -541,97 +530,5 @@ class Daemon:
                                             message=fail.message)
                         self._send(self.core.handle(Failed(t, cmd.device, cmd.cmd_id,
                                                            fail.code, fail.message)), t)
-
-def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: float,
-               metrics_port: int, until: float | None = None, policy=None,
-               router: str = "tcp://127.0.0.1:5550", pub: str = "tcp://127.0.0.1:5551",
-               security: str = "none", keys_dir: str | None = None,
-               hosting: str = "ray", ray_address: str | None = None,
-               api_port: int | None = None, policy_seed: int = 0) -> Daemon:
-    """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
-
-    # metrics_port 0: no metrics at all (nothing collected, nothing served). The port is
-    # taken first: a busy one stops the start before the journal or Ray is touched.
-    registry = CollectorRegistry() if metrics_port else None
-    server = None
-    if metrics_port:
-
-        try:
-            server = MetricsServer(registry, metrics_port)
-        except OSError as exc:
-            raise OSError(f"--metrics-port {metrics_port}: {exc.strerror or exc}") from None
-    # The loop waits on sockets without the GIL; when the classifier thread holds it, a
-    # short switch interval gets an arriving DONE handled within a millisecond.
-    sys.setswitchinterval(0.0002)
-    clock = WorldClock(start, speed)
-    classifier = None
-    # The classifier the night jobs promoted last (brain.ops.nightjobs), else the shipped one.
-
-    model_dir = current_classifier(Path(journal).parent)
-    if hosting == "ray":
-        # The models as Ray actors (restarted by Ray; each holds nothing but its model),
-        # on a local Ray or the cluster at ray_address.
-
-        connect(ray_address)
-        classifier = start_classifier(str(model_dir))
-        if isinstance(policy, str):
-            policy = start_policy(policy, policy_seed)
-    else:
-
-        classifier = TransientClassifier.load(model_dir)
-        if isinstance(policy, str):
-
-            policy = make_policy(policy, policy_seed)
-    log.info("classifier from %s", model_dir)
-    try:
-        d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
-                   classifier=classifier, registry=registry)
-    except BaseException:
-        if server is not None:
-            server.close()
-        raise
-    d.metrics_server = server
-    if hosting == "ray" and api_port != 0:
-
-        d.attach_desk(desk(create=True))
-        d._serve_desk()  # a first state before the API answers
-        start_api(config, api_port)
-        log.info("operators' API on http://127.0.0.1:%d (planner loading)",
-                 api_port or config.planner.api_port)
-    if start is not None:
-        # A rehearsal restarted on its journal goes on with its night, not back at
-        # --start: world time kept running while the brain was down, as it would have
-        # for real (the devices' clocks did), so it resumes at the journal's last world
-        # time plus the wall time since its last write, times the speed.
-        last = d.journal.last_world_time()
-        if last is not None and d.journal.last_write_wall is not None:
-            resume = last + max(0.0, time.time() - d.journal.last_write_wall) * speed
-            if resume > start:
-                log.warning("journal reaches %s: resuming at %s, not at --start",
-                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
-                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resume)))
-                start = resume
-        if config.ops.night_jobs:
-            # The ephemerides the night jobs plan from take seconds: computed now, the
-            # rehearsal's clock does not run through them (at 100x, 7 s of setup cost
-            # the first 12 world minutes).
-
-            for night in NightJobs.nights_for(config, start):
-                d.core.nights.get(night)
-        clock.sync(start)  # a rehearsal's world time begins once the brain is ready
-    if config.ops.alerts:
-
-        d.alerts = AlertSink(Path(journal).parent / "alerts", publish=d.link.publish,
-                             role="test" if clock.simulated else "observation",
-                             sites={s.id: s for s in config.sites})
-    if config.ops.night_jobs:
-
-        d.nightjobs = NightJobs(d, Path(journal).parent)
-        d.nightjobs.start()
-    log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,
-             d.link.router_endpoint, getattr(d.link, "pub_endpoint", "-"), speed,
-             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.now())))
-    d.run(until=until)
-    return d
 
 

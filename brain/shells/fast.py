@@ -96,7 +96,6 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
     followup = None
     world = World(config)
     if policy is not None and env.population is not None and config.spectrographs:
-
         followup = FollowupManager(config, policy, env.seed)
         world.attach_spectrographs(Spectrographs(config, env.population, env.seed))
     core = BrainCore(config, grid, cache, scheduler, classifier=classifier, followup=followup)
@@ -106,7 +105,6 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
     dates = night_dates(env.start, env.nights)
     bar = None
     if progress:
-
         spans = [cache.get(d)[0] for d in dates]
         total_h = sum(n.t_end - n.t_begin for n in spans) / 3600
         bar = tqdm(total=round(total_h, 1), unit="h", desc="simulating", leave=False,
