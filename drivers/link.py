@@ -10,7 +10,6 @@ late or duplicate ``DONE``/``FAILED`` is counted and dropped, never delivered tw
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from bisect import bisect_left
@@ -19,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import msgpack
 import zmq
@@ -29,6 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from drivers import protocol as P
 from drivers.clock import WorldClock
+from drivers.endpoint import is_loopback
 from drivers.keys import authorised_devices, may_be
 from drivers.loopmetrics import LoopCollector, LoopHistogram
 
@@ -121,20 +120,6 @@ class _Peer:
     state: dict = field(default_factory=dict)
     inflight: dict[str, _Inflight] = field(default_factory=dict)
     spoke: bool = False  # said anything but HELLO since its WELCOME
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for tcp://127.x, tcp://[::1], tcp://localhost, ipc:// and inproc://."""
-    u = urlparse(endpoint)
-    if u.scheme in ("ipc", "inproc"):
-        return True
-    host = (u.hostname or "").strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class SecurityError(ValueError):

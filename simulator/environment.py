@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import date as Date
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 
-from simulator.population import Population
-from simulator.weather import WeatherSeries
+from observatory.arrayconfig import ArrayConfig
+from observatory.visibility import NightCache
+from simulator.population import Population, sample_population
+from simulator.weather import STEP_S, WeatherSeries, generate
 
 FORMAT = "sitian-environment/1"
 
@@ -60,3 +64,30 @@ class Environment:
         if pop_path.is_file():
             env.population = Population.load(pop_path)
         return env
+
+
+WEATHER_LEAD_S = 3600.0  # weather starts this long before the first dusk
+
+
+def night_dates(start: str, nights: int) -> list[str]:
+    d0 = Date.fromisoformat(start)
+    return [(d0 + timedelta(days=k)).isoformat() for k in range(nights)]
+
+
+def make_environment(config: ArrayConfig, seed: int, start: str, nights: int,
+                     weather_mode: str, cache: NightCache) -> Environment:
+    """Draw a new environment: the weather of every site on every night."""
+    env = Environment(config.model_dump(mode="json"), seed, start, nights, weather_mode)
+    spans = []
+    for k, d in enumerate(night_dates(start, nights)):
+        night, _sky = cache.get(d)
+        spans.append((night.t_begin, night.t_end))
+        for s in config.sites:
+            env.weather[(k, s.id)] = generate(config.climates[s.climate],
+                                              night.t_begin - WEATHER_LEAD_S,
+                                              night.t_end + STEP_S, seed, s.id, k)
+    env.population = sample_population(
+        None, None, config.camera.fov_deg2, spans[0][0], spans[-1][1],
+        np.random.default_rng([seed, 0x5C1]), config.sky.density_scale,
+        config.sky.faint_limit_mag)
+    return env

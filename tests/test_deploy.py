@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from brain import cli
-from brain.cli import daemon as daemon_cli
+from brain.cli import common as cli_common
 from brain.config import load_config, with_climate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def parse_brain(argv: list[str]):
         pytest.fail(f"brain {' '.join(argv)!r} is refused by brain/cli.py (exit {exc.code})")
     if args.command in ("run", "sim-drivers"):
         try:
-            daemon_cli.clock_args(args)
+            cli_common.clock_args(args)
         except cli.UsageError as exc:
             pytest.fail(f"brain {args.command}: {exc}")
     return args
@@ -452,8 +452,8 @@ def test_sim_drivers_meet_the_brain():
 
 
 def test_indi_template_execstart_is_accepted_by_the_bridge():
+    from drivers.endpoint import is_loopback
     from drivers.indi import build_parser
-    from drivers.link import is_loopback
 
     unit = effective(SYSTEMD / "sitian-indi@.service")
     assert "/etc/sitian/indi/%i.env" in unit["Service"]["EnvironmentFile"]

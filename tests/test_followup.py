@@ -39,9 +39,9 @@ def test_science_reward_table():
 # The spectrographs against a real simulated sky -----------------------------------------
 @pytest.fixture(scope="module")
 def sky_and_population(config):
-    from brain.shells.fast import make_environment
     from observatory.sky import FieldGrid
     from observatory.visibility import NightCache
+    from simulator.environment import make_environment
 
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid)

@@ -65,10 +65,9 @@ def test_same_seed_same_observations(climate_run, second_runs):
 def test_environment_depends_on_the_seed_only(config, tmp_path):
     """Drawing the environment twice with one seed gives identical weather; another
     seed gives different weather; saving and loading it loses nothing."""
-    from brain.shells.fast import make_environment
     from observatory.sky import FieldGrid
     from observatory.visibility import NightCache
-    from simulator.environment import Environment
+    from simulator.environment import Environment, make_environment
 
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid)

@@ -6,6 +6,9 @@ import argparse
 from datetime import date
 from pathlib import Path
 
+from drivers.clock import parse_start
+from drivers.endpoint import is_loopback
+from drivers.keys import device_keys
 from policies.followup import make_policy
 
 
@@ -98,3 +101,28 @@ POLICIES = ("rl", "greedy", "uncertainty", "brightest", "random")
 
 
 WEATHER_MODES = ("climate", "clear")
+
+
+def clock_args(args):
+    if not (args.speed > 0 and args.speed <= 10_000):
+        raise UsageError(f"--speed must be in (0, 10000], not {args.speed}")
+    try:
+        start = parse_start(args.start)
+        until = parse_start(args.until)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    security = args.security or ("none" if is_loopback(args.router) else "curve")
+    if security == "none" and not (is_loopback(args.router) and is_loopback(args.pub)):
+        raise UsageError("refusing security 'none' on a non-loopback address: use "
+                         "--security curve --keys DIR (brain keys DIR)")
+    if security == "curve" and not args.keys:
+        raise UsageError("--security curve needs --keys DIR (create it with brain keys DIR)")
+    return start, until, security
+
+
+def device_curve(keys_dir: str):
+    try:
+        return device_keys(keys_dir)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -9,33 +9,15 @@ import zmq
 
 from brain.cli.common import (
     UsageError,
+    clock_args,
     load_policy,
     output_dir,
     output_file,
 )
 from brain.config import load_config
 from brain.shells.daemon_start import run_daemon
-from drivers.clock import parse_start
-from drivers.keys import create_keys, device_keys
-from drivers.link import SecurityError, is_loopback
-
-
-def clock_args(args):
-    if not (args.speed > 0 and args.speed <= 10_000):
-        raise UsageError(f"--speed must be in (0, 10000], not {args.speed}")
-    try:
-        start = parse_start(args.start)
-        until = parse_start(args.until)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-    security = args.security or ("none" if is_loopback(args.router) else "curve")
-    if security == "none" and not (is_loopback(args.router) and is_loopback(args.pub)):
-        raise UsageError("refusing security 'none' on a non-loopback address: use "
-                         "--security curve --keys DIR (brain keys DIR)")
-    if security == "curve" and not args.keys:
-        raise UsageError("--security curve needs --keys DIR (create it with brain keys DIR)")
-    return start, until, security
+from drivers.keys import create_keys
+from drivers.link import SecurityError
 
 
 def cmd_run(args) -> int:
@@ -63,13 +45,6 @@ def cmd_run(args) -> int:
         raise UsageError(str(exc).splitlines()[0]) from None
     print(f"stopped; journal {args.journal}")
     return 0
-
-
-def device_curve(keys_dir: str):
-    try:
-        return device_keys(keys_dir)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def cmd_keys(args) -> int:

@@ -11,17 +11,18 @@ import zmq
 
 from brain.cli.common import (
     UsageError,
+    clock_args,
+    device_curve,
     output_file,
 )
-from brain.cli.daemon import clock_args, device_curve
 from brain.config import load_config, with_climate
-from brain.shells.fast import make_environment
 from drivers.clock import WorldClock
 from drivers.device import DeviceHost
 from drivers.simdevices import SimArray
 from observatory.ephemeris import night_date
 from observatory.sky import FieldGrid
 from observatory.visibility import NightCache
+from simulator.environment import make_environment
 
 
 def cmd_sim_drivers(args) -> int:

@@ -13,12 +13,12 @@ from brain.cli.common import (
 )
 from brain.config import config_from_dict, load_config, with_climate
 from brain.evaluation.policy_training import check_seeds, evaluate_many, write_evaluation
-from brain.evaluation.survey_metrics import run_metrics
-from brain.shells.fast import make_environment, simulate
-from brain.shells.runfiles import write_run
+from brain.ops.runfiles import write_run
+from brain.ops.survey_metrics import run_metrics
+from brain.shells.fast import simulate
 from observatory.sky import AreaLattice, FieldGrid
 from observatory.visibility import NightCache
-from simulator.environment import Environment
+from simulator.environment import Environment, make_environment
 
 
 def run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: bool,

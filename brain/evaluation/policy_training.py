@@ -27,16 +27,16 @@ from tqdm import tqdm
 from brain.config import config_from_dict
 from brain.core.followup import followup_rows, followup_summary
 from brain.evaluation.followup_replay import FollowupLoop, Stream
-from brain.evaluation.survey_metrics import run_metrics
 from brain.ops.hosting import connect
-from brain.shells.fast import make_environment, simulate
-from brain.shells.runfiles import EVALUATION_COLUMNS
+from brain.ops.runfiles import EVALUATION_COLUMNS
+from brain.ops.survey_metrics import run_metrics
+from brain.shells.fast import simulate
 from observatory.sky import AreaLattice, FieldGrid
 from observatory.visibility import NightCache
 from policies.env import FollowupEnv
 from policies.followup import GreedyPolicy, make_policy
 from policies.rl import OBS_SIZE, RLPolicy
-from simulator.environment import Environment
+from simulator.environment import Environment, make_environment
 
 TRAIN_SEEDS = tuple(range(1001, 1009))
 VALID_SEEDS = tuple(range(2001, 2005))

@@ -23,21 +23,21 @@ from typing import ClassVar
 import numpy as np
 
 from brain.core.followup import science_reward
-from brain.evaluation.survey_metrics import (
+from brain.ops.report import ReportInputs, write_report
+from brain.ops.runfiles import (
+    _clean,
+    write_followup_rows,
+    write_labelled,
+    write_objects,
+    write_observations,
+)
+from brain.ops.survey_metrics import (
     coverage_windows,
     observations_array,
     revisit_intervals_min,
     site_open_fraction,
     stats,
     visits_from_observations,
-)
-from brain.ops.report import ReportInputs, write_report
-from brain.shells.runfiles import (
-    _clean,
-    write_followup_rows,
-    write_labelled,
-    write_objects,
-    write_observations,
 )
 from observatory.ephemeris import night_span
 from observatory.sky import AreaLattice

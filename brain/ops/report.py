@@ -27,8 +27,8 @@ class ReportInputs:
     """What a report is made of. ``nights``: the nights' ephemerides
     (``observatory.ephemeris.NightEphemeris``); ``core``: the brain core whose associator
     and class probabilities give the light curves; ``obs``: the observation array
-    (brain.evaluation.survey_metrics.observations_array); ``windows``:
-    brain.evaluation.survey_metrics.coverage_windows;
+    (brain.ops.survey_metrics.observations_array); ``windows``:
+    brain.ops.survey_metrics.coverage_windows;
     ``objects``: objects.csv rows; ``followups``: followups.csv rows (dicts);
     ``metrics``: metrics.json's keys (what a shell cannot know is None)."""
 

@@ -12,8 +12,6 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
-from datetime import date as Date
-from datetime import timedelta
 
 import numpy as np
 from tqdm import tqdm
@@ -26,38 +24,10 @@ from brain.core.followup import FollowupManager
 from observatory.ephemeris import NightEphemeris
 from observatory.sky import FieldGrid
 from observatory.visibility import NightCache
-from simulator.environment import Environment
+from simulator.environment import Environment, night_dates
 from simulator.photometry import ExposureBatch, Photometry
-from simulator.population import sample_population
 from simulator.spectroscopy import Spectrographs
-from simulator.weather import STEP_S, generate
 from simulator.world import World
-
-WEATHER_LEAD_S = 3600.0  # weather starts this long before the first dusk
-
-
-def night_dates(start: str, nights: int) -> list[str]:
-    d0 = Date.fromisoformat(start)
-    return [(d0 + timedelta(days=k)).isoformat() for k in range(nights)]
-
-
-def make_environment(config: BrainConfig, seed: int, start: str, nights: int,
-                     weather_mode: str, cache: NightCache) -> Environment:
-    """Draw a new environment: the weather of every site on every night."""
-    env = Environment(config.model_dump(mode="json"), seed, start, nights, weather_mode)
-    spans = []
-    for k, d in enumerate(night_dates(start, nights)):
-        night, _sky = cache.get(d)
-        spans.append((night.t_begin, night.t_end))
-        for s in config.sites:
-            env.weather[(k, s.id)] = generate(config.climates[s.climate],
-                                              night.t_begin - WEATHER_LEAD_S,
-                                              night.t_end + STEP_S, seed, s.id, k)
-    env.population = sample_population(
-        None, None, config.camera.fov_deg2, spans[0][0], spans[-1][1],
-        np.random.default_rng([seed, 0x5C1]), config.sky.density_scale,
-        config.sky.faint_limit_mag)
-    return env
 
 
 @dataclass

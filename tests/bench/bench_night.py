@@ -16,10 +16,11 @@ import numpy as np
 
 from brain.config import load_config, with_climate
 from brain.core.survey import FeasibilityMask, SurveyScheduler
-from brain.evaluation.survey_metrics import run_metrics
-from brain.shells.fast import make_environment, simulate
+from brain.ops.survey_metrics import run_metrics
+from brain.shells.fast import simulate
 from observatory.sky import AreaLattice, FieldGrid
 from observatory.visibility import NightCache
+from simulator.environment import make_environment
 
 
 class NaiveGreedy(SurveyScheduler):

@@ -54,7 +54,7 @@ def find_turns(config, cache) -> list[dict]:
     """Moments a dark site's weather turns unsafe after SAFE_BEFORE_S of safe weather."""
     from brain.core.events import Weather
     from brain.core.safety import weather_verdict
-    from brain.shells.fast import make_environment
+    from simulator.environment import make_environment
 
     turns, sites = [], set()
     night, _sky = cache.get(DATE)

@@ -18,10 +18,10 @@ import numpy as np
 
 from brain.config import load_config, with_climate
 from brain.core.survey import SurveyScheduler
-from brain.shells.fast import make_environment
 from observatory.ephemeris import location
 from observatory.sky import FieldGrid
 from observatory.visibility import NightCache
+from simulator.environment import make_environment
 
 
 def main() -> None:

@@ -49,10 +49,11 @@ def _unix(iso: str) -> float:
 
 def main() -> None:
     from brain.config import load_config, with_climate
-    from brain.evaluation.survey_metrics import coverage_windows, observations_array
-    from brain.shells.fast import make_environment, simulate
+    from brain.ops.survey_metrics import coverage_windows, observations_array
+    from brain.shells.fast import simulate
     from observatory.sky import AreaLattice, FieldGrid
     from observatory.visibility import NightCache
+    from simulator.environment import make_environment
 
     config = with_climate(load_config(), "clear")
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
