@@ -12,7 +12,8 @@ the INDI server (default ``127.0.0.1:7624``) and to the brain's ROUTER, and maps
            (without a dome: park the mount)
 ``park``   ``CCD_ABORT_EXPOSURE``, ``TELESCOPE_PARK: PARK``
 ``slew``   ``TELESCOPE_PARK: UNPARK`` if parked, ``ON_COORD_SET: TRACK``,
-           ``EQUATORIAL_EOD_COORD`` (RA in hours, Dec in degrees)
+           ``EQUATORIAL_EOD_COORD`` (RA in hours, Dec in degrees; the brain's ICRS target
+           converted to INDI's epoch of date, and the mount's position back to ICRS)
 ``expose`` ``FILTER_SLOT`` if a slot is configured, ``CCD_EXPOSURE: CCD_EXPOSURE_VALUE``
 ``abort``  ``TELESCOPE_ABORT_MOTION: ABORT``, ``CCD_ABORT_EXPOSURE: ABORT``
 =========  ================================================================================
@@ -28,6 +29,7 @@ The package, by concept:
   reader thread parsing the XML stream incrementally, a property cache, and reconnection
   when the server goes away;
 * :mod:`drivers.indi.steps`: a command as a plan of INDI requests and how each finishes;
+* :mod:`drivers.indi.coords`: ICRS (the brain's) and INDI's epoch of date (the mount's);
 * :mod:`drivers.indi.sky`: sidereal time, altitude and azimuth, airmass;
 * :mod:`drivers.indi.telescope`: :class:`IndiTelescope`, the SBP1 device;
 * :mod:`drivers.indi.cli`: the command line (``python -m drivers.indi``, run by
@@ -36,8 +38,9 @@ The package, by concept:
 
 from drivers.indi.cli import build_parser, main
 from drivers.indi.client import IndiClient, IndiError, Vector, parse_number
+from drivers.indi.coords import eod_to_icrs, icrs_to_eod
 from drivers.indi.sky import airmass, alt_az_deg, lst_deg
 from drivers.indi.telescope import IndiTelescope
 
 __all__ = ["IndiClient", "IndiError", "IndiTelescope", "Vector", "airmass", "alt_az_deg",
-           "build_parser", "lst_deg", "main", "parse_number"]
+           "build_parser", "eod_to_icrs", "icrs_to_eod", "lst_deg", "main", "parse_number"]

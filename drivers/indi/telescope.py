@@ -1,5 +1,9 @@
 """The SBP1 telescope device of the INDI bridge: an INDI mount, camera, dome (and
-optionally a filter wheel) served to the brain as one telescope (docs/indi.md)."""
+optionally a filter wheel) served to the brain as one telescope (docs/indi.md).
+
+Coordinates: ICRS on the brain's side, INDI's epoch of date (``EQUATORIAL_EOD_COORD``) on
+the mount's; the conversions (``drivers/indi/coords.py``) happen here, at world time: a
+slew's ICRS target when it is sent, the mount's position whenever it is reported."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from drivers.indi.client import (
     IndiError,
     Vector,
 )
+from drivers.indi.coords import eod_to_icrs, icrs_to_eod
 from drivers.indi.sky import airmass, alt_az_deg, lst_deg, ra_diff_h
 from drivers.indi.steps import Plan, Step
 
@@ -182,17 +187,21 @@ class IndiTelescope(Device):
         return float(lat if lat is not None else 0.0), float(lon if lon is not None else 0.0)
 
     def _pointing(self, now: float) -> dict:
+        """Where the mount points at world time ``now``: ICRS ``ra_deg``/``dec_deg``
+        (converted from its epoch-of-date ``EQUATORIAL_EOD_COORD``), ``alt_deg``/``az_deg``;
+        {} if it reports no position."""
         eq = self.client.get(self.mount, "EQUATORIAL_EOD_COORD")
         if eq is None or not all(math.isfinite(eq.values.get(k, math.nan))
                                  for k in ("RA", "DEC")):
             return {}
-        ra, dec = eq.values["RA"] * 15.0 % 360.0, float(eq.values["DEC"])
+        ra_eod, dec_eod = eq.values["RA"] * 15.0 % 360.0, float(eq.values["DEC"])
+        ra, dec = eod_to_icrs(ra_eod, dec_eod, now)
         hz = self.client.get(self.mount, "HORIZONTAL_COORD")
         if hz is not None and math.isfinite(hz.values.get("ALT", math.nan)):
             alt, az = float(hz.values["ALT"]), float(hz.values.get("AZ", math.nan)) % 360.0
-        else:
+        else:  # the hour angle is the sidereal time less the right ascension of date
             lat, lon = self._site()
-            alt, az = alt_az_deg(ra, dec, lat, lst_deg(now, lon))
+            alt, az = alt_az_deg(ra_eod, dec_eod, lat, lst_deg(now, lon))
         return {"ra_deg": ra, "dec_deg": dec, "alt_deg": alt, "az_deg": az}
 
     def _shutter_open(self) -> bool | None:
@@ -233,8 +242,8 @@ class IndiTelescope(Device):
                      values: dict[str, bool] | None = None) -> Step:
         vals = values or {element: True}
         return Step(self.client, dev, prop, what, timeout_s,
-                     lambda: self.client.new_switch(dev, prop, vals),
-                     lambda v: v.values.get(element) is True)
+                    lambda: self.client.new_switch(dev, prop, vals),
+                    lambda v: v.values.get(element) is True)
 
     def _has(self, dev: str | None, prop: str) -> bool:
         return bool(dev) and self.client.get(dev, prop) is not None
@@ -333,23 +342,26 @@ class IndiTelescope(Device):
         self._check_connected()
         if self._shutter_open() is False:
             raise CommandError("device_fault", "closed: the dome shutter is not open")
-        ra_h, dec = float(args["ra_deg"]) / 15.0, float(args["dec_deg"])
+        ra, dec = float(args["ra_deg"]), float(args["dec_deg"])  # ICRS
+        # The mount takes its epoch of date: the target converted at the command's time.
+        ra_eod, dec_eod = icrs_to_eod(ra, dec, now)
+        ra_eod_h = ra_eod / 15.0
         tol_deg = 1.0 / 60.0
 
         def at_target(v: Vector) -> bool:
-            return (ra_diff_h(v.values.get("RA", math.nan), ra_h) * 15.0
-                    * math.cos(math.radians(dec)) < tol_deg
-                    and abs(v.values.get("DEC", math.nan) - dec) < tol_deg)
+            return (ra_diff_h(v.values.get("RA", math.nan), ra_eod_h) * 15.0
+                    * math.cos(math.radians(dec_eod)) < tol_deg
+                    and abs(v.values.get("DEC", math.nan) - dec_eod) < tol_deg)
 
         steps = self._unpark_mount_step()
         if self._has(self.mount, "ON_COORD_SET"):
             steps.append(self._switch_step(self.mount, "ON_COORD_SET", "TRACK", "slew", 30.0,
                                            {"TRACK": True, "SLEW": False, "SYNC": False}))
         steps.append(Step(self.client, self.mount, "EQUATORIAL_EOD_COORD", "slew",
-                           self.slew_timeout_s,
-                           lambda: self.client.new_number(self.mount, "EQUATORIAL_EOD_COORD",
-                                                          {"RA": ra_h, "DEC": dec}),
-                           at_target, skip_if_done=False))
+                          self.slew_timeout_s,
+                          lambda: self.client.new_number(self.mount, "EQUATORIAL_EOD_COORD",
+                                                         {"RA": ra_eod_h, "DEC": dec_eod}),
+                          at_target, skip_if_done=False))
 
         def finish(t: float) -> dict:
             p = self._pointing(t)
@@ -358,7 +370,7 @@ class IndiTelescope(Device):
             return p
 
         here = self._pointing(now)
-        dist = 180.0 if not here else max(ra_diff_h(here["ra_deg"] / 15.0, ra_h) * 15.0,
+        dist = 180.0 if not here else max(ra_diff_h(here["ra_deg"] / 15.0, ra / 15.0) * 15.0,
                                           abs(here["dec_deg"] - dec))
         # Conservative (0.5 deg/s): PROGRESS only ever extends the brain's deadline.
         eta = now + min(self.slew_timeout_s, 30.0 + 2.0 * dist)
@@ -373,15 +385,15 @@ class IndiTelescope(Device):
         if self.filter_slot is not None:
             slot = float(self.filter_slot)
             steps.append(Step(self.client, self.wheel, "FILTER_SLOT", "filter", 120.0,
-                               lambda: self.client.new_number(self.wheel, "FILTER_SLOT",
-                                                              {"FILTER_SLOT_VALUE": slot}),
-                               lambda v: abs(v.values.get("FILTER_SLOT_VALUE", -1) - slot)
-                               < 0.5))
+                              lambda: self.client.new_number(self.wheel, "FILTER_SLOT",
+                                                             {"FILTER_SLOT_VALUE": slot}),
+                              lambda v: abs(v.values.get("FILTER_SLOT_VALUE", -1) - slot)
+                              < 0.5))
         expo = Step(self.client, self.ccd, "CCD_EXPOSURE", "expose",
-                     seconds + self.readout_timeout_s,
-                     lambda: self.client.new_number(self.ccd, "CCD_EXPOSURE",
-                                                    {"CCD_EXPOSURE_VALUE": seconds}),
-                     lambda v: False, need_busy=True, skip_if_done=False)
+                    seconds + self.readout_timeout_s,
+                    lambda: self.client.new_number(self.ccd, "CCD_EXPOSURE",
+                                                   {"CCD_EXPOSURE_VALUE": seconds}),
+                    lambda v: False, need_busy=True, skip_if_done=False)
         steps.append(expo)
         sent = {"t": now}
         clock_offset = now - time.monotonic()
