@@ -1,7 +1,8 @@
 """The INDI bridge against a real ``indiserver`` with the INDI simulators (Debian/Ubuntu
 package ``indi-bin``), driven through a real BrainLink: open, slew, expose, close, and the
 failures (unknown command, bad arguments, a request the camera driver refuses, exposing
-while closed).
+while closed); a slew to an ICRS target goes to the mount as epoch-of-date coordinates
+and comes back as ICRS. The coordinate conversions are also tested without a server.
 
 Without ``indiserver`` these tests fail (install indi-bin); ``SITIAN_SKIP_INDI=1`` skips
 them instead.
@@ -23,11 +24,20 @@ from pathlib import Path
 import pytest
 
 from drivers.device import DeviceHost
-from drivers.indi import IndiClient, IndiTelescope, alt_az_deg, lst_deg, parse_number
+from drivers.indi import (
+    IndiClient,
+    IndiTelescope,
+    alt_az_deg,
+    eod_to_icrs,
+    icrs_to_eod,
+    lst_deg,
+    parse_number,
+)
 from drivers.link import BrainLink, CommandDone, CommandFailed, DeviceSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = "xl.g01.g"
+MOUNT = "Telescope Simulator"
 SITE_LAT, SITE_LON, SITE_ELEV = 40.3933, 117.575, 900.0  # Xinglong
 SIMULATORS = ("indi_simulator_telescope", "indi_simulator_ccd", "indi_simulator_dome")
 START_TIMEOUT_S = 30.0
@@ -193,9 +203,31 @@ def rig(indiserver):
 
 
 def _sep_deg(ra1, dec1, ra2, dec2) -> float:
+    """Angular separation (Vincenty's formula: exact down to microarcseconds)."""
     a1, d1, a2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    c = (math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(a1 - a2))
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
+    da = a2 - a1
+    num = math.hypot(math.cos(d2) * math.sin(da),
+                     math.cos(d1) * math.sin(d2) - math.sin(d1) * math.cos(d2) * math.cos(da))
+    den = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(da)
+    return math.degrees(math.atan2(num, den))
+
+
+def _precessed(ra_deg: float, dec_deg: float, t_unix: float) -> tuple[float, float]:
+    """ICRS (J2000) to the mean equator and equinox of date: the IAU 1976 precession
+    angles (Lieske 1979), written out here independently of astropy. The apparent place
+    differs from this by nutation and aberration, under 45 arcseconds together."""
+    t = (t_unix / 86400.0 + 2440587.5 - 2451545.0) / 36525.0
+    zeta = math.radians((2306.2181 * t + 0.30188 * t * t + 0.017998 * t ** 3) / 3600.0)
+    z = math.radians((2306.2181 * t + 1.09468 * t * t + 0.018203 * t ** 3) / 3600.0)
+    theta = math.radians((2004.3109 * t - 0.42665 * t * t - 0.041833 * t ** 3) / 3600.0)
+    ra0, dec0 = math.radians(ra_deg), math.radians(dec_deg)
+    a = math.cos(dec0) * math.sin(ra0 + zeta)
+    b = (math.cos(theta) * math.cos(dec0) * math.cos(ra0 + zeta)
+         - math.sin(theta) * math.sin(dec0))
+    c = (math.sin(theta) * math.cos(dec0) * math.cos(ra0 + zeta)
+         + math.cos(theta) * math.sin(dec0))
+    ra = math.degrees(math.atan2(a, b) + z) % 360.0
+    return ra, math.degrees(math.atan2(c, math.hypot(a, b)))
 
 
 def test_open_slew_expose_close(rig):
@@ -222,8 +254,12 @@ def test_open_slew_expose_close(rig):
     assert abs(res["dec_deg"] - dec) < 0.1, res
     assert 45.0 < res["alt_deg"] < 56.0, res  # 90 - (80 - 40.4) = 50.4 at transit
     assert res["az_deg"] < 10.0 or res["az_deg"] > 350.0, res  # due north
-    eq = rig.client.get("Telescope Simulator", "EQUATORIAL_EOD_COORD")
-    assert abs(eq.values["RA"] * 15.0 - res["ra_deg"]) < 0.1 and eq.state == "Ok", eq
+    # The result is the mount's epoch-of-date position, converted to ICRS.
+    eq = rig.client.get(MOUNT, "EQUATORIAL_EOD_COORD")
+    assert eq.state == "Ok", eq
+    back = eod_to_icrs(eq.values["RA"] * 15.0, eq.values["DEC"], time.time())
+    # (2 arcseconds: the simulator re-sends its position only when it moved 0.1 s of RA)
+    assert _sep_deg(*back, res["ra_deg"], res["dec_deg"]) * 3600.0 < 2.0, (eq, back, res)
 
     t_sent = time.time()
     res = rig.done("expose", {"seconds": 1.0, "obs_id": "indi-test-1", "field_id": 42})
@@ -254,6 +290,51 @@ def test_open_slew_expose_close(rig):
     assert ev.code == "device_fault" and "closed" in ev.message, ev
 
 
+def test_slew_sends_epoch_of_date_and_reports_icrs(rig):
+    """An ICRS target goes to the mount precessed (and nutated, aberrated) to the epoch of
+    date; where the mount says it went, taken back to ICRS, is the target."""
+    assert rig.done("open") == {}
+    # Two habits of the simulator that are not the bridge's to fix. It holds a goto's target
+    # hour angle fixed while it does not track, so the first goto after a start would end
+    # behind the target by the slew's duration: track first, as after any goto. And it
+    # moves the target on by the tracking of a whole polling period (250 ms: up to 3
+    # arcseconds here) after the goto arrived: poll every 50 ms.
+    rig.client.new_switch(MOUNT, "TELESCOPE_TRACK_STATE", {"TRACK_ON": True, "TRACK_OFF": False})
+    rig.client.new_number(MOUNT, "POLLING_PERIOD", {"PERIOD_MS": 50})
+    rig._wait(lambda: rig.client.value(MOUNT, "TELESCOPE_TRACK_STATE", "TRACK_ON") is True
+              and rig.client.value(MOUNT, "POLLING_PERIOD", "PERIOD_MS") == 50, 10.0,
+              "the mount to track and poll every 50 ms")
+    # An hour east of the meridian at Dec +40: about 78 degrees high at Xinglong, and 26
+    # degrees or more from the ecliptic pole, so the epoch of date (in 2026) is 9.8
+    # arcminutes or more from ICRS whatever the sidereal time.
+    t0 = time.time()
+    ra, dec = (lst_deg(t0, SITE_LON) + 15.0) % 360.0, 40.0
+    res = rig.done("slew", {"ra_deg": ra, "dec_deg": dec}, timeout_s=200.0)
+    t1 = time.time()
+    eq = rig.client.get(MOUNT, "EQUATORIAL_EOD_COORD")
+    assert eq.state == "Ok", eq
+    ra_eod, dec_eod = eq.values["RA"] * 15.0, eq.values["DEC"]
+    # What the mount was sent (and went to) is the epoch of date, not the ICRS target.
+    offset_arcmin = _sep_deg(ra_eod, dec_eod, ra, dec) * 60.0
+    assert offset_arcmin > 5.0, (ra_eod, dec_eod, ra, dec)
+    mean = _precessed(ra, dec, t1)
+    assert _sep_deg(ra_eod, dec_eod, *mean) * 3600.0 < 60.0, (ra_eod, dec_eod, mean)
+    target = rig.client.get(MOUNT, "TARGET_EOD_COORD")  # the goto as the mount took it
+    sent = (target.values["RA"] * 15.0, target.values["DEC"])
+    assert _sep_deg(*sent, *mean) * 3600.0 < 60.0, (sent, mean)
+    assert _sep_deg(*sent, *icrs_to_eod(ra, dec, t0)) * 3600.0 < 0.1, (sent, t0)
+    # The mount's position back in ICRS is the target, and so is what the bridge reports.
+    back = eod_to_icrs(ra_eod, dec_eod, t1)
+    assert _sep_deg(*back, ra, dec) * 3600.0 < 5.0, (back, ra, dec)
+    assert _sep_deg(res["ra_deg"], res["dec_deg"], ra, dec) * 3600.0 < 5.0, (res, ra, dec)
+    state = rig.done("status")
+    assert _sep_deg(state["ra_deg"], state["dec_deg"], ra, dec) * 3600.0 < 5.0, state
+    print(f"ICRS ({ra:.5f}, {dec:.5f}) -> epoch of date ({ra_eod:.5f}, {dec_eod:.5f}): "
+          f"{offset_arcmin:.2f} arcmin; back in ICRS "
+          f"{_sep_deg(*back, ra, dec) * 3600.0:.3f} arcsec from the target")
+    assert rig.done("close") == {}
+
+
 def test_refusals(rig):
     ev = rig.failed("spectrum", {"target_id": "x", "ra_deg": 1.0, "dec_deg": 2.0,
                                  "seconds": 10.0}, timeout_s=10.0)
@@ -276,6 +357,38 @@ def test_command_line_reports_a_missing_server_in_one_line():
     bad = subprocess.run([sys.executable, "-m", "drivers.indi", "--site", "xl"], cwd=REPO,
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_icrs_to_epoch_of_date_and_back():
+    t = 1.8e9  # 2027-01-15
+    for ra, dec in ((0.0, 0.0), (83.633, 22.0145), (201.298, -43.019), (310.358, 45.280),
+                    (359.999, 89.5), (180.0, -89.9), (270.0, 66.56)):
+        eod = icrs_to_eod(ra, dec, t)
+        assert 0.0 <= eod[0] < 360.0 and -90.0 <= eod[1] <= 90.0, eod
+        back = eod_to_icrs(*eod, t)
+        assert _sep_deg(*back, ra, dec) * 3600.0 < 0.01, (ra, dec, eod, back)
+        # Precession (independent of astropy) to within nutation and aberration.
+        assert _sep_deg(*eod, *_precessed(ra, dec, t)) * 3600.0 < 45.0, (ra, dec, eod)
+    # INDI's "JNow" is the geocentric apparent place on the true equator and equinox of
+    # date (docs/indi.md): Deneb (HIP 102098) at JD 2459019.833333 UTC, apparent place
+    # from IMCCE's Miriade ephemerides. The CIRS right ascension (from the CIO, not the
+    # equinox) would be 652 arcseconds off, a topocentric one 0.3.
+    t_deneb = (2459019.833333 - 2440587.5) * 86400.0
+    eod = icrs_to_eod(20.69053168 * 15.0, 45.28033881, t_deneb)
+    assert _sep_deg(*eod, 20.70237028 * 15.0, 45.35036333) * 3600.0 < 0.1, eod
+
+
+def test_the_bridge_keeps_astropy_offline():
+    """Importing the bridge configures astropy offline before any conversion (no IERS
+    or other downloads), whoever imported what before."""
+    code = ("import drivers.indi\n"
+            "from astropy.utils import data, iers\n"
+            "print(iers.conf.auto_download, iers.conf.auto_max_age,"
+            " iers.conf.iers_degraded_accuracy, data.conf.allow_internet)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "None", "warn", "False"], proc.stdout
 
 
 def test_sky_helpers():

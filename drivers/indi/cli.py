@@ -1,0 +1,94 @@
+"""The bridge's command line: ``python -m drivers.indi`` (docs/indi.md, "Running it")."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from drivers.clock import WorldClock
+from drivers.device import DeviceHost
+from drivers.indi.client import IndiClient, IndiError
+from drivers.indi.telescope import IndiTelescope
+from drivers.keys import device_keys
+from drivers.link import is_loopback
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m drivers.indi",
+                description="Serve INDI devices (mount, camera, dome) as one SBP1 telescope.")
+    p.add_argument("--indi-host", default="127.0.0.1")
+    p.add_argument("--indi-port", type=int, default=7624)
+    p.add_argument("--device-id", required=True, help="SBP1 device id, e.g. xl.g01.g")
+    p.add_argument("--site", required=True)
+    p.add_argument("--group", type=int, required=True)
+    p.add_argument("--band", required=True, choices=("g", "r", "i"))
+    p.add_argument("--router", default="tcp://127.0.0.1:5550", help="the brain's ROUTER")
+    p.add_argument("--keys", help="CURVE key directory (brain.key, devices.key_secret); "
+                   "required for a non-loopback router")
+    p.add_argument("--mount", default="auto", help="INDI mount device (default: detect)")
+    p.add_argument("--ccd", default="auto", help="INDI camera device (default: detect)")
+    p.add_argument("--dome", default="auto", help="INDI dome device, or 'none'")
+    p.add_argument("--wheel", default=None, help="INDI filter wheel device")
+    p.add_argument("--filter-slot", type=int, default=None,
+                   help="wheel slot of this telescope's band, set before each exposure")
+    p.add_argument("--lat", type=float, default=None, help="site latitude (deg), sent to mount")
+    p.add_argument("--lon", type=float, default=None, help="site longitude (deg east)")
+    p.add_argument("--elev", type=float, default=None, help="site elevation (m)")
+    p.add_argument("--limiting-mag", type=float, default=20.5,
+                   help="nominal 5-sigma depth at the zenith for --ref-seconds")
+    p.add_argument("--ref-seconds", type=float, default=60.0)
+    p.add_argument("--seeing", type=float, default=1.5, help="nominal zenith seeing (arcsec)")
+    p.add_argument("--connect-timeout", type=float, default=30.0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _curve(keys_dir: str) -> tuple[bytes, bytes, bytes]:
+    try:
+        return device_keys(keys_dir)
+    except ValueError as exc:
+        raise IndiError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s")
+    prog = "drivers.indi"
+    client = IndiClient(args.indi_host, args.indi_port)
+    try:
+        if args.keys is None and not is_loopback(args.router):
+            raise IndiError(f"router {args.router} is not loopback: give --keys DIR (CURVE)")
+        curve = _curve(args.keys) if args.keys else None
+        dev = IndiTelescope(args.device_id, args.site, args.group, args.band, client,
+                            mount=args.mount, ccd=args.ccd,
+                            dome=None if args.dome.lower() == "none" else args.dome,
+                            wheel=args.wheel, filter_slot=args.filter_slot,
+                            limiting_mag=args.limiting_mag, ref_seconds=args.ref_seconds,
+                            seeing_arcsec=args.seeing, lat_deg=args.lat, lon_deg=args.lon,
+                            elev_m=args.elev)
+        dev.start(timeout_s=args.connect_timeout)
+    except (IndiError, ValueError) as exc:
+        client.close()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    host = DeviceHost([dev], args.router, WorldClock(), curve=curve)
+    print(f"serving {args.device_id} (INDI {args.indi_host}:{args.indi_port}: mount "
+          f"{dev.mount!r}, camera {dev.ccd!r}, dome {dev.dome!r}) to {args.router}", flush=True)
+    stop = {"now": False}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+    try:
+        host.run(lambda: stop["now"])
+    finally:
+        host.close()
+        client.close()
+    return 0
+

@@ -1,0 +1,34 @@
+"""Sky helpers of the INDI bridge: sidereal time, altitude and azimuth, airmass."""
+
+from __future__ import annotations
+
+import math
+
+
+def lst_deg(t_unix: float, lon_east_deg: float) -> float:
+    """Local mean sidereal time (degrees) from GMST (IAU 1982, good to ~0.1 s)."""
+    d = t_unix / 86400.0 + 2440587.5 - 2451545.0
+    return (280.46061837 + 360.98564736629 * d + lon_east_deg) % 360.0
+
+
+def alt_az_deg(ra_deg: float, dec_deg: float, lat_deg: float, lst: float) -> tuple[float, float]:
+    """Altitude and azimuth (north through east), degrees."""
+    h = math.radians(lst - ra_deg)
+    dec, lat = math.radians(dec_deg), math.radians(lat_deg)
+    sin_alt = math.sin(lat) * math.sin(dec) + math.cos(lat) * math.cos(dec) * math.cos(h)
+    alt = math.asin(max(-1.0, min(1.0, sin_alt)))
+    az = math.atan2(-math.cos(dec) * math.sin(h),
+                    math.sin(dec) * math.cos(lat) - math.cos(dec) * math.sin(lat) * math.cos(h))
+    return math.degrees(alt), math.degrees(az) % 360.0
+
+
+def airmass(alt_deg: float) -> float:
+    """Kasten & Young (1989); 40 at and below the horizon."""
+    if alt_deg <= 0:
+        return 40.0
+    return min(40.0, 1.0 / (math.sin(math.radians(alt_deg))
+                            + 0.50572 * (alt_deg + 6.07995) ** -1.6364))
+
+
+def ra_diff_h(a: float, b: float) -> float:
+    return abs((a - b + 12.0) % 24.0 - 12.0)
