@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from observatory.taxonomy import CLASSES, TRANSIENTS
+from simulator import lightcurve_priors as lp
 from simulator import lightcurves as lc
 
 N_SLOTS = 32  # candidate visits per night
@@ -44,7 +45,7 @@ class LightCurveSet:
 def _window_offset(cls: str, params: dict, n: int, rng) -> np.ndarray:
     """Days from the source's reference time to the survey's first visit."""
     if cls in TRANSIENTS:
-        peak = lc.peak_time_days(cls, params)
+        peak = lp.peak_time_days(cls, params)
         scale = np.maximum(np.abs(peak), 1.0)
         return peak + rng.uniform(-1.5, 1.0, n) * scale - rng.uniform(0, 10, n)
     return rng.uniform(0, 2000, n)
@@ -56,7 +57,7 @@ def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float =
     # every light curve has a chance to be seen.
     # Half the sources near the detection limit, where a flux-limited survey finds most.
     bright = np.where(rng.random(n) < 0.5, rng.uniform(15.5, 20.8, n), rng.uniform(19.5, 21.2, n))
-    params = lc.sample_params(cls, n, rng, bright)
+    params = lp.sample_params(cls, n, rng, bright)
     sitian = rng.random(n) < 0.6
     cadence = np.where(sitian, rng.uniform(0.0125, 0.042, n), rng.uniform(0.03, 0.2, n))
     night_keep = rng.uniform(0.4, 1.0, n)
@@ -123,10 +124,10 @@ def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float 
     runs for 45 nights and, for a transient, starts well before its rise, so the first
     night with detections is the night it crosses the limit.
     """
-    bright = lc.mag_distribution(cls, n, rng, faint_limit=21.0)
-    params = lc.sample_params(cls, n, rng, bright)
+    bright = lp.mag_distribution(cls, n, rng, faint_limit=21.0)
+    params = lp.sample_params(cls, n, rng, bright)
     if cls in TRANSIENTS:
-        peak = lc.peak_time_days(cls, params)
+        peak = lp.peak_time_days(cls, params)
         offset = peak - np.maximum(1.5 * np.abs(peak), 10.0) - rng.uniform(0, 20, n)
     else:
         offset = rng.uniform(0, 2000, n)

@@ -42,6 +42,7 @@ import numpy as np
 from observatory.bands import BANDS
 from observatory.sky import FULL_SKY_DEG2, points_in_fields, unit_vectors
 from observatory.taxonomy import CLASSES, TRANSIENTS
+from simulator import lightcurve_priors as lp
 from simulator import lightcurves as lc
 
 DAY_S = 86400.0
@@ -132,7 +133,7 @@ def sky_integral_deg2(cls: str) -> float:
 def expected_count(cls: str, t0_unix: float, t1_unix: float, density_scale: float = 1.0,
                    faint_limit: float = 22.5) -> float:
     """Mean all-sky number drawn for ``cls`` before the visibility cut of events."""
-    n = RATES[cls] * density_scale * lc.count_ratio(cls, faint_limit, REFERENCE_MAG)
+    n = RATES[cls] * density_scale * lp.count_ratio(cls, faint_limit, REFERENCE_MAG)
     n *= sky_integral_deg2(cls)
     if cls in EVENT_CLASSES:
         before, after = _event_window_days(cls)
@@ -220,7 +221,7 @@ class Population:
         def fn(name, p, rows, sel):
             if name not in TRANSIENTS:
                 return np.nan
-            return self.t_ref_unix[src[sel]] + lc.peak_time_days(name, p)[rows] * DAY_S
+            return self.t_ref_unix[src[sel]] + lp.peak_time_days(name, p)[rows] * DAY_S
         return self._per_class(src, fn, np.nan)
 
     def magnitudes(self, source_idx, t_unix, band) -> np.ndarray:
@@ -307,7 +308,7 @@ def _visible(name: str, p: dict, t_ref: np.ndarray, t0: float, t1: float,
     an end); a lensing event must also brighten by ULENS_MIN_DMAG."""
     rows = np.arange(len(t_ref))
     r = np.ones(len(t_ref), dtype=np.int64)
-    t_best = np.clip(lc.peak_time_days(name, p), (t0 - t_ref) / DAY_S, (t1 - t_ref) / DAY_S)
+    t_best = np.clip(lp.peak_time_days(name, p), (t0 - t_ref) / DAY_S, (t1 - t_ref) / DAY_S)
     m = lc.magnitudes(name, p, rows, t_best, r)
     ok = m <= faint_limit
     if name == "uLens":
@@ -332,7 +333,7 @@ def sample_population(ra_deg, dec_deg, area_deg2, t0_unix: float, t1_unix: float
     params = {}
     for k, name in enumerate(CLASSES):
         n = int(rng.poisson(expected_count(name, t0, t1, density_scale, faint_limit)))
-        p = lc.sample_params(name, n, rng, lc.mag_distribution(name, n, rng, faint_limit))
+        p = lp.sample_params(name, n, rng, lp.mag_distribution(name, n, rng, faint_limit))
         t_ref = _t_ref(name, p, n, t0, t1, rng)
         ra, dec = _positions(name, n, rng)
         keep = (_visible(name, p, t_ref, t0, t1, faint_limit) if name in EVENT_CLASSES

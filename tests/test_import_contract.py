@@ -102,7 +102,8 @@ def test_imports_at_module_top():
                 where = f"{path.relative_to(REPO)}:{node.lineno}"
                 if not tops <= LAZY_OK:
                     bad.append(f"{where} imports {sorted(tops)} inside a function")
-                elif "lazy" not in lines[node.end_lineno - 1]:
+                elif not any("# lazy" in line
+                             for line in lines[node.lineno - 1:node.end_lineno]):
                     bad.append(f"{where}: a lazy import without a comment saying so")
     assert bad == []
 
@@ -197,7 +198,8 @@ CITED = re.compile(r"(?<![\w./])((?:docs|deploy|brain|drivers|simulator|policies
 def test_code_cites_only_documents_in_the_repository(root):
     paths = [REPO / root] if (REPO / root).is_file() else \
         [p for p in (REPO / root).rglob("*") if p.is_file() and p.suffix in
-         {".py", ".md", ".yaml", ".yml", ".env", ".service", ".json", ".toml"}]
+         {".py", ".md", ".yaml", ".yml", ".env", ".service", ".json", ".toml"}
+         and p != Path(__file__).resolve()]  # this file spells the patterns out
     outside, missing = [], []
     for p in paths:
         text = p.read_text(errors="replace")

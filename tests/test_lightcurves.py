@@ -11,6 +11,7 @@ from astropy.coordinates import SkyCoord
 from astropy.timeseries import LombScargle
 
 from observatory.taxonomy import CLASSES, PERIODIC, TRANSIENTS, VARIABLES
+from simulator import lightcurve_priors as lp
 from simulator import lightcurves as lc
 from simulator import population as pp
 
@@ -26,7 +27,7 @@ def _grid_mags(cls, params, grid, band):
 
 
 def _sample(cls, n, seed=0, mag=18.0):
-    return lc.sample_params(cls, n, np.random.default_rng(seed), peak_mag=np.full(n, mag))
+    return lp.sample_params(cls, n, np.random.default_rng(seed), peak_mag=np.full(n, mag))
 
 
 def test_taxonomy():
@@ -38,15 +39,15 @@ def test_taxonomy():
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_params_have_one_row_per_source(cls):
-    p = lc.sample_params(cls, 50, np.random.default_rng(1))
+    p = lp.sample_params(cls, 50, np.random.default_rng(1))
     assert all(len(v) == 50 for v in p.values())
-    assert np.all((p["ref_mag"] >= lc.BRIGHT_MAG[cls]) & (p["ref_mag"] <= 23.0))
-    given = lc.sample_params(cls, 50, np.random.default_rng(1), peak_mag=np.full(50, 19.5))
+    assert np.all((p["ref_mag"] >= lp.BRIGHT_MAG[cls]) & (p["ref_mag"] <= 23.0))
+    given = lp.sample_params(cls, 50, np.random.default_rng(1), peak_mag=np.full(50, 19.5))
     assert np.all(given["ref_mag"] == 19.5)
 
 
 def _peak_grid(cls, p):
-    tp = lc.peak_time_days(cls, p)
+    tp = lp.peak_time_days(cls, p)
     n = tp.size
     if cls == "CV":  # neighbouring outbursts lie >= 0.35 P away
         return tp[:, None] + np.linspace(-0.3, 0.3, 6001)[None, :] * p["p_rec"][:, None]
@@ -65,7 +66,7 @@ def test_peak_time_and_peak_magnitude(cls):
     k = np.argmin(m, axis=1)
     t_num = grid[np.arange(grid.shape[0]), k]
     tol = 1.0 if cls in ("SLSN", "TDE", "SNII") else 0.5
-    assert np.abs(t_num - lc.peak_time_days(cls, p)).max() < tol
+    assert np.abs(t_num - lp.peak_time_days(cls, p)).max() < tol
     assert np.abs(m.min(axis=1) - 18.0).max() < 0.05
 
 
@@ -75,7 +76,7 @@ def test_explosive_transients_have_no_flux_before_and_long_after(cls):
     idx = np.arange(20)
     for dt in (-100.0, -0.01, lc.MAX_AGE_DAYS[cls] + 1.0):
         assert np.all(np.isinf(lc.magnitudes(cls, p, idx, np.full(20, dt), np.ones(20, int))))
-    mid = lc.magnitudes(cls, p, idx, lc.peak_time_days(cls, p) + 1.0, np.ones(20, int))
+    mid = lc.magnitudes(cls, p, idx, lp.peak_time_days(cls, p) + 1.0, np.ones(20, int))
     assert np.all(np.isfinite(mid))
 
 
@@ -90,7 +91,7 @@ def test_snia_decline_rate_in_g():
     assert 0.9 < np.median(dm15) < 1.1
     # SN Ia redden after peak: g - r grows by > 0.5 mag in the first month.
     r = _grid_mags("SNIa", p, grid, 1)
-    tp = np.rint(lc.peak_time_days("SNIa", p) / 0.05).astype(int)
+    tp = np.rint(lp.peak_time_days("SNIa", p) / 0.05).astype(int)
     rows = np.arange(400)
     reddening = (m[rows, tp + 600] - r[rows, tp + 600]) - (m[rows, tp] - r[rows, tp])
     assert np.all(reddening > 0.5)
@@ -98,7 +99,7 @@ def test_snia_decline_rate_in_g():
 
 def test_tde_declines_as_t_to_minus_five_thirds_at_constant_colour():
     p = _sample("TDE", 100, seed=4)
-    tp = lc.peak_time_days("TDE", p)
+    tp = lp.peak_time_days("TDE", p)
     idx, r = np.arange(100), np.ones(100, int)
     m1 = lc.magnitudes("TDE", p, idx, tp + 150.0, r)
     m2 = lc.magnitudes("TDE", p, idx, tp + 400.0, r)
@@ -118,14 +119,14 @@ def test_kilonova_fades_fast_in_g_and_reddens():
         return lc.magnitudes("KN", p, idx, np.full(300, dt), np.full(300, band))
     assert np.all((mag(3.0, 0) - mag(1.0, 0)) / 2.0 >= 0.8)
     assert np.all((mag(3.0, 2) - mag(1.0, 2)) < (mag(3.0, 0) - mag(1.0, 0)))
-    assert np.all(lc.peak_time_days("KN", p) < 1.0)
+    assert np.all(lp.peak_time_days("KN", p) < 1.0)
 
 
 @pytest.mark.parametrize("cls", PERIODIC)
 def test_periods_recovered_by_lomb_scargle(cls):
     rng = np.random.default_rng(6)
     p = _sample(cls, 6, seed=7, mag=17.0)
-    period = lc.period_days(cls, p)
+    period = lp.period_days(cls, p)
     for k in range(6):
         t = np.sort(rng.uniform(0.0, 150.0 * period[k], 1200))
         m = lc.magnitudes(cls, p, np.full(t.size, k), t, np.ones(t.size, int))
@@ -216,8 +217,8 @@ def test_cv_outbursts_recur():
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_deterministic(cls):
-    a = lc.sample_params(cls, 200, np.random.default_rng(14))
-    b = lc.sample_params(cls, 200, np.random.default_rng(14))
+    a = lp.sample_params(cls, 200, np.random.default_rng(14))
+    b = lp.sample_params(cls, 200, np.random.default_rng(14))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     rng = np.random.default_rng(15)
     idx, dt = rng.integers(0, 200, 5000), rng.uniform(-30, 400, 5000)
@@ -252,7 +253,7 @@ def _best_time(fn, repeats=3):
 @pytest.mark.parametrize("cls", CLASSES)
 def test_100k_points_in_under_half_a_second(cls):
     rng = np.random.default_rng(16)
-    p = lc.sample_params(cls, 5000, rng)
+    p = lp.sample_params(cls, 5000, rng)
     idx, dt, band = rng.integers(0, 5000, 100_000), rng.uniform(-50, 500, 100_000), \
         rng.integers(0, 3, 100_000)
     assert _best_time(lambda: lc.magnitudes(cls, p, idx, dt, band)) < 0.5
@@ -260,12 +261,12 @@ def test_100k_points_in_under_half_a_second(cls):
 
 def test_mag_distribution_slope():
     rng = np.random.default_rng(17)
-    m = lc.mag_distribution("SNIa", 200_000, rng, faint_limit=22.5)
-    assert m.min() >= lc.BRIGHT_MAG["SNIa"] and m.max() <= 22.5
+    m = lp.mag_distribution("SNIa", 200_000, rng, faint_limit=22.5)
+    assert m.min() >= lp.BRIGHT_MAG["SNIa"] and m.max() <= 22.5
     frac21 = np.mean(m < 21.0)
-    assert frac21 == pytest.approx(1 / lc.count_ratio("SNIa", 22.5), rel=0.03)
+    assert frac21 == pytest.approx(1 / lp.count_ratio("SNIa", 22.5), rel=0.03)
     assert np.mean(m < 20.0) / frac21 == pytest.approx(10 ** -0.6, rel=0.05)
-    rrl = lc.mag_distribution("RRL", 200_000, rng, faint_limit=22.5)
+    rrl = lp.mag_distribution("RRL", 200_000, rng, faint_limit=22.5)
     assert np.mean(rrl < 21.0) > 2 * frac21  # flatter counts for the halo
 
 

@@ -9,10 +9,10 @@ import sys
 
 from drivers.clock import WorldClock
 from drivers.device import DeviceHost
+from drivers.endpoint import is_loopback
 from drivers.indi.client import IndiClient, IndiError
 from drivers.indi.telescope import IndiTelescope
 from drivers.keys import device_keys
-from drivers.link import is_loopback
 
 
 class _Parser(argparse.ArgumentParser):

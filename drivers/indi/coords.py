@@ -21,9 +21,7 @@ import astropy.units as u
 from astropy.coordinates import ICRS, TETE
 from astropy.time import Time
 
-from drivers import offline
-
-offline.configure()  # before any astropy time or coordinate work: no downloads
+from observatory import offline  # noqa: F401  (astropy offline before any conversion)
 
 
 def _ra(deg: float) -> float:
