@@ -85,6 +85,7 @@ class BrainCore:
         self._obs_seq = 0
         self.decision_ms: list[float] = []
         self.refusals: Counter[str] = Counter()
+        self.vetoes: Counter[str] = Counter()  # commands the guard refused, by rule
         # Transients: association each minute, classification every classify_interval_s.
         self.associator = Associator(config.transients.radius_arcsec)
         self._pending: list[DetectionBatch] = []
@@ -262,6 +263,15 @@ class BrainCore:
             if alt < self.config.limits.min_alt_deg - 0.5:
                 return "altitude"
         return None
+
+    def refuse(self, cmd: Command, t: float, rule: str) -> list[Command]:
+        """A command the guard refused: counted by rule and handed back to the core as
+        ``FAILED unsafe``, which frees its group or spectrograph. Returns the core's new
+        commands, which go through the guard again."""
+        self.vetoes[rule] += 1
+        return self.handle(Failed(t, cmd.device, cmd.cmd_id, "unsafe",
+                                  f"refused by safety rule {rule}"))
+
 
     # Operator --------------------------------------------------------------------
     def _on_operator(self, ev: Operator) -> list[Command]:

@@ -116,7 +116,6 @@ class Daemon:
         self._next_safety = -math.inf
         self._cmds: dict[str, Command] = {}  # in flight, for journalling the results
         self._outbox: list[tuple[Command, float]] = []  # decided, not yet journalled/sent
-        self.vetoes: dict[str, int] = {}
         self.stopping = False
         self._run_wall0: float | None = None
         # Operators (brain.planner.api): the planner's state goes to the desk actor, approved
@@ -501,12 +500,9 @@ class Daemon:
                     rule = self.core.guard(cmd, t)
                     if rule is not None:
                         self.journal.refused(self.link.session, cmd, t, rule)
-                        self.vetoes[rule] = self.vetoes.get(rule, 0) + 1
                         if self.metrics is not None:
                             self.metrics.vetoes.inc(rule)
-                        self._send(self.core.handle(Failed(
-                            t, cmd.device, cmd.cmd_id, "unsafe",
-                            f"refused by safety rule {rule}")), t)
+                        self._send(self.core.refuse(cmd, t, rule), t)
                         continue
                     self.journal.command(self.link.session, cmd, t)
                     ready.append((cmd, t))

@@ -92,14 +92,33 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
     return result
 
 
-def _run_night(core, world, night, weather, bar, photometry) -> None:
-    seq = itertools.count()
-    queue: list = []  # (t, seq, reply)
+class Dispatcher:
+    """Commands from the core to the world, through the core's safety guard, as in the
+    daemon (one safety path): a refused command never reaches a telescope; it comes back
+    to the core as ``FAILED unsafe`` (``BrainCore.refuse``). Replies wait in ``queue``
+    (world time order)."""
 
-    def dispatch(cmds, t):
-        for c in cmds:
-            r = world.execute(c.device, c.name, c.args, c.cmd_id, t)
-            heapq.heappush(queue, (r.t, next(seq), r))
+    def __init__(self, core: BrainCore, world: World):
+        self.core = core
+        self.world = world
+        self.queue: list = []  # (t, seq, reply)
+        self._seq = itertools.count()
+
+    def __call__(self, cmds: list, t: float) -> None:
+        todo = list(cmds)
+        while todo:
+            c = todo.pop(0)
+            rule = self.core.guard(c, t)
+            if rule is not None:
+                todo += self.core.refuse(c, t, rule)
+                continue
+            r = self.world.execute(c.device, c.name, c.args, c.cmd_id, t)
+            heapq.heappush(self.queue, (r.t, next(self._seq), r))
+
+
+def _run_night(core, world, night, weather, bar, photometry) -> None:
+    dispatch = Dispatcher(core, world)
+    queue = dispatch.queue
 
     t_minute = night.t_begin
     while t_minute <= night.t_end:
