@@ -62,6 +62,7 @@ class SiteEphemeris:
     moon_phase_angle_deg: np.ndarray
     lst0_deg: float  # apparent local sidereal time at t_unix[0]
     _moon_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _dark_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def lat_rad(self) -> float:
@@ -72,6 +73,23 @@ class SiteEphemeris:
 
     def sun_alt(self, t_unix):
         return np.interp(t_unix, self.t_unix, self.sun_alt_deg)
+
+    def is_dark(self, t_unix, max_sun_alt_deg: float):
+        """Whether the sun is at or below ``max_sun_alt_deg`` at ``t_unix`` (unix s,
+        scalar or array): the one "is it dark" rule of the brain."""
+        dark = self.sun_alt(t_unix) <= max_sun_alt_deg
+        return bool(dark) if np.ndim(dark) == 0 else dark
+
+    def dark_left_s(self, t_unix: float, max_sun_alt_deg: float) -> float:
+        """Seconds of darkness (sun at or below ``max_sun_alt_deg``) left after
+        ``t_unix`` in the dark interval that holds it; 0 when it is not dark."""
+        intervals = self._dark_cache.get(max_sun_alt_deg)
+        if intervals is None:
+            intervals = self._dark_cache[max_sun_alt_deg] = self.dark_intervals(max_sun_alt_deg)
+        for t0, t1 in intervals:
+            if t0 <= t_unix < t1:
+                return t1 - t_unix
+        return 0.0
 
     def moon_alt(self, t_unix):
         return np.interp(t_unix, self.t_unix, self.moon_alt_deg)

@@ -22,7 +22,10 @@ from lxml import etree
 from brain.core.association import Associator, DetectionBatch
 from brain.core.events import Command
 from brain.core.followup import FollowupRecord
+from brain.ops import alert_records as R
 from brain.ops import alerts as A
+from brain.ops import avro as AV
+from brain.ops import voevent as V
 from drivers import protocol as P
 from drivers.link import BrainLink
 from observatory.taxonomy import CLASSES
@@ -37,22 +40,22 @@ def probs(seed: int) -> dict[str, float]:
     return dict(zip(CLASSES, p.tolist(), strict=True))
 
 
-def cls_alert(seed: int = 1, **kw) -> A.ClassificationAlert:
+def cls_alert(seed: int = 1, **kw) -> R.ClassificationAlert:
     args = dict(object_id="o0001234", t=T0, ra_deg=123.456789, dec_deg=-12.5,
                 probabilities=probs(seed), n_detections=7, t_first=T0 - 86400.5,
                 t_last=T0 - 600.125, last_mag={"g": 19.12, "r": 18.93, "i": 18.71},
                 pos_err_arcsec=0.7)
     args.update(kw)
-    return A.ClassificationAlert(**args)
+    return R.ClassificationAlert(**args)
 
 
-def fu_alert(**kw) -> A.FollowupAlert:
+def fu_alert(**kw) -> R.FollowupAlert:
     args = dict(target_id="xl.spec-000003", object_id="o0001234", t=T0 + 100.0,
                 ra_deg=123.456789, dec_deg=-12.5, telescope="xl.spec",
                 predicted_class="KN", p_predicted=0.61, mag=18.93, exposure_s=625.4,
                 t_end=T0 + 1100.0, priority=31.2, probabilities=probs(2))
     args.update(kw)
-    return A.FollowupAlert(**args)
+    return R.FollowupAlert(**args)
 
 
 def official_valid(xml: bytes) -> bool:
@@ -63,7 +66,7 @@ def official_valid(xml: bytes) -> bool:
 # VOEvent ------------------------------------------------------------------------------
 def test_classification_voevent_is_valid_and_round_trips():
     a = cls_alert()
-    xml = A.to_voevent(a)
+    xml = V.to_voevent(a)
     assert official_valid(xml)
     v = vp.loads(xml)
     assert vp.valid_as_v2_0(v)
@@ -97,8 +100,8 @@ def test_classification_voevent_is_valid_and_round_trips():
 
 
 def test_followup_voevent_is_valid_with_site_and_citation():
-    a = fu_alert(classification_ivorn=A.ivorn(cls_alert()))
-    xml = A.to_voevent(a, role="test", sites=SITES)
+    a = fu_alert(classification_ivorn=R.ivorn(cls_alert()))
+    xml = V.to_voevent(a, role="test", sites=SITES)
     assert official_valid(xml)
     v = vp.loads(xml)
     assert v.attrib["role"] == "test"
@@ -116,34 +119,34 @@ def test_followup_voevent_is_valid_with_site_and_citation():
     c = obs.AstroCoords.Position3D.Value3
     assert (float(c.C1), float(c.C2), float(c.C3)) == (117.5775, 40.3958, 950.0)
     cite = v.Citations.EventIVORN
-    assert cite.attrib["cite"] == "followup" and str(cite) == A.ivorn(cls_alert())
+    assert cite.attrib["cite"] == "followup" and str(cite) == R.ivorn(cls_alert())
     assert str(v.Why.Inference.Name) == "KN"
 
 
 def test_a_followup_without_site_or_probabilities_is_still_valid():
     a = fu_alert(probabilities={}, mag=None, exposure_s=None, t_end=None, priority=None)
-    xml = A.to_voevent(a)  # no sites given: GEOSURFACE
+    xml = V.to_voevent(a)  # no sites given: GEOSURFACE
     assert official_valid(xml)
     assert not vp.get_grouped_params(vp.loads(xml))
 
 
 def test_invalid_packets_fail_validation_with_a_clear_error():
-    xml = A.to_voevent(cls_alert())
+    xml = V.to_voevent(cls_alert())
     bad_role = xml.replace(b'role="observation"', b'role="rumour"')
     assert not official_valid(bad_role)
     with pytest.raises(ValueError, match=r"not a valid VOEvent 2\.0 packet: line \d+: .*role"):
-        A.validate_voevent(bad_role)
+        V.validate_voevent(bad_role)
     root = etree.fromstring(xml)
     odl = root.find("WhereWhen/ObsDataLocation")
     odl.remove(odl.find("ObservationLocation"))
     missing = etree.tostring(root)
     assert not official_valid(missing)
     with pytest.raises(ValueError, match="ObservationLocation"):
-        A.validate_voevent(missing)
+        V.validate_voevent(missing)
     with pytest.raises(ValueError, match="not well-formed"):
-        A.validate_voevent(xml[:-20])
+        V.validate_voevent(xml[:-20])
     with pytest.raises(ValueError, match="role"):  # to_voevent checks before returning
-        A.to_voevent(cls_alert(), role="rumour")
+        V.to_voevent(cls_alert(), role="rumour")
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -170,44 +173,44 @@ def test_bad_followup_values_are_refused():
 
 # Avro --------------------------------------------------------------------------------
 def test_the_shipped_schema_is_pinned_and_versioned():
-    path = A.SCHEMA_DIR / "sitian_alert_v1.avsc"
+    path = AV.SCHEMA_DIR / "sitian_alert_v1.avsc"
     schema = fastavro.parse_schema(json.loads(path.read_text()))
     fp = fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
     assert fp == V1_FINGERPRINT, ("sitian_alert_v1.avsc changed: a shipped schema is "
                                   "frozen; add sitian_alert_v2.avsc (docs/alerts.md)")
-    for version, s in A.SCHEMAS.items():
+    for version, s in AV.SCHEMAS.items():
         (f,) = [f for f in s["fields"] if f["name"] == "schema_version"]
         assert f["default"] == version
-    assert A.SCHEMA_VERSION == max(A.SCHEMAS)
+    assert AV.SCHEMA_VERSION == max(AV.SCHEMAS)
 
 
 @pytest.mark.parametrize("make", [cls_alert, fu_alert])
 def test_avro_single_object_packets_round_trip_exactly(make):
     a = make()
-    packet = A.to_avro(a, role="test")
+    packet = AV.to_avro(a, role="test")
     assert packet[:2] == b"\xc3\x01"
     assert packet[2:10].hex() == V1_FINGERPRINT  # little-endian CRC-64-AVRO, as fastavro
-    rec = A.read_avro(packet)
-    assert rec == A.to_record(a, role="test")
+    rec = AV.read_avro(packet)
+    assert rec == AV.to_record(a, role="test")
     assert rec["schema_version"] == 1 and rec["kind"] == a.kind and rec["role"] == "test"
     assert rec["ra_deg"] == a.ra_deg and rec["t_unix"] == a.t
     assert rec["probabilities"] == a.probabilities
     # An independent decoder: fastavro's schemaless reader on the body.
-    assert fastavro.schemaless_reader(io.BytesIO(packet[10:]), A.SCHEMA) == rec
+    assert fastavro.schemaless_reader(io.BytesIO(packet[10:]), AV.SCHEMA) == rec
 
 
 def test_bad_avro_packets_are_rejected_clearly():
-    packet = A.to_avro(cls_alert())
+    packet = AV.to_avro(cls_alert())
     with pytest.raises(ValueError, match="unknown Avro schema fingerprint 0000000000000000"):
-        A.read_avro(packet[:2] + bytes(8) + packet[10:])
+        AV.read_avro(packet[:2] + bytes(8) + packet[10:])
     with pytest.raises(ValueError, match="C3 01 marker"):
-        A.read_avro(b"\xc3\x02" + packet[2:])
+        AV.read_avro(b"\xc3\x02" + packet[2:])
     with pytest.raises(ValueError, match="C3 01 marker"):
-        A.read_avro(packet[:6])
+        AV.read_avro(packet[:6])
     with pytest.raises(ValueError, match="bad Avro alert body"):
-        A.read_avro(packet[:40])
+        AV.read_avro(packet[:40])
     with pytest.raises(ValueError, match="stray bytes"):
-        A.read_avro(packet + b"\x00")
+        AV.read_avro(packet + b"\x00")
 
 
 # From the core's state ------------------------------------------------------------------
@@ -233,7 +236,7 @@ def test_classification_alerts_from_the_associator():
     assert a0.t_last == pytest.approx((61001.0 - 40587) * 86400)
     assert a0.probabilities == dict(zip(CLASSES, prob[0].tolist(), strict=True))
     assert a1.ra_deg == pytest.approx(200.0) and a1.dec_deg == pytest.approx(-30.0)
-    assert all(official_valid(A.to_voevent(a)) for a in out)
+    assert all(official_valid(V.to_voevent(a)) for a in out)
     assert A.classification_alerts(T0, np.zeros(0, dtype=int), np.zeros((0, 14)), CLASSES,
                                     assoc) == []
 
@@ -277,8 +280,8 @@ def test_sink_writes_files_and_publishes_on_a_real_pub_feed(tmp_path):
             sub.recv_multipart()
         sink = A.AlertSink(tmp_path, link.publish, role="test", sites=SITES)
         c, f = cls_alert(), fu_alert()
-        assert sink.emit(c) == A.ivorn(c)
-        assert sink.emit(f) == A.ivorn(f)
+        assert sink.emit(c) == R.ivorn(c)
+        assert sink.emit(f) == R.ivorn(f)
         assert (sink.emitted, sink.failed, sink.by_kind) == (2, 0, {"classification": 1,
                                                                      "followup": 1})
         msgs = recv_until(sub, 2)
@@ -292,17 +295,17 @@ def test_sink_writes_files_and_publishes_on_a_real_pub_feed(tmp_path):
         msg = P.decode([P.MAGIC, frames[1]], P.FROM_DEVICE)  # the protocol's own decoder
         assert msg.type == "EVENT" and msg.body["name"] == "alert"
         data = msg.body["data"]
-        assert (data["kind"], data["ivorn"], data["schema_version"]) == (a.kind, A.ivorn(a), 1)
+        assert (data["kind"], data["ivorn"], data["schema_version"]) == (a.kind, R.ivorn(a), 1)
         assert isinstance(data["avro"], bytes) and official_valid(data["voevent"].encode())
         feed = A.decode_feed_alert(frames)
-        assert (feed.kind, feed.ivorn) == (a.kind, A.ivorn(a))
+        assert (feed.kind, feed.ivorn) == (a.kind, R.ivorn(a))
         assert feed.record["object_id"] == a.object_id
         assert feed.record["probabilities"] == a.probabilities
         assert abs(feed.t - time.time()) < 60  # the link's clock stamps the envelope
     # The follow-up cites the classification the sink sent for its object.
     feed = A.decode_feed_alert(msgs[1])
-    assert feed.record["followup"]["classification_ivorn"] == A.ivorn(c)
-    assert vp.loads(feed.voevent).Citations.EventIVORN == A.ivorn(c)
+    assert feed.record["followup"]["classification_ivorn"] == R.ivorn(c)
+    assert vp.loads(feed.voevent).Citations.EventIVORN == R.ivorn(c)
     sink.close()
     # Files: one VOEvent each, one container per kind and UTC date.
     xmls = sorted((tmp_path / "voevent").iterdir())
@@ -316,7 +319,7 @@ def test_sink_writes_files_and_publishes_on_a_real_pub_feed(tmp_path):
             assert r.metadata["sitian.schema_version"] == "1"
             assert r.metadata["sitian.schema_fingerprint"] == V1_FINGERPRINT
             (rec,) = list(r)
-        assert rec["schema_version"] == 1 and rec["ivorn"] == A.ivorn(a)
+        assert rec["schema_version"] == 1 and rec["ivorn"] == R.ivorn(a)
         assert rec["role"] == "test"
 
 
@@ -375,12 +378,12 @@ def test_publish_errors_and_invalid_alerts_do_not_raise(tmp_path):
 def test_decode_feed_alert_refuses_a_tampered_alert():
     a = cls_alert()
     body = {"name": "alert", "data": {"kind": a.kind, "ivorn": "ivo://elsewhere#x",
-                                      "voevent": A.to_voevent(a).decode(),
-                                      "avro": A.to_avro(a)}}
+                                      "voevent": V.to_voevent(a).decode(),
+                                      "avro": AV.to_avro(a)}}
     frames = [b"brain", P.encode("EVENT", body, T0)[1]]
     with pytest.raises(ValueError, match="disagrees"):
         A.decode_feed_alert(frames)
-    body["data"]["ivorn"] = A.ivorn(a)
+    body["data"]["ivorn"] = R.ivorn(a)
     body["data"]["avro"] = b"\xc3\x01" + bytes(8)
     with pytest.raises(ValueError, match="fingerprint"):
         A.decode_feed_alert([b"brain", P.encode("EVENT", body, T0)[1]])
@@ -389,8 +392,8 @@ def test_decode_feed_alert_refuses_a_tampered_alert():
 
 def test_ivorns_are_unique_per_alert_and_utc():
     a, b = cls_alert(t=T0), cls_alert(t=T0 + 0.001)
-    assert A.ivorn(a) != A.ivorn(b)
+    assert R.ivorn(a) != R.ivorn(b)
     stamp = datetime.fromtimestamp(T0, UTC).strftime("%Y%m%dT%H%M%S")
-    assert stamp in A.ivorn(a)
-    assert A.ivorn(fu_alert(), "example.org/x") == (
+    assert stamp in R.ivorn(a)
+    assert R.ivorn(fu_alert(), "example.org/x") == (
         "ivo://example.org/x#fu/xl.spec-000003/20261215T160140.250")

@@ -11,6 +11,7 @@ import zmq
 from brain.config import load_config
 from brain.core.association import DetectionBatch
 from brain.ops import alerts as A
+from brain.ops import voevent as V
 from brain.shells.daemon import Daemon
 from drivers.clock import WorldClock, parse_start
 from tests.test_nightjobs import _port
@@ -59,7 +60,7 @@ def test_daemon_publishes_new_transient_classifications(tmp_path):
                       for g in got) == [
             ("classification", "o0000000", "KN"), ("classification", "o0000003", "TDE")]
         for g in got:
-            A.validate_voevent(g.voevent)
+            V.validate_voevent(g.voevent)
         # The same answer again: nothing new, nothing announced.
         d._alert_classified(t + 1800, cand, prob, d._predicted(cand))
         assert not d._alert_queue

@@ -108,7 +108,7 @@ class BrainCore:
 
     # Entry point -------------------------------------------------------------------
     def handle(self, event: Event) -> list[Command]:
-        self._ensure_night(event.t)
+        self.ensure_night(event.t)
         if (self.followup is not None and isinstance(event, Done | Failed)
                 and event.device in self.followup.specs):
             self.followup.on_reply(event)
@@ -151,7 +151,10 @@ class BrainCore:
         raise TypeError(f"unknown event {type(event).__name__}")
 
     # Sites -------------------------------------------------------------------------
-    def _ensure_night(self, t: float) -> None:
+    def ensure_night(self, t: float) -> None:
+        """The ephemerides of the night that holds ``t`` (unix s), computed now if they
+        are not cached (about a second): a shell calls it before its loop starts so the
+        first event is not delayed."""
         if self._night_span[0] <= t < self._night_span[1]:
             return
         date = night_date(self.config, t)
@@ -160,8 +163,7 @@ class BrainCore:
         self._night_span = night_span(self.config, date)
 
     def _is_dark(self, site: str, t: float) -> bool:
-        sun = self.sky.night.sites[site].sun_alt(t)
-        return bool(sun <= self.config.limits.max_sun_alt_deg)
+        return self.sky.night.sites[site].is_dark(t, self.config.limits.max_sun_alt_deg)
 
     def _review_site(self, site_id: str, t: float) -> list[Command]:
         site = self.sites[site_id]
@@ -199,7 +201,7 @@ class BrainCore:
 
     def dawn_close(self, site_id: str, t: float) -> list[Command]:
         """The dawn job: whatever of the site is still open is closed and parked now."""
-        self._ensure_night(t)
+        self.ensure_night(t)
         return self._close_site(site_id, t, force=True)
 
     def _close_group(self, g: GroupState, t: float) -> list[Command]:
@@ -234,7 +236,7 @@ class BrainCore:
 
     def review_safety(self, t: float) -> list[Command]:
         """Safety between ticks (the daemon calls it every few seconds of world time)."""
-        self._ensure_night(t)
+        self.ensure_night(t)
         cmds: list[Command] = []
         for site_id in self.sites:
             cmds += self._review_site(site_id, t)
@@ -263,6 +265,16 @@ class BrainCore:
             if alt < self.config.limits.min_alt_deg - 0.5:
                 return "altitude"
         return None
+
+    def restore(self, visits, exposures: int, detections: DetectionBatch | None) -> None:
+        """What a restarted shell read back from its journal: the survey's ``visits``
+        ((field, group, t_start unix s) each), the number of ``exposures`` commanded so
+        far (new exposure ids continue after it) and the ``detections`` so far."""
+        for field_id, group, t_start in visits:
+            self.scheduler.add_observation(int(field_id), int(group), float(t_start))
+        self._obs_seq = max(self._obs_seq, int(exposures))
+        if detections is not None and len(detections):
+            self.associator.add(detections)
 
     def refuse(self, cmd: Command, t: float, rule: str) -> list[Command]:
         """A command the guard refused: counted by rule and handed back to the core as
@@ -314,15 +326,16 @@ class BrainCore:
         """What the planner may know now (brain.core.operator.PlanState): sites, groups, the
         classified candidates, follow-up and budget. Never the simulator's truth."""
 
-        self._ensure_night(t)
+        self.ensure_night(t)
         sites = {}
         for sid, s in self.sites.items():
             v = weather_verdict(self.config.limits, s.weather, t)
-            sun = float(self.sky.night.sites[sid].sun_alt(t))
+            eph = self.sky.night.sites[sid]
+            sun = float(eph.sun_alt(t))
             sites[sid] = {"name": next(x.name for x in self.config.sites if x.id == sid),
                           "open": s.open, "safe": v.safe, "rule": v.rule,
                           "held_closed": s.held_closed,
-                          "dark": sun <= self.config.limits.max_sun_alt_deg,
+                          "dark": eph.is_dark(t, self.config.limits.max_sun_alt_deg),
                           "sun_alt_deg": round(sun, 1)}
         groups = {g.name: {"site": g.site, "paused": g.paused, "phase": g.phase,
                            "up": self.group_up(g)} for g in self.groups}
@@ -351,7 +364,8 @@ class BrainCore:
                 followups.setdefault(f"o{oid:07d}", "requested")
             cap = fu.settings.max_hours_per_night
             for st in fu.specs.values():
-                dark = fu._dark_left(self.sky.night.sites[st.site], t)
+                dark = self.sky.night.sites[st.site].dark_left_s(
+                    t, self.config.limits.max_sun_alt_deg)
                 spec_left[st.site] = max(0.0, min(dark, math.inf if cap is None
                                                   else cap * 3600 - st.used_s))
         region = None
@@ -435,7 +449,7 @@ class BrainCore:
         for t in (t_start, t_end):
             if self.sky.alt_deg(site, t, idx)[0] < lim.min_alt_deg:
                 return "altitude"
-            if self.sky.night.sites[site].sun_alt(t) > lim.max_sun_alt_deg:
+            if not self.sky.night.sites[site].is_dark(t, lim.max_sun_alt_deg):
                 return "sun"
         if self.sky.moon_sep_deg(site, 0.5 * (t_start + t_end), idx)[0] < lim.min_moon_sep_deg:
             return "moon"

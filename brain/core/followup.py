@@ -173,7 +173,6 @@ class FollowupManager:
         self.max_mag = (max((s.label_limit_mag for s in config.spectrographs), default=21.5)
                         + self.settings.faint_margin_mag)
         self._reward = np.array([self.settings.reward.get(c, 0.0) for c in CLASSES])
-        self._dark: dict[tuple[str, str], list[tuple[float, float]]] = {}
         # Operator requests (brain.planner.tools): offered first and taken whenever observable;
         # cancelled objects are never offered to the policy.
         self.requested: list[int] = []
@@ -321,7 +320,7 @@ class FollowupManager:
         st = self.specs[device]
         eph = night.sites[st.site]
         snap = self.snapshot
-        night_left = self._dark_left(eph, t)
+        night_left = eph.dark_left_s(t, self.config.limits.max_sun_alt_deg)
         budget = self.settings.max_hours_per_night
         budget_left = (math.inf if budget is None else budget * 3600 - st.used_s)
         if snap is None or snap.n == 0:
@@ -438,16 +437,6 @@ class FollowupManager:
         return [cmd]
 
     # Sky -----------------------------------------------------------------------------
-    def _dark_left(self, eph, t: float) -> float:
-        """Seconds of astronomical darkness left at the site after ``t``."""
-        key = (self._date, eph.site.id)
-        if key not in self._dark:
-            self._dark[key] = eph.dark_intervals(self.config.limits.max_sun_alt_deg)
-        for t0, t1 in self._dark[key]:
-            if t0 <= t < t1:
-                return t1 - t
-        return 0.0
-
     def _window(self, eph, ra, dec, t, night_left) -> np.ndarray:
         """Seconds each target stays above the altitude limit tonight (from its hour
         angle: the target sets when it reaches the hour angle of the limit)."""

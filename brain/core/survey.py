@@ -67,7 +67,7 @@ class FeasibilityMask:
         min_sin = math.sin(math.radians(self.lim.min_alt_deg + self.margin))
         ok = (d.sin_alt_start >= min_sin) & (sky.sin_alt(d.site, d.t_end, d.idx) >= min_sin)
         eph = sky.night.sites[d.site]
-        if eph.sun_alt(float(d.t_end.max())) > self.lim.max_sun_alt_deg:
+        if not eph.is_dark(float(d.t_end.max()), self.lim.max_sun_alt_deg):
             ok[:] = False
         t_mid = float(0.5 * (d.t_start.min() + d.t_end.max()))
         ok &= sky.moon_sep_deg(d.site, t_mid, d.idx) >= self.lim.min_moon_sep_deg + 0.05

@@ -256,9 +256,9 @@ class NightJobs:
         the job in one transaction, then sent."""
         with self.d.journal.transaction():
             cmds, detail = decide()
-            self.d._send(cmds, now)
+            self.d.send(cmds, now)
             self.d.journal.job(due, "done", now, detail)
-        self.d._flush()
+        self.d.flush()
         self._count(due.kind, "done")
         log.info("%s at %s: %s", due.kind, due.site, json.dumps(detail))
 

@@ -267,7 +267,7 @@ class _StateCollector:
             w = s.weather
             verdict = weather_verdict(cfg.limits, w, now)
             dark = (sky is not None and
-                    float(sky.night.sites[sid].sun_alt(now)) <= cfg.limits.max_sun_alt_deg)
+                    sky.night.sites[sid].is_dark(now, cfg.limits.max_sun_alt_deg))
             fam["open"].add_metric([sid], float(s.open))
             fam["safe"].add_metric([sid], float(verdict.safe))
             fam["dark"].add_metric([sid], float(dark))

@@ -48,7 +48,7 @@ def site_open_fraction(config, night, weather, site: str, t0: float, t1: float) 
 
     ts = np.arange(t0, t1, 60.0) + 30.0
     eph = night.sites[site]
-    dark = eph.sun_alt(ts) <= config.limits.max_sun_alt_deg
+    dark = eph.is_dark(ts, config.limits.max_sun_alt_deg)
     series = weather[site]
     safe = np.array([weather_verdict(config.limits, Weather(t, site, **series.at(t)), t).safe
                      for t in ts])
@@ -59,7 +59,7 @@ def feasible_fields(config, sky, site: str, t: float) -> np.ndarray:
     lim = config.limits
     ok = sky.alt_deg(site, t) >= lim.min_alt_deg
     ok &= sky.moon_sep_deg(site, t) >= lim.min_moon_sep_deg
-    ok &= sky.night.sites[site].sun_alt(t) <= lim.max_sun_alt_deg
+    ok &= sky.night.sites[site].is_dark(t, lim.max_sun_alt_deg)
     return np.flatnonzero(ok)
 
 

@@ -50,10 +50,11 @@ def state_from_run(run_dir: str | Path, config, at: float | None = None) -> Plan
                 wx = Weather(t, s.id, w["wind_mps"], w["humidity"], w["rain"], w["cloud"],
                              w["seeing_arcsec"], w["dew_margin_c"])
         v = weather_verdict(config.limits, wx, t)
-        sun = float(vd.night(t).sites[s.id].sun_alt(t))
+        eph = vd.night(t).sites[s.id]
+        sun = float(eph.sun_alt(t))
         sites[s.id] = {"name": s.name, "open": s.id in open_sites, "safe": v.safe,
                        "rule": v.rule, "held_closed": False,
-                       "dark": sun <= config.limits.max_sun_alt_deg,
+                       "dark": eph.is_dark(t, config.limits.max_sun_alt_deg),
                        "sun_alt_deg": round(sun, 1)}
     groups = {g.name: {"site": g.site, "paused": False,
                        "phase": "open" if g.site in open_sites else "closed"}

@@ -275,8 +275,9 @@ class Validator:
         problems = []
         if site["open"] and not site.get("held_closed"):
             problems.append(f"{a.site} is already open")
-        sun = float(self.night(state.t).sites[a.site].sun_alt(state.t))
-        if sun > self.config.limits.max_sun_alt_deg:
+        eph = self.night(state.t).sites[a.site]
+        sun = float(eph.sun_alt(state.t))
+        if not eph.is_dark(state.t, self.config.limits.max_sun_alt_deg):
             problems.append(f"sun at {sun:+.1f} deg at {a.site} (limit "
                             f"{self.config.limits.max_sun_alt_deg:+.0f} deg): not dark")
         if not site.get("safe"):

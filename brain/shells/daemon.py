@@ -101,7 +101,7 @@ class Daemon:
         self.core = BrainCore(config, classifier=classifier, followup=followup,
                               require_devices=True)
         self.core.on_visit = self._on_visit
-        self.core._ensure_night(self.clock.now())  # ephemerides before the loop starts
+        self.core.ensure_night(self.clock.now())  # ephemerides before the loop starts
         _ = self.core.classifier  # and the model: loading it mid-night stalls the loop
         # Classification (half-hourly, up to a second of CPU) runs on a worker thread so
         # device outcomes keep being answered; its answer is applied on the loop.
@@ -135,13 +135,10 @@ class Daemon:
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
         j, core = self.journal, self.core
-        for field_id, group, t_start in j.visits():
-            core.scheduler.add_observation(int(field_id), int(group), float(t_start))
-        core._obs_seq = j.max_obs_seq()
         batches = [self._batch(arr) for _o, _p, _t, arr in j.iter_detections()]
         batches = [b for b in batches if len(b)]
-        if batches:
-            core.associator.add(DetectionBatch.concat(batches))
+        core.restore(j.visits(), j.max_obs_seq(),
+                     DetectionBatch.concat(batches) if batches else None)
         n_taken = 0
         spectra = j.spectra()
         if core.followup is not None and spectra:
@@ -207,19 +204,19 @@ class Daemon:
                     detections.append(ev)
                 else:
                     self._on_link(ev)
-        self._flush()
+        self.flush()
         now = self.clock.now()
         if now >= self._next_safety:
             busy = True
             self._next_safety = now + SAFETY_EVERY_S
-            self._send(self.core.review_safety(now), now)
-            self._flush()
+            self.send(self.core.review_safety(now), now)
+            self.flush()
         if now >= self._next_tick:
             busy = True
             self._next_tick = now + TICK_S
             with self.journal.transaction():  # the visits it schedules
-                self._send(self.core.handle(Tick(now)), now)
-            self._flush()
+                self.send(self.core.handle(Tick(now)), now)
+            self.flush()
         if detections:
             with self.journal.transaction():
                 for ev in detections:
@@ -276,7 +273,7 @@ class Daemon:
                 args = parsed.model_dump()
                 try:
                     with self.journal.transaction():
-                        self._send(self.core.handle(Operator(now, tool, args)), now)
+                        self.send(self.core.handle(Operator(now, tool, args)), now)
                         self.journal.event(now, "operator", tool, args)
                 except ValueError as exc:
                     problems = [str(exc)]
@@ -286,7 +283,7 @@ class Daemon:
                                        {"tool": tool, "args": args, "problems": problems})
                 self.desk.done.remote(aid, "; ".join(problems))
                 continue
-            self._flush()
+            self.flush()
             self.desk.done.remote(aid, None)
             if self.metrics is not None:
                 self.metrics.actions.inc(tool)
@@ -378,10 +375,10 @@ class Daemon:
         j, core = self.journal, self.core
         if isinstance(ev, DeviceUp):
             j.event(ev.t, ev.device, "up", ev.state)
-            self._send(core.handle(DeviceState(ev.t, ev.device, True)), ev.t)
+            self.send(core.handle(DeviceState(ev.t, ev.device, True)), ev.t)
         elif isinstance(ev, DeviceDown):
             j.event(ev.t, ev.device, "down", {"reason": ev.reason})
-            self._send(core.handle(DeviceState(ev.t, ev.device, False)), ev.t)
+            self.send(core.handle(DeviceState(ev.t, ev.device, False)), ev.t)
         elif isinstance(ev, CommandDone):
             cmd = self._cmds.pop(ev.cmd_id, None)
             # The observation first: killed in between, the command stays 'sent', becomes
@@ -394,7 +391,7 @@ class Daemon:
                 if self.metrics is not None:
                     self.metrics.spectrum("done", ev.result.get("label"),
                                           bool(ev.result.get("before_peak", False)))
-            self._send(core.handle(Done(ev.t, ev.device, ev.cmd_id, ev.result)), ev.t)
+            self.send(core.handle(Done(ev.t, ev.device, ev.cmd_id, ev.result)), ev.t)
         elif isinstance(ev, CommandFailed):
             self._failed(ev.t, ev.device, ev.cmd_id, ev.code, ev.message)
         elif isinstance(ev, DeviceEvent):
@@ -413,7 +410,7 @@ class Daemon:
         self.journal.finish(cmd_id, status, t, code=code, message=message)
         if self.metrics is not None and cmd is not None and cmd.name == "spectrum":
             self.metrics.spectrum("failed")
-        self._send(self.core.handle(Failed(t, device, cmd_id, code, message)), t)
+        self.send(self.core.handle(Failed(t, device, cmd_id, code, message)), t)
 
     def _on_event(self, ev: DeviceEvent) -> None:
         now = self.clock.now()
@@ -424,7 +421,7 @@ class Daemon:
             w = Weather(min(ev.t, now), site, float(d["wind_mps"]), float(d["humidity"]),
                         bool(d["rain"]), float(d["cloud"]), float(d["seeing_arcsec"]),
                         float(d["dew_margin_c"]))
-            self._send(self.core.handle(w), now)
+            self.send(self.core.handle(w), now)
         elif ev.name == "detections":
             arrays = self._arrays(ev.data)
             if self.journal.detections(ev.data["obs_id"], int(ev.data.get("part", 0)), ev.t,
@@ -484,11 +481,11 @@ class Daemon:
             self.metrics.visit(int(field_id), float(t_start))
 
     # Commands --------------------------------------------------------------------
-    def _send(self, cmds: list[Command], t: float) -> None:
-        """Queue commands; :meth:`_flush` journals and sends them."""
+    def send(self, cmds: list[Command], t: float) -> None:
+        """Queue commands; :meth:`flush` journals and sends them."""
         self._outbox += [(cmd, t) for cmd in cmds]
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Send the queued commands: each passes the safety guard last, all are
         journalled and committed in one transaction, then sent. A refusal or a failed
         send goes back to the core, whose new commands go round again."""
@@ -502,7 +499,7 @@ class Daemon:
                         self.journal.refused(self.link.session, cmd, t, rule)
                         if self.metrics is not None:
                             self.metrics.vetoes.inc(rule)
-                        self._send(self.core.refuse(cmd, t, rule), t)
+                        self.send(self.core.refuse(cmd, t, rule), t)
                         continue
                     self.journal.command(self.link.session, cmd, t)
                     ready.append((cmd, t))
@@ -524,7 +521,7 @@ class Daemon:
                     for cmd, t, fail in failed:
                         self.journal.finish(cmd.cmd_id, "failed", t, code=fail.code,
                                             message=fail.message)
-                        self._send(self.core.handle(Failed(t, cmd.device, cmd.cmd_id,
+                        self.send(self.core.handle(Failed(t, cmd.device, cmd.cmd_id,
                                                            fail.code, fail.message)), t)
 
 
