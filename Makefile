@@ -32,10 +32,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports  # the import contract (pyproject.toml, docs/architecture.md)
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/pip install -q 'py-spy>=0.4'  # brain bench metrics samples the daemon
