@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 import zmq.auth
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -506,8 +505,3 @@ class BrainLink:
             self.pub.close(0)
         if self._auth is not None:
             self._auth.stop()
-
-
-def unpack_feed(frames: list[bytes]) -> tuple[str, dict]:
-    """Decode one message of the PUB feed: (topic, envelope)."""
-    return frames[0].decode(), msgpack.unpackb(frames[1], raw=False)

@@ -21,6 +21,8 @@ from typing import Any
 
 import msgpack
 
+from observatory.bands import BANDS
+
 MAGIC = b"SBP1"
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, docs/protocol.md's default limit
@@ -32,8 +34,6 @@ FROM_BRAIN = frozenset({"WELCOME", "HEARTBEAT", "COMMAND", "ERROR", "BYE"})
 TYPES = FROM_DEVICE | FROM_BRAIN
 
 KINDS = ("telescope", "weather", "spectrograph", "enclosure")
-BANDS = ("g", "r", "i")
-COMMANDS = ("slew", "expose", "abort", "park", "open", "close", "spectrum", "status")
 IDEMPOTENT_COMMANDS = frozenset({"park", "open", "close", "abort", "status"})
 DEVICE_STATES = ("idle", "busy", "parked", "closed", "fault")
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-N_BANDS = 3
-BAND_NAMES = ("g", "r", "i")
+from observatory.bands import BANDS
+
+N_BANDS = len(BANDS)
 SAME_VISIT_D = 0.02  # detections closer in time than this (d) are one visit
 NIGHT_D = 0.5  # gaps longer than this (d) separate nights
 
@@ -50,7 +51,7 @@ def _slope(k, t, y, n):
 
 def feature_names() -> list[str]:
     names = []
-    for b in BAND_NAMES:
+    for b in BANDS:
         names += [f"{b}_n", f"{b}_std", f"{b}_amp", f"{b}_log_chi2", f"{b}_slope",
                   f"{b}_eta", f"{b}_skew", f"{b}_fast"]
     names += ["n_nights", "log_span_d", "peak_phase", "log_rise_rate", "log_decline_rate",

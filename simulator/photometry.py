@@ -57,9 +57,6 @@ class Photometry:
         self.offsets = np.concatenate([[0], np.cumsum(np.bincount(owner,
                                                                   minlength=grid.size))])
 
-    def sources_in(self, field_id: int) -> np.ndarray:
-        return self.sources[self.offsets[field_id]:self.offsets[field_id + 1]]
-
     def detect(self, batch: ExposureBatch, batch_seed: int) -> Detections:
         rng = np.random.default_rng([self.seed, batch_seed])
         starts = self.offsets[batch.field_id]

@@ -20,8 +20,6 @@ from scipy.spatial import cKDTree
 
 from observatory.sky import unit_vectors
 
-BAND_INDEX = {"g": 0, "r": 1, "i": 2}
-
 
 @dataclass
 class DetectionBatch:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from observatory.bands import BANDS
 from observatory.taxonomy import TRANSIENTS
 
 FIGURES = ("sky_coverage.png", "coverage_windows.png", "open_shutter.png",
@@ -142,7 +143,7 @@ def _light_curves(path: Path, core, objects, labels: dict[str, str],
         for b, colour in enumerate(("#2ca02c", "#d62728", "#4b0082")):
             m = sel & (band == b)
             ax.errorbar((mjd[m] - t0) * 24, mag[m], err[m], fmt=".", ms=3, color=colour,
-                        lw=0.6, label="gri"[b])
+                        lw=0.6, label=BANDS[b])
         ax.invert_yaxis()
         p = core.obj_prob[oid] if oid < len(core.obj_prob) and core.obj_prob.shape[1] else None
         probs = ("not classified yet" if p is None or not p.any() else

@@ -12,6 +12,7 @@ import numpy as np
 
 from brain.core.followup import followup_rows
 from brain.ops.report import ReportInputs, write_report
+from observatory.bands import BANDS
 from observatory.records import OBS_COLUMNS
 
 FOLLOWUP_COLUMNS = ("target_id", "object_id", "telescope", "t_start", "t_end", "mag",
@@ -122,7 +123,7 @@ def write_labelled(path: Path, associator, labels: dict[int, str]) -> None:
         if ids.size == 0:
             return
         obj, mjd, band, mag, err = associator.light_curves(ids)
-        names = "gri"
+        names = BANDS
         for o, t, b, m, e in zip(obj, mjd, band, mag, err, strict=True):
             w.writerow([f"o{o:07d}", f"{t:.6f}", names[b], f"{m:.4f}", f"{e:.4f}",
                         labels[int(o)]])

@@ -56,8 +56,6 @@ CREATE TABLE IF NOT EXISTS night_jobs (
     t REAL NOT NULL, detail TEXT NOT NULL);
 """
 
-IN_FLIGHT = ("sent",)
-
 
 class Journal:
     def __init__(self, path: str | Path):
