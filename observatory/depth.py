@@ -12,12 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from observatory.arrayconfig import Depth
+from observatory.visibility import airmass
 
 K_V = 0.172  # V-band extinction (mag/airmass) in K&S's model
 B_DARK_V_NL = 34.08 * np.exp(20.7233 - 0.92104 * 21.6)  # 21.6 mag/arcsec^2 in nanoLamberts
 
 
 def _ks_airmass(zenith_deg):
+    """Krisciunas & Schaefer's (1991) airmass, which their sky-brightness model is
+    calibrated with (used only inside it); everything else uses
+    :func:`observatory.visibility.airmass`."""
     z = np.radians(np.clip(zenith_deg, 0, 90))
     return (1 - 0.96 * np.sin(z) ** 2) ** -0.5
 
@@ -38,7 +42,7 @@ def limiting_mag(depth: Depth, band: str, alt_deg, moon_alt_deg, moon_sep_deg,
                  moon_phase_angle_deg, seeing_zenith_arcsec, cloud, exposure_s):
     """5-sigma AB limiting magnitude (mag). Angles in deg; cloud in 0..1."""
     alt = np.asarray(alt_deg, dtype=float)
-    x = 1.0 / np.sin(np.radians(np.maximum(alt, 1.0)))
+    x = airmass(np.maximum(alt, 1.0))
     x_ks = _ks_airmass(90 - alt)
     dark_rel = x_ks * 10 ** (-0.4 * K_V * (x_ks - 1))  # dark sky brightens off zenith
     moon_rel = depth.moon_sky_factor[band] * moon_sky_ratio(alt, moon_alt_deg, moon_sep_deg,

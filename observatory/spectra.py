@@ -4,8 +4,6 @@ exposure a target of a given magnitude needs, the science reward of a spectrum, 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from observatory.arrayconfig import Mount, Spectrograph
@@ -36,15 +34,3 @@ def science_reward(true_class: str | None, label: str | None, before_peak: bool,
     if label is None or true_class is None or label != true_class:
         return 0.0
     return float(table.get(true_class, 0.0)) * (factor if before_peak else 1.0)
-
-
-def target_alt_deg(eph, ra_deg, dec_deg, t_unix) -> np.ndarray:
-    """Altitude (deg) of ICRS targets seen from a site's ephemeris at ``t_unix``.
-
-    Uses J2000 coordinates against the apparent sidereal time: the precession since
-    J2000 (under 0.4 deg) is smaller than the 0.5 deg margin the brain keeps."""
-    lat = eph.lat_rad
-    dec = np.radians(dec_deg)
-    ha = np.radians(eph.lst_deg(t_unix) - np.asarray(ra_deg))
-    s = math.sin(lat) * np.sin(dec) + math.cos(lat) * np.cos(dec) * np.cos(ha)
-    return np.degrees(np.arcsin(np.clip(s, -1, 1)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from observatory.arrayconfig import ArrayConfig
@@ -57,6 +59,18 @@ def airmass(alt_deg) -> np.ndarray:
     """Plane-parallel airmass sec(z) (astroplan's convention); inf below the horizon."""
     s = np.sin(np.radians(alt_deg))
     return np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0), np.inf)
+
+
+def target_alt_deg(eph, ra_deg, dec_deg, t_unix) -> np.ndarray:
+    """Altitude (deg) of ICRS targets seen from a site's ephemeris at ``t_unix``.
+
+    Uses J2000 coordinates against the apparent sidereal time: the precession since
+    J2000 (under 0.4 deg) is smaller than the 0.5 deg margin the brain keeps."""
+    lat = eph.lat_rad
+    dec = np.radians(dec_deg)
+    ha = np.radians(eph.lst_deg(t_unix) - np.asarray(ra_deg))
+    s = math.sin(lat) * np.sin(dec) + math.cos(lat) * np.cos(dec) * np.cos(ha)
+    return np.degrees(np.arcsin(np.clip(s, -1, 1)))
 
 
 class NightCache:

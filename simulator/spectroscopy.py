@@ -26,8 +26,9 @@ from scipy.spatial import cKDTree
 from observatory.arrayconfig import ArrayConfig, Spectrograph
 from observatory.mount import move_time_s
 from observatory.sky import separation_deg, unit_vectors
-from observatory.spectra import SPEC_MOUNT, exposure_s, target_alt_deg
+from observatory.spectra import SPEC_MOUNT, exposure_s
 from observatory.taxonomy import CLASSES
+from observatory.visibility import target_alt_deg
 from simulator.world import Reply
 
 MATCH_ARCSEC = 3.0

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from observatory.spectra import DEFAULT_REWARD, exposure_s, science_reward, target_alt_deg
+from observatory.spectra import DEFAULT_REWARD, exposure_s, science_reward
+from observatory.visibility import target_alt_deg
 from simulator.spectroscopy import Spectrographs
 from tests.conftest import read_metrics, run_brain
 

@@ -35,9 +35,8 @@ from brain.core.safety import Verdict, weather_verdict
 from brain.core.survey import SurveyScheduler
 from observatory.ephemeris import night_date, night_span
 from observatory.sky import FieldGrid
-from observatory.spectra import target_alt_deg
 from observatory.taxonomy import CLASSES
-from observatory.visibility import FieldSky, NightCache
+from observatory.visibility import FieldSky, NightCache, target_alt_deg
 from policies.classifier import TransientClassifier
 
 CLOSED, IDLE, SLEWING, EXPOSING = "closed", "idle", "slewing", "exposing"

@@ -30,9 +30,10 @@ import numpy as np
 from brain.core.events import Command, Done, Failed
 from observatory.mount import move_time_s
 from observatory.sky import unit_vectors
-from observatory.spectra import SPEC_MOUNT, exposure_s, science_reward, target_alt_deg
+from observatory.spectra import SPEC_MOUNT, exposure_s, science_reward
 from observatory.taxonomy import CLASSES
 from observatory.times import unix_to_mjd
+from observatory.visibility import target_alt_deg
 from policies.candidates import WAIT, CandidateTable, label_probability
 
 BAND_R = 1

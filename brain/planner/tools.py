@@ -37,7 +37,8 @@ from brain.core.operator import (
 )
 from observatory.ephemeris import NightEphemeris, night_date
 from observatory.sky import FieldGrid
-from observatory.spectra import exposure_s, target_alt_deg
+from observatory.spectra import exposure_s
+from observatory.visibility import target_alt_deg
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""Sky helpers of the INDI bridge: sidereal time, altitude and azimuth, airmass."""
+"""Sky helpers of the INDI bridge: sidereal time, altitude and azimuth of the epoch-of-date
+pointing the mount reports, and the brain's airmass."""
 
 from __future__ import annotations
 
 import math
+
+from observatory import visibility
 
 
 def lst_deg(t_unix: float, lon_east_deg: float) -> float:
@@ -23,11 +26,9 @@ def alt_az_deg(ra_deg: float, dec_deg: float, lat_deg: float, lst: float) -> tup
 
 
 def airmass(alt_deg: float) -> float:
-    """Kasten & Young (1989); 40 at and below the horizon."""
-    if alt_deg <= 0:
-        return 40.0
-    return min(40.0, 1.0 / (math.sin(math.radians(alt_deg))
-                            + 0.50572 * (alt_deg + 6.07995) ** -1.6364))
+    """The brain's airmass (:func:`observatory.visibility.airmass`, sec z), capped at 40
+    so that it stays a finite number on the wire (and 40 at and below the horizon)."""
+    return min(40.0, float(visibility.airmass(alt_deg)))
 
 
 def ra_diff_h(a: float, b: float) -> float:
