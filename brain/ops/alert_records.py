@@ -10,28 +10,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar
 
-DEFAULT_STREAM = "sitian.cn/brain"  # IVORN authority / resource
+from observatory.times import unix_to_mjd
 
+DEFAULT_STREAM = "sitian.cn/brain"  # IVORN authority / resource
 
 
 ROLES = ("observation", "prediction", "utility", "test")
 
 
-
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
 
 
 TAXONOMY_URI = "ivo://sitian.cn/taxonomy#"  # Why/Inference/Concept: <uri><class>
 
 
-
-MJD_UNIX_EPOCH = 40587.0
-
-
-
 BAND_UCD = {"g": "phot.mag;em.opt.B", "r": "phot.mag;em.opt.R", "i": "phot.mag;em.opt.I"}
-
 
 
 # The alerts ------------------------------------------------------------------------
@@ -42,10 +35,8 @@ def _finite(name: str, v) -> float:
     return v
 
 
-
 def _opt(name: str, v) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else _finite(name, v)
-
 
 
 def _check_where(a) -> None:
@@ -71,7 +62,6 @@ def _check_where(a) -> None:
     if probs and abs(sum(probs.values()) - 1.0) > 1e-3:
         raise ValueError(f"class probabilities sum to {sum(probs.values()):.4f}, not 1")
     object.__setattr__(a, "probabilities", probs)
-
 
 
 @dataclass(frozen=True)
@@ -126,7 +116,6 @@ class ClassificationAlert:
     @property
     def local_id(self) -> str:
         return f"cls/{self.object_id}/{iso_stamp(self.t)}"
-
 
 
 @dataclass(frozen=True)
@@ -186,15 +175,12 @@ class FollowupAlert:
         return f"fu/{self.target_id}/{iso_stamp(self.t)}"
 
 
-
 Alert = ClassificationAlert | FollowupAlert
-
 
 
 def ivorn(alert: Alert, stream: str = DEFAULT_STREAM) -> str:
     """``ivo://<authority>/<resource>#<kind>/<id>/<UTC stamp>``, unique per alert."""
     return f"ivo://{stream}#{alert.local_id}"
-
 
 
 def iso_stamp(t_unix: float) -> str:
@@ -203,11 +189,9 @@ def iso_stamp(t_unix: float) -> str:
             + f".{ms % 1000:03d}")
 
 
-
 def utc_datetime(t_unix: float) -> datetime:
     return datetime.fromtimestamp(t_unix, UTC)
 
 
-
 def mjd_of(t_unix: float) -> float:
-    return t_unix / 86400.0 + MJD_UNIX_EPOCH
+    return float(unix_to_mjd(t_unix))

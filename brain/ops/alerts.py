@@ -33,7 +33,6 @@ from fastavro.write import Writer
 
 from brain.ops.alert_records import (
     DEFAULT_STREAM,
-    MJD_UNIX_EPOCH,
     ROLES,
     Alert,
     ClassificationAlert,
@@ -52,6 +51,7 @@ from brain.ops.avro import (
 )
 from brain.ops.voevent import to_voevent
 from drivers import protocol as P
+from observatory.times import mjd_to_unix
 
 log = logging.getLogger("brain.ops.alerts")
 
@@ -85,7 +85,7 @@ def classification_alerts(t: float, object_ids, prob, classes, associator,
     ndet = associator.n_detections()[ids]
     ra, dec = associator.obj_ra.view[ids], associator.obj_dec.view[ids]
     def to_unix(m: float) -> float | None:
-        return (m - MJD_UNIX_EPOCH) * 86400.0 if math.isfinite(m) else None
+        return float(mjd_to_unix(m)) if math.isfinite(m) else None
 
     out = []
     for k in range(n):
