@@ -29,7 +29,7 @@ from brain.core.events import (
     Tick,
     Weather,
 )
-from brain.core.followup import take_snapshot
+from brain.core.followup import candidate_ids, take_snapshot
 from brain.core.operator import PlanState, SurveyRegion, region_mask
 from brain.core.safety import Verdict, weather_verdict
 from brain.core.survey import SurveyScheduler
@@ -341,9 +341,8 @@ class BrainCore:
         objects: dict[str, dict] = {}
         n_cls = self.obj_prob.shape[1] if self.obj_prob.ndim == 2 else 0
         if n_cls and self.associator.n_objects:
-            tr = self.config.transients
             # Every classified candidate, however old or faint (no follow-up filter).
-            snap = take_snapshot(t, self.associator, self.obj_prob, tr.min_detections,
+            snap = take_snapshot(t, self.associator, self.obj_prob, self.candidates(),
                                  math.inf, math.inf)
             for k, oid in enumerate(snap.object_id):
                 c = int(np.argmax(snap.prob[k]))
@@ -529,10 +528,14 @@ class BrainCore:
         if cand.size:
             self.obj_prob[cand] = prob
         if self.followup is not None:
-            tr = self.config.transients
             self.followup.update(take_snapshot(
-                t, self.associator, self.obj_prob, tr.min_detections,
+                t, self.associator, self.obj_prob, self.candidates(),
                 self.config.followup.recent_days, self.followup.max_mag))
+
+    def candidates(self) -> np.ndarray:
+        """Object ids of the candidates now (the one rule, :func:`candidate_ids`)."""
+        return candidate_ids(self.associator, self.obj_prob,
+                             self.config.transients.min_detections)
 
     def classify_candidates(self, everything: bool = False) -> np.ndarray:
         """Classify the candidates due now (see :meth:`classification_job`) in place;

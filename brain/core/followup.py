@@ -69,19 +69,27 @@ class Snapshot:
         return len(self.object_id)
 
 
-def take_snapshot(t: float, associator, obj_prob: np.ndarray, min_detections: int,
-                  recent_days: float, max_mag: float) -> Snapshot:
-    """Candidates with a classification, a detection in the last ``recent_days`` and a
-    latest magnitude brighter than ``max_mag``, with their recent photometry."""
+def candidate_ids(associator, obj_prob: np.ndarray, min_detections: int) -> np.ndarray:
+    """The brain's one candidate rule: objects with at least ``min_detections``
+    detections that the classifier has seen (ids, ascending)."""
     n_obj = associator.n_objects
-    if n_obj == 0 or obj_prob.shape[0] == 0:
-        return Snapshot.empty(t)
+    if n_obj == 0 or obj_prob.ndim != 2 or obj_prob.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
     ndet = associator.n_detections()
     classified = np.zeros(n_obj, dtype=bool)
-    classified[:obj_prob.shape[0]] = obj_prob.sum(axis=1) > 0
-    cand = np.flatnonzero(classified & (ndet >= min_detections))
+    m = min(n_obj, obj_prob.shape[0])
+    classified[:m] = obj_prob[:m].sum(axis=1) > 0
+    return np.flatnonzero(classified & (ndet >= min_detections))
+
+
+def take_snapshot(t: float, associator, obj_prob: np.ndarray, cand: np.ndarray,
+                  recent_days: float, max_mag: float) -> Snapshot:
+    """Of the candidates ``cand`` (:func:`candidate_ids`), those with a detection in the
+    last ``recent_days`` and a latest magnitude brighter than ``max_mag``, with their
+    recent photometry."""
     if cand.size == 0:
         return Snapshot.empty(t)
+    ndet = associator.n_detections()
     obj, mjd, band, mag, _err = associator.light_curves(cand)
     local = np.searchsorted(cand, obj)
     n = cand.size

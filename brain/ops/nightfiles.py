@@ -139,10 +139,8 @@ def gather(daemon, night: str) -> NightSnapshot:
     # Candidates (classified, enough detections), labelled ones and transients first.
     assoc = core.associator
     prob = core.obj_prob
-    n = min(assoc.n_objects, prob.shape[0])
-    ndet = assoc.n_detections()[:n] if n else np.zeros(0, np.int32)
-    classified = prob[:n].sum(axis=1) > 0 if n else np.zeros(0, bool)
-    cand = np.flatnonzero(classified & (ndet >= config.transients.min_detections))
+    ndet = assoc.n_detections()
+    cand = core.candidates()
     names = np.asarray(CLASSES)
     pred = prob[cand].argmax(axis=1) if cand.size else np.zeros(0, int)
     objects = [(f"o{c:07d}", float(assoc.obj_ra.view[c]), float(assoc.obj_dec.view[c]),
@@ -154,7 +152,8 @@ def gather(daemon, night: str) -> NightSnapshot:
                                           -r[3]))[:PAGE]
     ids = np.array([int(r[0][1:]) for r in page], dtype=np.int64)
     frozen = SimpleNamespace(classifier=SimpleNamespace(classes=list(CLASSES)),
-                             associator=FrozenCurves(assoc, ids), obj_prob=prob[:n].copy())
+                             associator=FrozenCurves(assoc, ids),
+                             obj_prob=prob[:assoc.n_objects].copy())
     out = daemon.nightjobs.night_dir(night) if daemon.nightjobs else None
     if out is not None and core.followup is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ from brain.core.operator import (
 from observatory.ephemeris import NightEphemeris, night_date
 from observatory.sky import FieldGrid
 from observatory.spectra import exposure_s
-from observatory.visibility import target_alt_deg
+from observatory.visibility import NightCache, target_alt_deg
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,11 @@ def _mentions(request: str, value: str, aliases: dict[str, list[str]]) -> bool:
 class Validator:
     """Checks tool calls against a :class:`PlanState` and the array's config."""
 
-    def __init__(self, config):
+    def __init__(self, config, nights: NightCache | None = None):
+        """``nights``: the core's night cache, when there is a core (the daemon): the
+        validator then plans with the same ephemerides and field grid, computed once."""
         self.config = config
+        self.shared_nights = nights
         self._nights: dict[str, object] = {}
         self.site_names = {s.id: s.name for s in config.sites}
         self.aliases = site_aliases(config)
@@ -154,6 +157,8 @@ class Validator:
 
     def night(self, t: float):
         date = night_date(self.config, t)
+        if self.shared_nights is not None:
+            return self.shared_nights.get(date)[0]
         if date not in self._nights:
             self._nights = {date: NightEphemeris.compute(self.config, date)}
         return self._nights[date]
@@ -290,7 +295,7 @@ class Validator:
             return ["dec_min_deg must be below dec_max_deg"]
         if a.ra_min_deg == a.ra_max_deg:
             return ["the right ascension range is empty"]
-        grid = _grid(self.config)
+        grid = self.shared_nights.grid if self.shared_nights is not None else _grid(self.config)
         inside = region_mask(grid.ra_deg, grid.dec_deg, a)
         if not inside.any():
             return ["the region holds no survey field"]

@@ -248,7 +248,7 @@ class Daemon:
     # Operators -------------------------------------------------------------------
     def attach_desk(self, desk) -> None:
         self.desk = desk
-        self._validator = Validator(self.config)
+        self._validator = Validator(self.config, self.core.nights)
 
     def serve_desk(self) -> None:
         """Take approved actions (each validated again against the state now: the plan
