@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from brain.cli.common import (
@@ -15,6 +16,7 @@ from brain.cli.common import (
     bounded_int,
     iso_date,
     policy_list,
+    remove_created,
     seed_range,
 )
 from brain.config import ConfigError
@@ -189,20 +191,48 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"brain {args.command}: error: unrecognized arguments: "
                        f"{' '.join(extra)}\n")
     module, name = COMMANDS[args.command]
-    # Each command group is imported when it runs: `brain run` loads no simulator and
-    # `brain classify` no vLLM (heavy, optional for that command).
-    handler = getattr(importlib.import_module(f"brain.cli.{module}"), name)
+    if args.command in BATCH:
+        signal.signal(signal.SIGTERM, _terminate)
+    # What a refused or stopped command created goes again (docs/cli-edges.md): all of a
+    # batch command's new output directory, the empty directories of any other.
     try:
+        # Each command group is imported when it runs (inside the try: a SIGTERM may
+        # come while it loads): `brain run` loads no simulator and `brain classify` no
+        # vLLM (heavy, optional for that command).
+        handler = getattr(importlib.import_module(f"brain.cli.{module}"), name)
         return handler(args)
     except (UsageError, ConfigError) as exc:
+        remove_created(everything=args.command in BATCH)
         print(f"brain {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        remove_created(everything=args.command in BATCH)
+        print(f"brain {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
+        remove_created(everything=args.command in BATCH)
         print(f"brain {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `brain classify f.csv | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except BaseException:  # a crash: no half-written output directory either
+        remove_created(everything=args.command in BATCH)
+        raise
+
+
+# Commands that compute and write, then exit: SIGTERM stops them as Ctrl-C does. The
+# long-running ones (run, sim-drivers) stop on SIGTERM in their own way.
+BATCH = ("simulate", "replay", "evaluate", "classify", "train")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a batch command unwinds."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise Terminated
 
 
 if __name__ == "__main__":

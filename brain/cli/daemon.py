@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import zmq
 
 from brain.cli.common import (
     UsageError,
+    iso_time,
     load_policy,
     output_dir,
     output_file,
+    zmq_endpoint,
 )
 from brain.config import load_config
 from brain.shells.daemon_start import run_daemon
-from drivers.clock import parse_start
 from drivers.keys import create_keys, device_keys
 from drivers.link import SecurityError, is_loopback
 
@@ -23,12 +25,13 @@ from drivers.link import SecurityError, is_loopback
 def clock_args(args):
     if not (args.speed > 0 and args.speed <= 10_000):
         raise UsageError(f"--speed must be in (0, 10000], not {args.speed}")
-    try:
-        start = parse_start(args.start)
-        until = parse_start(args.until)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
+    start, until = iso_time(args.start, "--start"), iso_time(args.until, "--until")
+    if until is not None and until <= (start if start is not None else time.time()):
+        raise UsageError(f"--until {args.until} is not after " + (
+            f"--start {args.start}" if start is not None else "now (no --start: real time)"))
+    # The endpoints first: a mistyped one is named as such, not as a security problem.
+    zmq_endpoint(args.router, "--router")
+    zmq_endpoint(args.pub, "--pub")
     security = args.security or ("none" if is_loopback(args.router) else "curve")
     if security == "none" and not (is_loopback(args.router) and is_loopback(args.pub)):
         raise UsageError("refusing security 'none' on a non-loopback address: use "
@@ -43,16 +46,15 @@ def cmd_run(args) -> int:
     start, until, security = clock_args(args)
     if not args.failsafe_s > 0:
         raise UsageError("--failsafe-s must be positive")
+    if args.hosting == "local" and (args.ray_address or args.api_port):
+        raise UsageError("--ray-address and --api-port need --hosting ray")
     config = load_config(args.config)
-    output_dir(str(Path(args.journal).parent))
-    output_file(args.journal)
     policy = None
     if args.policy != "none":
         policy = load_policy(args.policy, args.seed)  # a broken artifact: one line, now
         if args.hosting == "ray":
             policy = args.policy  # the policy actor loads it again
-    if args.hosting == "local" and (args.ray_address or args.api_port):
-        raise UsageError("--ray-address and --api-port need --hosting ray")
+    _check_journal(args.journal)  # the last check: it makes the journal's directory
     try:
         run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
                    policy, args.router, args.pub, security, args.keys, args.hosting,
@@ -63,6 +65,29 @@ def cmd_run(args) -> int:
         raise UsageError(str(exc).splitlines()[0]) from None
     print(f"stopped; journal {args.journal}")
     return 0
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_journal(path: str) -> None:
+    """The journal's directory is made (main removes it again, if still empty, when the
+    start is refused); an existing journal must be an SQLite file."""
+    if not path.strip():
+        raise UsageError("--journal must not be empty")
+    journal = Path(path)
+    if journal.is_dir():
+        raise UsageError(f"--journal {path!r} is a directory")
+    output_dir(str(journal.parent), "--journal's directory", marks=None)
+    output_file(path, "--journal")
+    if journal.is_file() and journal.stat().st_size > 0:
+        try:
+            with journal.open("rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise UsageError(f"cannot read --journal {path!r}: {exc.strerror}") from None
+        if head != SQLITE_HEADER:
+            raise UsageError(f"--journal {path!r} exists and is not an SQLite file")
 
 
 def device_curve(keys_dir: str):

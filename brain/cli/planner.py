@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from brain.cli.common import (
     UsageError,
+    existing_dir,
+    iso_time,
 )
 from brain.config import load_config
 from brain.planner.api import ask_daemon
 from brain.planner.engine import Engine, resolve_model
 from brain.planner.plan import Planner, carry_out, request_ok
 from brain.planner.runstate import state_from_run
-from drivers.clock import parse_start
 
 
 def cmd_ask(args) -> int:
@@ -21,13 +21,10 @@ def cmd_ask(args) -> int:
         raise UsageError("the request must be 1 to 1000 characters without control "
                          "characters")
     config = load_config(args.config)
-    if args.state:
-        if not Path(args.state, "metrics.json").is_file():
+    if args.state is not None:
+        if not (existing_dir(args.state, "--state") / "metrics.json").is_file():
             raise UsageError(f"{args.state} is not a run directory (no metrics.json)")
-        try:
-            at = parse_start(args.at) if args.at else None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        at = iso_time(args.at, "--at")
 
         try:
             state = state_from_run(args.state, config, at)
