@@ -160,10 +160,17 @@ def _first_error(exc: ValidationError) -> str:
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> BrainConfig:
     """Load and validate a config file (default: the shipped sitian-54 array)."""
     p = Path(path) if path is not None else DEFAULT_CONFIG
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:  # a binary file, or another encoding
+        raise ConfigError(f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start})"
+                          ) from None
+    except OSError as exc:  # e.g. no permission to read it
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""

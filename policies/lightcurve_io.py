@@ -2,6 +2,8 @@
 
 Input CSV columns: object_id, mjd, band, mag, mag_err (detections; band g, r or i; AB).
 Every problem is reported in one line naming the row and column; nothing is guessed.
+UTF-8, with or without the byte-order mark spreadsheets write. Values outside the
+physical ranges below are refused, not computed with (docs/cli-edges.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from observatory.taxonomy import CLASSES
 
 REQUIRED = ("object_id", "mjd", "band", "mag", "mag_err")
 BANDS = {"g": 0, "r": 1, "i": 2}
+MAX_ID_CHARS = 128
+MAG_RANGE = (-30.0, 40.0)  # AB: brighter than the full Moon to beyond any telescope
+MAG_ERR_MAX = 20.0  # (0, 20]: real surveys' faintest points reach ~13 mag of error
+MJD_RANGE = (0.0, 100_000.0)  # 1858-11-17 to 2132-08-31
 
 
 class LightCurveInputError(ValueError):
@@ -35,52 +41,74 @@ class DetectionTable:
     err: np.ndarray
 
 
-def _number(text: str, row: int, col: str) -> float:
+def _number(text: str, row: int, col: str, lo: float, hi: float) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise LightCurveInputError(f"row {row}: {col} is not a number: {text!r}") from None
+        raise LightCurveInputError(f"row {row}: {col} is not a number: {text[:40]!r}") from None
     if not math.isfinite(v):
         raise LightCurveInputError(f"row {row}: {col} is not finite: {text!r}")
+    if not lo <= v <= hi:
+        raise LightCurveInputError(f"row {row}: {col} {text.strip()[:40]} is outside "
+                                   f"[{lo:g}, {hi:g}]")
     return v
 
 
 def read_detections_csv(path: str | Path) -> DetectionTable:
     p = Path(path)
+    if p.is_dir():
+        raise LightCurveInputError(f"{str(p)!r} is a directory, not a CSV file")
     if not p.is_file():
         raise LightCurveInputError(f"file {str(p)!r} not found")
-    with p.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
-            raise LightCurveInputError(f"{p}: empty file (expected a header: "
-                                       f"{', '.join(REQUIRED)})")
-        names = [h.strip() for h in header]
-        missing = [c for c in REQUIRED if c not in names]
-        if missing:
-            raise LightCurveInputError(f"{p}: missing column(s) {', '.join(missing)}")
-        col = {c: names.index(c) for c in REQUIRED}
-        ids, mjd, band, mag, err = [], [], [], [], []
-        for row_no, row in enumerate(reader, start=2):
-            if not row or not any(x.strip() for x in row):
-                continue
-            if len(row) < len(names):
-                raise LightCurveInputError(f"row {row_no}: {len(row)} fields, expected "
-                                           f"{len(names)}")
-            oid = row[col["object_id"]].strip()
-            if not oid:
-                raise LightCurveInputError(f"row {row_no}: empty object_id")
-            b = row[col["band"]].strip()
-            if b not in BANDS:
-                raise LightCurveInputError(f"row {row_no}: unknown band {b!r} (use g, r or i)")
-            e = _number(row[col["mag_err"]], row_no, "mag_err")
-            if e <= 0:
-                raise LightCurveInputError(f"row {row_no}: mag_err must be positive, got {e}")
-            ids.append(oid)
-            mjd.append(_number(row[col["mjd"]], row_no, "mjd"))
-            band.append(BANDS[b])
-            mag.append(_number(row[col["mag"]], row_no, "mag"))
-            err.append(e)
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            try:
+                return _read_rows(p, reader)
+            except csv.Error as exc:  # e.g. a NUL byte, an endless quoted field
+                raise LightCurveInputError(f"{p}: row {reader.line_num}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LightCurveInputError(f"{p}: not a UTF-8 text file ({exc.reason})") from None
+    except OSError as exc:
+        raise LightCurveInputError(f"cannot read {str(p)!r}: {exc.strerror}") from None
+
+
+def _read_rows(p: Path, reader) -> DetectionTable:
+    header = next(reader, None)
+    if header is None or not any(h.strip() for h in header):
+        raise LightCurveInputError(f"{p}: empty file (expected a header: "
+                                   f"{', '.join(REQUIRED)})")
+    names = [h.strip() for h in header]
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise LightCurveInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    col = {c: names.index(c) for c in REQUIRED}
+    ids, mjd, band, mag, err = [], [], [], [], []
+    for row_no, row in enumerate(reader, start=2):
+        if not row or not any(x.strip() for x in row):
+            continue
+        if len(row) < len(names):
+            raise LightCurveInputError(f"row {row_no}: {len(row)} fields, expected "
+                                       f"{len(names)}")
+        oid = row[col["object_id"]].strip()
+        if not oid:
+            raise LightCurveInputError(f"row {row_no}: empty object_id")
+        if len(oid) > MAX_ID_CHARS:
+            raise LightCurveInputError(f"row {row_no}: object_id of {len(oid)} "
+                                       f"characters (at most {MAX_ID_CHARS})")
+        b = row[col["band"]].strip()
+        if b not in BANDS:
+            raise LightCurveInputError(f"row {row_no}: unknown band {b!r} (use g, r or i)")
+        e = _number(row[col["mag_err"]], row_no, "mag_err", -math.inf, math.inf)
+        if not 0 < e <= MAG_ERR_MAX:
+            raise LightCurveInputError(f"row {row_no}: mag_err must be positive, got {e}"
+                                       if e <= 0 else f"row {row_no}: mag_err {e:g} is "
+                                       f"above {MAG_ERR_MAX:g} mag")
+        ids.append(oid)
+        mjd.append(_number(row[col["mjd"]], row_no, "mjd", *MJD_RANGE))
+        band.append(BANDS[b])
+        mag.append(_number(row[col["mag"]], row_no, "mag", *MAG_RANGE))
+        err.append(e)
     if not ids:
         raise LightCurveInputError(f"{p}: no detections after the header")
     object_ids, obj = np.unique(np.array(ids), return_inverse=True)
@@ -125,7 +153,7 @@ def read_labelled(paths) -> LabelledSet:
     for path in paths:
         table = read_detections_csv(path)
         labels: dict[str, str] = {}
-        with Path(path).open(newline="") as fh:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             for row_no, row in enumerate(csv.DictReader(fh), start=2):
                 lab = (row.get("label") or "").strip()
                 if lab not in CLASSES:

@@ -9,6 +9,8 @@ loads them and re-runs the nights against exactly the same sky and weather.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import timedelta
@@ -52,17 +54,24 @@ class Environment:
         if not meta_path.is_file():
             raise FileNotFoundError(f"{run_dir} holds no environment.json (not a run directory)")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: unknown environment format {meta.get('format')!r}")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise ValueError(f"{meta_path}: unknown environment format {fmt!r}")
         env = cls(meta["config"], int(meta["seed"]), meta["start"], int(meta["nights"]),
                   meta["weather_mode"])
-        with np.load(run_dir / "environment.npz") as z:
-            for n, s in meta["weather_keys"]:
-                env.weather[(n, s)] = WeatherSeries(
-                    **{k: z[f"w{n}_{s}_{k}"] for k in WeatherSeries.__dataclass_fields__})
-        pop_path = run_dir / "population.npz"
-        if pop_path.is_file():
-            env.population = Population.load(pop_path)
+        npz = run_dir / "environment.npz"
+        try:
+            with np.load(npz) as z:
+                for n, s in meta["weather_keys"]:
+                    env.weather[(n, s)] = WeatherSeries(
+                        **{k: z[f"w{n}_{s}_{k}"] for k in WeatherSeries.__dataclass_fields__})
+            pop_path = run_dir / "population.npz"
+            if pop_path.is_file():
+                npz = pop_path
+                env.population = Population.load(pop_path)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            # A truncated or damaged archive (an interrupted copy): a ValueError naming it.
+            raise ValueError(f"{npz} is damaged or truncated ({exc})") from None
         return env
 
 

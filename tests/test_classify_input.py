@@ -30,6 +30,10 @@ def _classify(tmp_path: Path, text: str | None, name: str = "in.csv"):
     (HEADER + "a,60000,g,20,-0.1\n", "mag_err must be positive"),
     (HEADER + "a,60000,g\n", "3 fields, expected 5"),
     (HEADER + ",60000,g,20,0.1\n", "empty object_id"),
+    pytest.param(HEADER + "x" * 200_000 + ",60000,g,20,0.1\n",
+                 "row 2: field larger than field limit", id="huge-field"),
+    (HEADER + "a,60000,g,20,25\n", "mag_err 25 is above 20 mag"),
+    (HEADER + "a,-5,g,20,0.1\n", "mjd -5 is outside [0, 100000]"),
 ])
 def test_bad_csv_one_line_error(tmp_path, text, needle):
     r = _classify(tmp_path, text)

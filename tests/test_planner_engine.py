@@ -100,8 +100,10 @@ def test_brain_ask_against_a_simulation_state(clear_run):
     r = run_brain("ask", "Which kilonova candidates do we have?", "--state", str(clear_run),
                   "--json", timeout=400)
     assert r.returncode in (0, 1), r.stderr[-2000:]
-    line = next(x for x in r.stdout.splitlines() if x.startswith('{"request"'))
-    out = json.loads(line)
+    # Standard output holds the one JSON object and nothing else: the engine's log, its
+    # shutdown at exit included, goes to standard error.
+    out = json.loads(r.stdout)
+    assert r.stdout.endswith("}\n") and r.stdout.count("\n") == 1, r.stdout[-2000:]
     assert set(out) >= {"request", "calls", "valid", "problems", "executed"}
     assert out["request"] == "Which kilonova candidates do we have?"
     for c in out["calls"]:

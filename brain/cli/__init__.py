@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from brain.cli.common import (
@@ -15,12 +16,28 @@ from brain.cli.common import (
     bounded_int,
     iso_date,
     policy_list,
+    remove_created,
     seed_range,
 )
 from brain.config import ConfigError
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (a flag's default is its absence)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is None or action.default is argparse.SUPPRESS
+                or action.nargs == 0 or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not the usage block
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -31,47 +48,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate nights of the array (fast shell)")
     sim.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
-    sim.add_argument("--nights", type=bounded_int(1, 366), default=1)
-    sim.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7)
+    sim.add_argument("--nights", type=bounded_int(1, 366), default=1,
+                     help="nights to simulate (1 to 366)")
+    sim.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7,
+                     help="seed of the sky, the weather and the random policy")
     sim.add_argument("--start", type=iso_date, default="2026-12-15",
                      help="date of the first night (its evening), YYYY-MM-DD")
     sim.add_argument("--policy", choices=POLICIES, default="rl",
                      help="follow-up target-selection policy")
     sim.add_argument("--weather", choices=WEATHER_MODES, default="climate",
                      help="'climate': each site's climate; 'clear': every site clear")
-    sim.add_argument("--out", default="out/run", help="output directory")
+    sim.add_argument("--out", default="out/run",
+                     help="output directory: new, empty or an earlier run's")
     sim.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     rep = sub.add_parser("replay", help="re-run a recorded environment with another policy")
     rep.add_argument("run_dir", help="directory of an earlier simulate or replay")
-    rep.add_argument("--policy", choices=POLICIES, required=True)
-    rep.add_argument("--out", required=True, help="output directory")
-    rep.add_argument("--quiet", action="store_true")
+    rep.add_argument("--policy", choices=POLICIES, required=True,
+                     help="follow-up target-selection policy")
+    rep.add_argument("--out", required=True,
+                     help="output directory: new, empty or an earlier run's")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     cls = sub.add_parser("classify", help="classify light curves from a CSV of detections")
     cls.add_argument("file", help="CSV with columns object_id, mjd, band, mag, mag_err")
     cls.add_argument("--out", help="write the JSON here instead of standard output")
 
     ev = sub.add_parser("evaluate", help="compare follow-up policies over many seeds (Ray)")
-    ev.add_argument("--policies", type=policy_list, default=list(POLICIES),
-                    help="comma-separated policies (default: all)")
-    ev.add_argument("--seeds", type=seed_range, default=list(range(9001, 9009)),
-                    help="A..B or a comma list (default 9001..9008); training seeds refused")
-    ev.add_argument("--nights", type=bounded_int(1, 30), default=1)
-    ev.add_argument("--start", type=iso_date, default="2026-12-15")
+    # String defaults go through their type like typed values: help shows them as typed.
+    ev.add_argument("--policies", type=policy_list, default=",".join(POLICIES),
+                    help="comma-separated policies")
+    ev.add_argument("--seeds", type=seed_range, default="9001..9008",
+                    help="A..B or a comma list; training seeds refused")
+    ev.add_argument("--nights", type=bounded_int(1, 30), default=1,
+                    help="nights per seed (1 to 30)")
+    ev.add_argument("--start", type=iso_date, default="2026-12-15",
+                    help="date of the first night (its evening), YYYY-MM-DD")
     ev.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
-    ev.add_argument("--out", default="out/evaluation", help="output directory")
+    ev.add_argument("--out", default="out/evaluation",
+                    help="output directory: new, empty or an earlier evaluation's")
 
     train = sub.add_parser("train", help="retrain a shipped model from simulated data")
     train.add_argument("what", choices=("classifier", "policy"), help="the model to train")
-    train.add_argument("--from-runs", nargs="+", default=[], metavar="DIR",
+    train.add_argument("--from-runs", nargs="+", metavar="DIR",
                        help="classifier: also learn from the spectroscopic labels of "
                             "these runs (labelled.csv)")
     train.add_argument("--iterations", type=bounded_int(1, 10_000), default=40,
                        help="policy: PPO iterations")
     train.add_argument("--n-per-class", type=bounded_int(100, 100_000), default=8000,
-                       help="training light curves per class (default 8000, as shipped)")
-    train.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=1)
+                       help="training light curves per class (default: %(default)s, as "
+                            "shipped)")
+    train.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=1,
+                       help="seed of the training data and the model")
     train.add_argument("--out", help="artifact directory (default: the shipped one)")
 
     ask = sub.add_parser("ask", help="LLM planner: a request -> validated tool calls")
@@ -103,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7,
                      help="seed of the random follow-up policy")
     run.add_argument("--failsafe-s", type=float, default=60.0,
-                     help="devices close on their own after this long without the brain")
+                     help="devices close on their own after this many seconds without "
+                          "the brain")
     run.add_argument("--hosting", choices=("ray", "local"), default="ray",
-                     help="models in Ray actors with the operators' API (default), or "
-                          "in the daemon's process without API or planner")
+                     help="'ray': models in Ray actors, with the operators' API; "
+                          "'local': in the daemon's process, without API or planner")
     run.add_argument("--ray-address", help="join this Ray cluster (default: a local Ray)")
     run.add_argument("--api-port", type=bounded_int(0, 65535), default=None,
                      help="operators' API on 127.0.0.1 (default: planner.api_port of "
@@ -114,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     drv = sub.add_parser("sim-drivers", help="serve the simulated array's devices over SBP1")
     _link_args(drv)
-    drv.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7)
-    drv.add_argument("--nights", type=bounded_int(1, 366), default=1)
-    drv.add_argument("--weather", choices=WEATHER_MODES, default="climate")
+    drv.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=7,
+                     help="seed of the sky and the weather (as brain simulate)")
+    drv.add_argument("--nights", type=bounded_int(1, 366), default=1,
+                     help="nights of sky and weather to prepare")
+    drv.add_argument("--weather", choices=WEATHER_MODES, default="climate",
+                     help="'climate': each site's climate; 'clear': every site clear")
     drv.add_argument("--until", help="stop at this world time (ISO, UTC)")
     drv.add_argument("--only", help="comma-separated device ids to serve (default: all)")
     drv.add_argument("--log", help="append one JSON line per command executed (rehearsal "
@@ -159,20 +191,48 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"brain {args.command}: error: unrecognized arguments: "
                        f"{' '.join(extra)}\n")
     module, name = COMMANDS[args.command]
-    # Each command group is imported when it runs: `brain run` loads no simulator and
-    # `brain classify` no vLLM (heavy, optional for that command).
-    handler = getattr(importlib.import_module(f"brain.cli.{module}"), name)
+    if args.command in BATCH:
+        signal.signal(signal.SIGTERM, _terminate)
+    # What a refused or stopped command created goes again (docs/cli-edges.md): all of a
+    # batch command's new output directory, the empty directories of any other.
     try:
+        # Each command group is imported when it runs (inside the try: a SIGTERM may
+        # come while it loads): `brain run` loads no simulator and `brain classify` no
+        # vLLM (heavy, optional for that command).
+        handler = getattr(importlib.import_module(f"brain.cli.{module}"), name)
         return handler(args)
     except (UsageError, ConfigError) as exc:
+        remove_created(everything=args.command in BATCH)
         print(f"brain {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        remove_created(everything=args.command in BATCH)
+        print(f"brain {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
+        remove_created(everything=args.command in BATCH)
         print(f"brain {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `brain classify f.csv | head`: the reader left
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except BaseException:  # a crash: no half-written output directory either
+        remove_created(everything=args.command in BATCH)
+        raise
+
+
+# Commands that compute and write, then exit: SIGTERM stops them as Ctrl-C does. The
+# long-running ones (run, sim-drivers) stop on SIGTERM in their own way.
+BATCH = ("simulate", "replay", "evaluate", "classify", "train")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a batch command unwinds."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -25,16 +25,15 @@ def cmd_run(args) -> int:
     start, until, security = clock_args(args)
     if not args.failsafe_s > 0:
         raise UsageError("--failsafe-s must be positive")
+    if args.hosting == "local" and (args.ray_address or args.api_port):
+        raise UsageError("--ray-address and --api-port need --hosting ray")
     config = load_config(args.config)
-    output_dir(str(Path(args.journal).parent))
-    output_file(args.journal)
     policy = None
     if args.policy != "none":
         policy = load_policy(args.policy, args.seed)  # a broken artifact: one line, now
         if args.hosting == "ray":
             policy = args.policy  # the policy actor loads it again
-    if args.hosting == "local" and (args.ray_address or args.api_port):
-        raise UsageError("--ray-address and --api-port need --hosting ray")
+    _check_journal(args.journal)  # the last check: it makes the journal's directory
     try:
         run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
                    policy, args.router, args.pub, security, args.keys, args.hosting,
@@ -45,6 +44,29 @@ def cmd_run(args) -> int:
         raise UsageError(str(exc).splitlines()[0]) from None
     print(f"stopped; journal {args.journal}")
     return 0
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_journal(path: str) -> None:
+    """The journal's directory is made (main removes it again, if still empty, when the
+    start is refused); an existing journal must be an SQLite file."""
+    if not path.strip():
+        raise UsageError("--journal must not be empty")
+    journal = Path(path)
+    if journal.is_dir():
+        raise UsageError(f"--journal {path!r} is a directory")
+    output_dir(str(journal.parent), "--journal's directory", marks=None)
+    output_file(path, "--journal")
+    if journal.is_file() and journal.stat().st_size > 0:
+        try:
+            with journal.open("rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+        except OSError as exc:
+            raise UsageError(f"cannot read --journal {path!r}: {exc.strerror}") from None
+        if head != SQLITE_HEADER:
+            raise UsageError(f"--journal {path!r} exists and is not an SQLite file")
 
 
 def cmd_keys(args) -> int:

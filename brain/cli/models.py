@@ -8,6 +8,7 @@ from pathlib import Path
 
 from brain.cli.common import (
     UsageError,
+    existing_dir,
     output_dir,
     output_file,
 )
@@ -23,9 +24,12 @@ from policies.lightcurve_io import (
 )
 from policies.rl import ARTIFACT_DIR as POLICY_ARTIFACT_DIR
 
+# An earlier model artifact holds its meta.json; --out may be one (docs/cli-edges.md).
+ARTIFACT_MARKS = ("meta.json",)
+
 
 def cmd_classify(args) -> int:
-    out = output_file(args.out) if args.out else None
+    out = output_file(args.out) if args.out is not None else None
     try:
         table = read_detections_csv(args.file)
     except LightCurveInputError as exc:
@@ -40,7 +44,11 @@ def cmd_classify(args) -> int:
                          len(table.object_ids))
     text = json.dumps(classification_json(table.object_ids, prob, model.classes), indent=1)
     if out is not None:
-        out.write_text(text + "\n")
+        try:
+            out.write_text(text + "\n")
+        except OSError as exc:  # e.g. the disk filled up: no half-written JSON left
+            out.unlink(missing_ok=True)
+            raise UsageError(f"cannot write {str(out)!r}: {exc.strerror}") from None
         print(f"classified {len(table.object_ids)} objects -> {out}", file=sys.stderr)
     else:
         print(text)
@@ -59,7 +67,7 @@ def cmd_train(args) -> int:
         return _train_policy(args)
 
     labelled = _read_labelled(args.from_runs)
-    out = output_dir(args.out) if args.out else ARTIFACT_DIR
+    out = output_dir(args.out, marks=ARTIFACT_MARKS) if args.out is not None else ARTIFACT_DIR
     _model, report = train(n_per_class=args.n_per_class, seed=args.seed, out_dir=out,
                            progress=True, labelled=labelled)
     test = report["test"]
@@ -85,7 +93,7 @@ def _read_labelled(dirs: list[str]):
         return None
     paths = []
     for d in dirs:
-        p = Path(d) / "labelled.csv"
+        p = existing_dir(d, "--from-runs") / "labelled.csv"
         if not p.is_file():
             raise UsageError(f"{d}: no labelled.csv (not a run with follow-up)")
         paths.append(p)
@@ -97,7 +105,8 @@ def _read_labelled(dirs: list[str]):
 
 
 def _train_policy(args) -> int:
-    out = output_dir(args.out) if args.out else POLICY_ARTIFACT_DIR
+    out = (output_dir(args.out, marks=ARTIFACT_MARKS) if args.out is not None
+           else POLICY_ARTIFACT_DIR)
     report = train_policy(load_config(), out, Path("out/policy-train"),
                           iterations=args.iterations, seed=args.seed)
     print(json.dumps({"artifact": str(out), **{k: report[k] for k in

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
+import sys
 
 from brain.cli.common import (
     UsageError,
+    existing_dir,
+    iso_time,
 )
 from brain.config import load_config
 from brain.planner.api import ask_daemon
 from brain.planner.engine import Engine, resolve_model
 from brain.planner.plan import Planner, carry_out, request_ok
 from brain.planner.runstate import state_from_run
-from drivers.clock import parse_start
 
 
 def cmd_ask(args) -> int:
+    # --json: standard output holds the one JSON object and nothing else. Everything
+    # else written to file descriptor 1 from here to the process's exit (vLLM's engine,
+    # its subprocesses and its shutdown log at exit included) goes to standard error;
+    # the object is written on a copy of the original standard output.
+    json_out = _stdout_to_stderr() if args.json else None
     if not request_ok(args.request):
         raise UsageError("the request must be 1 to 1000 characters without control "
                          "characters")
     config = load_config(args.config)
-    if args.state:
-        if not Path(args.state, "metrics.json").is_file():
+    if args.state is not None:
+        if not (existing_dir(args.state, "--state") / "metrics.json").is_file():
             raise UsageError(f"{args.state} is not a run directory (no metrics.json)")
-        try:
-            at = parse_start(args.at) if args.at else None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        at = iso_time(args.at, "--at")
 
         try:
             state = state_from_run(args.state, config, at)
@@ -47,11 +51,22 @@ def cmd_ask(args) -> int:
         except OSError as exc:
             raise UsageError(f"no daemon API at {api} ({exc}); start `brain run`, or "
                              "plan offline with --state DIR") from None
-    if args.json:
-        print(json.dumps(result))
+    if json_out is not None:
+        with os.fdopen(json_out, "w") as fh:
+            fh.write(json.dumps(result) + "\n")
     else:
         _print_plan(result)
     return 0 if result["valid"] else 1
+
+
+
+def _stdout_to_stderr() -> int:
+    """Point file descriptor 1 at standard error for the rest of the process; return a
+    descriptor of the original standard output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    return saved
 
 
 

@@ -45,7 +45,7 @@ def cmd_sim_drivers(args) -> int:
             raise UsageError(f"unknown device {sorted(unknown)[0]!r}")
         devices = [d for d in devices if d.id in want]
     curve = device_curve(args.keys) if security == "curve" else None
-    log_file = output_file(args.log).open("a") if args.log else None
+    log_file = output_file(args.log, "--log").open("a") if args.log is not None else None
     try:
         host = DeviceHost(devices, args.router, clock, curve=curve, follow_brain_clock=True,
                           command_log=log_file)

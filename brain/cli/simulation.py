@@ -8,6 +8,7 @@ import numpy as np
 
 from brain.cli.common import (
     UsageError,
+    existing_dir,
     load_policy,
     output_dir,
 )
@@ -20,6 +21,9 @@ from observatory.sky import AreaLattice, FieldGrid
 from observatory.visibility import NightCache
 from simulator.environment import Environment, make_environment
 
+# An earlier run of ours holds one of these; --out may be one (docs/cli-edges.md).
+RUN_MARKS = ("metrics.json", "environment.json")
+EVALUATION_MARKS = ("evaluation.json", "evaluation.csv")
 
 def run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: bool,
                    cache=None):
@@ -68,7 +72,7 @@ def cmd_simulate(args) -> int:
     if args.weather == "clear":
         config = with_climate(config, "clear")
     load_policy(args.policy, args.seed)
-    out = output_dir(args.out)  # after the inputs are known good, before any work
+    out = output_dir(args.out, marks=RUN_MARKS)  # inputs known good, before any work
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid, keep=args.nights + 1)
     env = make_environment(config, args.seed, args.start, args.nights, args.weather, cache)
@@ -78,18 +82,18 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    src, out = Path(args.run_dir), Path(args.out)
-    if not src.is_dir():
-        raise UsageError(f"run directory {str(src)!r} not found")
-    if out.resolve() == src.resolve():
+    src, out = existing_dir(args.run_dir, "run directory"), Path(args.out)
+    if args.out.strip() and out.resolve() == src.resolve():
         raise UsageError("--out must differ from the recorded run's directory")
     try:
         env = Environment.load(src)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"cannot read the environment in {src}: {exc}") from None
+    if not isinstance(env.config, dict):
+        raise UsageError(f"cannot read the environment in {src}: its config is not a mapping")
     config = config_from_dict(env.config, source=f"{src}/environment.json")
     load_policy(args.policy, env.seed)
-    out = output_dir(args.out)
+    out = output_dir(args.out, marks=RUN_MARKS)
     run_and_write(config, config.name, env, args.policy, out, args.quiet)
     return 0
 
@@ -103,7 +107,7 @@ def cmd_evaluate(args) -> int:
     config = load_config(args.config)
     for name in args.policies:
         load_policy(name, 0)
-    out = output_dir(args.out)
+    out = output_dir(args.out, marks=EVALUATION_MARKS)
     rows = evaluate_many(config, args.seeds, args.start, args.nights, args.policies)
     path = write_evaluation(out, rows)
     print(f"{len(args.seeds)} seeds x {args.nights} night(s); survey coverage median "

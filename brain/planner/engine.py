@@ -74,6 +74,9 @@ class Engine:
         gpu = has_cuda()
         if not gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # vLLM logs to standard output unless told otherwise; logs belong on standard
+        # error (`brain ask --json` prints its JSON object alone on standard output).
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         from vllm import LLM  # lazy: heavy optional library
 
         t0 = time.perf_counter()
