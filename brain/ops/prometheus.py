@@ -20,7 +20,9 @@ Metric list (besides the link's):
   ``sitian_site_held_closed{site}`` (0/1); ``sitian_safety_vetoes_total{rule}``
 * ``sitian_weather_wind_speed_meters_per_second{site}``, ``..._humidity_ratio``,
   ``..._cloud_cover_ratio``, ``..._seeing_arcseconds``, ``..._dew_margin_celsius``,
-  ``..._rain`` (0/1), ``sitian_weather_age_seconds{site}`` (+Inf when never received)
+  ``..._rain`` (0/1), ``sitian_weather_age_seconds{site}`` (+Inf when never received);
+  ``sitian_weather_rejected_total{site, field}``: reports with that field outside its
+  physical range (brain.core.safety.WEATHER_RANGES; the site is unsafe until a valid one)
 * ``sitian_exposures_total{band}``, ``sitian_visits_total``
 * ``sitian_coverage_3band_square_degrees`` (distinct fields visited in all three bands in
   the last 30 world minutes, times the sky's area per field) and
@@ -47,9 +49,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from prometheus_client import Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from brain.core.safety import weather_verdict
+from brain.core.safety import WEATHER_RANGES, weather_verdict
 from brain.planner.tools import TOOLS
 from drivers.loopmetrics import LoopCollector, LoopCounter, LoopHistogram, wsgi_app
 from observatory.sky import FULL_SKY_DEG2
@@ -57,8 +59,8 @@ from observatory.spectra import science_reward
 from observatory.taxonomy import CLASSES
 
 WINDOW_S = 1800.0
-VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "rain", "wind",
-              "humidity", "sun", "altitude")  # BrainCore.guard's answers
+VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "weather_invalid", "rain",
+              "wind", "humidity", "sun", "altitude")  # BrainCore.guard's answers
 WEATHER_FIELDS = (("wind_mps", "wind_speed_meters_per_second", "Wind speed"),
                   ("humidity", "humidity_ratio", "Relative humidity (0-1)"),
                   ("cloud", "cloud_cover_ratio", "Cloud cover (0-1)"),
@@ -281,6 +283,15 @@ class _StateCollector:
         yield from wx.values()
         yield rain
         yield age
+        rejected = CounterMetricFamily("sitian_weather_rejected",
+                                       "Weather reports with a value outside its physical "
+                                       "range (treated as missing: unsafe)",
+                                       labels=["site", "field"])
+        seen = dict(core.weather_rejected)
+        for sid in core.sites:
+            for name in WEATHER_RANGES:
+                rejected.add_metric([sid, name], float(seen.get((sid, name), 0)))
+        yield rejected
         cov = GaugeMetricFamily("sitian_coverage_3band_square_degrees",
                                 "Sky imaged in all three bands in the last 30 minutes")
         cov.add_metric([], m.coverage_deg2(now))
