@@ -36,6 +36,7 @@ EXPECTED = {
     "sitian_device_up": "gauge", "sitian_device_heartbeat_age_seconds": "gauge",
     "sitian_commands": "counter", "sitian_command_latency_seconds": "histogram",
     "sitian_protocol_errors": "counter", "sitian_protocol_late_replies": "counter",
+    "sitian_protocol_future_stamped": "counter",
     "sitian_site_open": "gauge", "sitian_site_safe": "gauge", "sitian_site_dark": "gauge",
     "sitian_site_held_closed": "gauge", "sitian_safety_vetoes": "counter",
     "sitian_weather_wind_speed_meters_per_second": "gauge",
