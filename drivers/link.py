@@ -176,6 +176,14 @@ class LinkMetrics:
             if k[0] == "commands":
                 commands.add_metric([k[1], k[2]], v)
         yield commands
+        ahead = CounterMetricFamily("sitian_protocol_future_stamped_total",
+                                    "Messages refused (bad_message) for a time stamp beyond "
+                                    "the tolerance ahead of the brain's world clock",
+                                    labels=["device"])
+        seen = {k[1]: v for k, v in counts if k[0] == "ahead"}
+        for device in dict.fromkeys([*self.devices, *seen]):
+            ahead.add_metric([device], seen.get(device, 0))
+        yield ahead
         late = CounterMetricFamily("sitian_protocol_late_replies_total",
                                    "Duplicate or late DONE/FAILED, ignored")
         late.add_metric([], sum(v for k, v in counts if k[0] == "late"))
@@ -199,6 +207,10 @@ class LinkMetrics:
 
 class BrainLink:
     ACK_TIMEOUT_S = 1.0
+    # World time is the brain's: a message stamped further ahead of its world clock than
+    # this many wall seconds (times a rehearsal's speed; at least this many world
+    # seconds) is refused (docs/safety.md).
+    AHEAD_TOLERANCE_WALL_S = 5.0
 
     def __init__(self, devices: dict[str, DeviceSpec] | Callable[[str], DeviceSpec | None],
                  router: str = "tcp://127.0.0.1:5550", pub: str | None = "tcp://127.0.0.1:5551",
@@ -376,8 +388,15 @@ class BrainLink:
         if peer is None or not peer.welcomed:
             self._error(identity, "not_welcomed", "say HELLO first", msg.id)
             return
-        peer.last_rx, peer.spoke = time.monotonic(), True
         now = self.clock.now()
+        # Not HELLO: a simulated driver learns the brain's time from the WELCOME.
+        tolerance = self.AHEAD_TOLERANCE_WALL_S * max(1.0, self.clock.speed)
+        if msg.t - now > tolerance:
+            self.metrics.inc("ahead", device)
+            self._error(identity, "bad_message", f"stamped {msg.t - now:.0f} s ahead of the "
+                        f"brain's world clock (tolerance {tolerance:g} s)", msg.id)
+            return
+        peer.last_rx, peer.spoke = time.monotonic(), True
         body = msg.body
         if msg.type == "HEARTBEAT":
             if "state" in body:

@@ -6,6 +6,7 @@ command line's one-line refusals."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from brain.shells.journal import Journal
+from drivers.device import Device, DeviceHost
 from tests.conftest import REPO, brain_cmd, run_brain, stop_procs
 
 START = "2026-12-15T11:00:00"  # Xinglong is dark from about 10:50 UTC
@@ -206,7 +209,11 @@ def test_run_refuses_bad_input_in_one_line(tmp_path):
              (["run", "--router", "tcp://10.0.0.1:5550"], "--keys"),
              (["sim-drivers", "--only", "xx.g01.g"], "unknown device"),
              (["run", "--journal", str(tmp_path / "no" / "such" / "dir" / "j.sqlite"),
-               "--config", str(tmp_path / "missing.yaml")], "not found")]
+               "--config", str(tmp_path / "missing.yaml")], "not found"),
+             (["run", "--start", START, "--until", "2026-12-15T10:00:00", "--journal",
+               str(tmp_path / "until" / "j.sqlite"), "--hosting", "local",
+               "--metrics-port", "0"], "--until 2026-12-15T10:00:00Z is already past")]
+    (tmp_path / "until").mkdir()
     for args, needle in cases:
         r = run_brain(*args, timeout=60)
         assert r.returncode == 2, (args, r.stderr)
@@ -217,6 +224,82 @@ def test_run_refuses_bad_input_in_one_line(tmp_path):
     # The busy metrics port stopped the start before the journal was made, and the
     # journal's directory that this start created is gone again.
     assert not (tmp_path / "busy").exists()
+    assert not (tmp_path / "until" / "j.sqlite").exists()
+
+
+def test_until_behind_the_journals_world_time_stops_the_start_in_one_line(small_config,
+                                                                          tmp_path):
+    """A rehearsal restarted on a journal whose world time lies a month later (written
+    by a brain that took world time from a device's clock) resumes a month later, where
+    --until lies in the past: the start says so in one line, exits 2, and leaves the
+    journal as it was (it used to run for 0 s and exit 0 without a word)."""
+    from drivers.clock import parse_start
+
+    journal = tmp_path / "journal.sqlite"
+    j = Journal(journal)
+    j.start_session("old", parse_start(START))
+    with j.transaction():
+        j.event(parse_start(START) + 30 * 86400.0, "xl.wx", "state", {"state": "idle"})
+    j.close()
+    r = run_brain("run", "--config", str(small_config), "--start", START, "--speed", SPEED,
+                  "--until", "2026-12-15T12:00:00", "--journal", str(journal),
+                  "--hosting", "local", "--metrics-port", "0", "--router",
+                  f"tcp://127.0.0.1:{free_port()}", "--pub", f"tcp://127.0.0.1:{free_port()}",
+                  timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--until 2026-12-15T12:00:00Z is already past" in lines[0]
+    assert f"the journal {journal} reaches 2027-01-14T11:00:00Z" in lines[0]
+    assert query(journal, "SELECT session FROM sessions") == [("old",)]
+
+
+class Station(Device):
+    """Xinglong's weather station, on its own clock, reporting at every turn."""
+
+    kind = "weather"
+
+    def __init__(self):
+        super().__init__("xl.wx", "xl")
+
+    def events(self, now):
+        return [("weather", {"wind_mps": 2.0, "humidity": 0.3, "rain": False, "cloud": 0.1,
+                             "seeing_arcsec": 1.2, "dew_margin_c": 5.0})]
+
+
+def test_a_device_clock_a_month_ahead_moves_no_world_time(small_config, tmp_path):
+    """A weather station whose clock runs a month ahead: its reports are refused on the
+    link (counted), never journalled, never reach the core, so the journal's last world
+    time (where a restarted rehearsal resumes) stays the brain's."""
+    from prometheus_client import CollectorRegistry
+
+    from brain.config import config_from_dict
+    from brain.shells.daemon import Daemon
+    from drivers.clock import WorldClock, parse_start
+
+    config = config_from_dict(yaml.safe_load(small_config.read_text()))
+    t = parse_start(START)
+    d = Daemon(config, tmp_path / "journal.sqlite", WorldClock(t, 60.0),
+               router=f"tcp://127.0.0.1:{free_port()}", pub=None,
+               registry=CollectorRegistry())
+    d.clock.sync(t)
+    host = DeviceHost([Station()], d.link.router_endpoint,
+                      WorldClock(t + 30 * 86400.0, 60.0))
+    try:
+        t_end = time.monotonic() + 10
+        while d.link.metrics.counts.get(("ahead", "xl.wx"), 0) < 3:
+            assert time.monotonic() < t_end, d.link.metrics.counts
+            d.step()
+            host.step(1)
+        assert d.journal.events_named("weather", 0, math.inf) == []
+        assert d.core.sites["xl"].weather is None
+        assert d.core.sites["xl"].verdict.rule == "weather_missing"
+        assert d.journal.last_world_time() < d.clock.now() + 1.0
+        assert host.protocol_errors == {} and d.link.metrics.counts[("errors",
+                                                                     "bad_message")] >= 3
+    finally:
+        host.close()
+        d.close()
 
 
 def test_keys_creates_an_authorised_pair(tmp_path):

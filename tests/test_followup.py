@@ -37,6 +37,37 @@ def test_science_reward_table():
                                    "Flare", "uLens", "RRL", "EB", "DSCT", "LPV", "AGN"}
 
 
+def test_the_report_says_what_confirmed_as_predicted_counts():
+    """Five spectra, four predicted KN: one label confirms its prediction (KN), one
+    confirms an SNIa prediction although the truth was SNII, two are SNIa where KN was
+    predicted, one has no label. Confirmed as predicted: 2 of 4; labels matching the
+    simulator's truth: 3 of 4, said apart, and only where the truth is known."""
+    from types import SimpleNamespace
+
+    from brain.core.followup import followup_summary
+    from brain.ops.report import followup_sentence
+
+    def row(predicted, label, truth):
+        return {"predicted_class": predicted, "label": label, "true_class": truth,
+                "reward": 0.0, "before_peak": False, "_hours": 0.5}
+
+    rows = [row("KN", "SNIa", "SNIa"), row("KN", "SNIa", "SNIa"), row("KN", "KN", "KN"),
+            row("SNIa", "SNIa", "SNII"), row("KN", "", "bogus")]
+    m = followup_summary(SimpleNamespace(records={}, n_decisions=5), rows, ticks=[])
+    assert (m["spectra"], m["labelled"]) == (5, 4)
+    assert m["confirmed"] == {"KN": 1, "SNIa": 1}
+    assert m["labels_matching_truth"] == 3
+    text = followup_sentence(m)
+    assert ("confirmed as predicted (label = the class the brain predicted): 2 of 4 "
+            "(KN 1, SNIa 1)") in text
+    assert "Labels matching the simulator's truth: 3 of 4" in text
+    # The daemon has no truth: no such line.
+    daemon = {k: v for k, v in m.items() if k != "labels_matching_truth"}
+    assert "truth" not in followup_sentence(daemon)
+    none = followup_sentence({"spectra": 0, "hours": 0.0, "confirmed": {}})
+    assert "confirmed as predicted (label = the class the brain predicted): 0 of 0." in none
+
+
 # The spectrographs against a real simulated sky -----------------------------------------
 @pytest.fixture(scope="module")
 def sky_and_population(config):
@@ -157,10 +188,13 @@ def test_followups_file_matches_metrics_and_reward(request, which):
         assert float(r["reward"]) == science_reward(
             None if r["true_class"] == "bogus" else r["true_class"], r["label"] or None, before)
         assert float(r["t_end"]) > float(r["t_start"])
-    # No object gets two spectra; labels are counted per class when they are right.
+    # No object gets two spectra; labels are counted per class when they confirm the
+    # prediction, and apart when they match the simulator's truth.
     assert len({r["object_id"] for r in rows}) == len(rows)
-    right = [r["label"] for r in rows if r["label"] and r["label"] == r["true_class"]]
-    assert sum(m["confirmed"].values()) == len(right)
+    as_predicted = [r for r in rows if r["label"] and r["label"] == r["predicted_class"]]
+    assert sum(m["confirmed"].values()) == len(as_predicted)
+    right = [r for r in rows if r["label"] and r["label"] == r["true_class"]]
+    assert m["labels_matching_truth"] == len(right)
 
 
 @pytest.mark.slow

@@ -135,6 +135,70 @@ def test_stalled_client_is_cut_off_and_the_next_scrape_is_answered():
         srv.close()
 
 
+def test_a_stalled_scrape_does_not_delay_the_others():
+    # With the deployed 10 s deadline (Prometheus's default scrape timeout), a client
+    # that sends half a request and stalls must not hold up the other scrapers.
+    import socket
+    import time
+
+    reg = CollectorRegistry()
+    reg.register(LoopCollector([LoopCounter("x_up_total", "up")]))
+    srv = MetricsServer(reg, 0)
+    stalled = socket.create_connection(("127.0.0.1", srv.port))
+    try:
+        stalled.sendall(b"GET /metrics HTTP/1.1\r\nHost: brain\r\n")  # no blank line
+        time.sleep(0.2)  # a worker is waiting for the rest
+        for _ in range(3):
+            t0 = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics",
+                                        timeout=5) as r:
+                assert r.status == 200 and b"x_up_total 0.0" in r.read()
+            assert time.monotonic() - t0 < 2.0
+        assert srv.scrapes == 3
+    finally:
+        stalled.close()
+        srv.close()
+
+
+def test_a_trickling_client_is_cut_off_at_its_deadline_and_a_full_house_refused():
+    # A byte every 0.2 s never trips a per-read timeout; the per-connection deadline cuts
+    # it off. While every worker is held, a new connection is closed at once.
+    import socket
+    import time
+
+    class Small(MetricsServer):
+        REQUEST_TIMEOUT_S = 1.0
+        WORKERS = 2
+
+    reg = CollectorRegistry()
+    reg.register(LoopCollector([LoopCounter("x_up_total", "up")]))
+    srv = Small(reg, 0)
+    slow = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
+    try:
+        time.sleep(0.2)  # both workers hold one
+        extra = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+        assert extra.recv(1) == b""  # closed by the server, not left waiting
+        extra.close()
+        t0 = time.monotonic()
+        cut = [False, False]
+        while not all(cut) and time.monotonic() - t0 < 5:
+            for k, c in enumerate(slow):
+                if not cut[k]:
+                    try:
+                        c.sendall(b"X")
+                    except OSError:  # reset or closed by the server
+                        cut[k] = True
+            time.sleep(0.2)
+        assert all(cut) and time.monotonic() - t0 < 3.0
+        assert srv.cut_off == 2 and srv.refused == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/metrics", timeout=5) as r:
+            assert r.status == 200  # the workers are free again
+    finally:
+        for c in slow:
+            c.close()
+        srv.close()
+
+
 def test_text_encoding_reads_back_as_prometheus_clients_own():
     # The daemon's fast encoder against prometheus_client's generate_latest, parsed by
     # prometheus_client's parser: the same samples, with awkward label values and docs.

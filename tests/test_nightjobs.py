@@ -171,6 +171,87 @@ def test_a_fresh_daemon_schedules_no_stale_jobs(config, tmp_path):
         d.close()
 
 
+def _ids(d: Daemon, *nights: str) -> set[str]:
+    return {job_id for n in nights for job_id, _k, _s, _t in d.nightjobs.times(n)}
+
+
+def test_restarts_on_a_later_and_an_earlier_world_time(config, tmp_path, monkeypatch):
+    """World time need not continue where the job store left it. A month later (a
+    journal whose world time lies a month ahead): the stored jobs are judged missed at
+    once, nothing raises in any thread (APScheduler's included), and that night's jobs
+    are planned. A month earlier again (a fresh --start in the same directory): the
+    month's future jobs leave the store, and the early nights' jobs are planned."""
+    import threading
+
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    t0 = parse_start(f"{NIGHT}T06:00:00")
+    d = start_daemon(config, tmp_path, t0, SLOW)
+    first = {j.id for j in d.nightjobs.scheduler.get_jobs()}
+    assert first == _ids(d, NIGHT, NEXT)
+    d.close()
+
+    later = t0 + 30 * 86400.0
+    d = start_daemon(config, tmp_path, later, SLOW)
+    try:
+        month = NightJobs.nights_for(config, later)
+        assert {j.id for j in d.nightjobs.scheduler.get_jobs()} == _ids(d, *month)
+        r = rows(d)
+        assert {j for j in r if r[j]["status"] == "missed"} == first == set(r)
+        assert all(json.loads(r[j]["detail"])["late_s"] > 28 * 86400 for j in first)
+        assert d.nightjobs.counts == {("dusk", "missed"): 2, ("dawn", "missed"): 2,
+                                      ("report", "missed"): 2, ("retrain", "missed"): 2}
+        for _ in range(50):  # nothing fires: the missed jobs left the store
+            d.step()
+        assert set(rows(d)) == first and d.nightjobs.counts[("dusk", "missed")] == 2
+    finally:
+        d.close()
+
+    earlier = t0 - 2 * 86400.0
+    d = start_daemon(config, tmp_path, earlier, SLOW)
+    try:
+        early = NightJobs.nights_for(config, earlier)
+        assert {j.id for j in d.nightjobs.scheduler.get_jobs()} == _ids(d, *early)
+        assert set(rows(d)) == first
+    finally:
+        d.close()
+    assert errors == []
+
+
+def test_stopping_while_due_jobs_are_being_handed_over_raises_nowhere(config, tmp_path,
+                                                                       monkeypatch):
+    """The daemon stops (``--until`` reached, a signal) while APScheduler is handing a
+    round of late jobs to the loop: no JobLookupError in APScheduler's thread."""
+    import threading
+    import time
+
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    t0 = parse_start(f"{NIGHT}T06:00:00")
+    d = start_daemon(config, tmp_path, t0, SLOW)
+    d.nightjobs.close()
+    try:
+        for k in range(5):
+            jobs = d.nightjobs = NightJobs(d, tmp_path / str(k))
+            jobs.start()
+            jobs.scheduler.pause()
+            for n in range(40):  # due an hour ago (world), within any grace
+                jobs.scheduler.add_job(
+                    "brain.ops.nightjobs:fire", "date", id=f"x{n}",
+                    run_date=jobs._wall(t0 - 3600.0),
+                    kwargs={"job_id": f"report:x{n}", "kind": "report", "night": NIGHT,
+                            "site": None, "world_t": t0 - 3600.0})
+            jobs.scheduler.resume()
+            t_end = time.monotonic() + 10
+            while jobs.due.empty():  # the round has begun: the first job reached the loop
+                assert time.monotonic() < t_end, "no job fired"
+                time.sleep(0.0005)
+            jobs.close()
+    finally:
+        d.close()
+    assert errors == []
+
+
 def test_promotion_keeps_the_better_classifier(tmp_path):
     import shutil
 

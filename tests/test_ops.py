@@ -15,8 +15,14 @@ import urllib.request
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from brain.config import config_from_dict
+from brain.ops.prometheus import MetricsServer
+from brain.shells.daemon import Daemon
+from drivers.clock import WorldClock, parse_start
+from drivers.device import Device, DeviceHost
 from tests.conftest import REPO, brain_cmd, stop_procs
 from tests.test_daemon import free_port
 
@@ -30,12 +36,14 @@ EXPECTED = {
     "sitian_device_up": "gauge", "sitian_device_heartbeat_age_seconds": "gauge",
     "sitian_commands": "counter", "sitian_command_latency_seconds": "histogram",
     "sitian_protocol_errors": "counter", "sitian_protocol_late_replies": "counter",
+    "sitian_protocol_future_stamped": "counter",
     "sitian_site_open": "gauge", "sitian_site_safe": "gauge", "sitian_site_dark": "gauge",
     "sitian_site_held_closed": "gauge", "sitian_safety_vetoes": "counter",
     "sitian_weather_wind_speed_meters_per_second": "gauge",
     "sitian_weather_humidity_ratio": "gauge", "sitian_weather_cloud_cover_ratio": "gauge",
     "sitian_weather_seeing_arcseconds": "gauge", "sitian_weather_dew_margin_celsius": "gauge",
     "sitian_weather_rain": "gauge", "sitian_weather_age_seconds": "gauge",
+    "sitian_weather_rejected": "counter",
     "sitian_exposures": "counter", "sitian_visits": "counter",
     "sitian_coverage_3band_square_degrees": "gauge",
     "sitian_coverage_goal_square_degrees": "gauge",
@@ -102,7 +110,10 @@ def test_metric_names_types_and_bounded_labels(exposition):
     assert fams["sitian_coverage_goal_square_degrees"].samples[0].value == 10000
     vetoes = {s.labels["rule"] for s in fams["sitian_safety_vetoes"].samples
               if s.name.endswith("_total")}
-    assert {"wind", "humidity", "rain", "weather_stale", "sun", "altitude"} <= vetoes
+    assert {"wind", "humidity", "rain", "weather_stale", "weather_invalid", "sun",
+            "altitude"} <= vetoes
+    rejected = fams["sitian_weather_rejected"].samples
+    assert len(rejected) == 3 * 5 and all(s.value == 0 for s in rejected)  # sites x fields
 
 
 def test_dashboard_references_only_exported_metrics(exposition):
@@ -154,6 +165,76 @@ def test_a_broken_rule_file_fails_promtool(tmp_path):
                    "        expr: sitian_device_up ==\n")
     r = _promtool("check", "rules", str(bad))
     assert r.returncode != 0
+
+
+# Weather a station cannot have measured ---------------------------------------------------
+class Station(Device):
+    """Xinglong's weather station, reporting what the test queues."""
+
+    kind = "weather"
+
+    def __init__(self):
+        super().__init__("xl.wx", "xl")
+        self.reports: list[dict] = []
+
+    def events(self, now):
+        out, self.reports = [("weather", r) for r in self.reports], []
+        return out
+
+
+def _scrape(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_impossible_weather_makes_the_site_unsafe_in_the_daemons_metrics(tmp_path):
+    """A station on the daemon's link (real ZeroMQ) reports good weather: Xinglong is
+    safe and opens. Then wind -100 m/s, humidity -3, cloud 7, seeing -1: /metrics shows
+    the site unsafe and closed, and each impossible field counted."""
+    d = yaml.safe_load((REPO / "brain/configs/sitian-54.yaml").read_text())
+    d["name"] = "ops-xl"
+    d["sites"] = [dict(d["sites"][0], groups=1)]
+    d["spectrographs"] = []
+    d.setdefault("sky", {})["density_scale"] = 0.05
+    t = parse_start("2026-12-15T14:00:00")  # Xinglong is dark
+    registry = CollectorRegistry()
+    daemon = Daemon(config_from_dict(d), tmp_path / "journal.sqlite", WorldClock(t),
+                    router=f"tcp://127.0.0.1:{free_port()}", pub=None, registry=registry)
+    daemon.metrics_server = server = MetricsServer(registry, 0)
+    daemon.clock.sync(t)
+    station = Station()
+    host = DeviceHost([station], daemon.link.router_endpoint, WorldClock(t),
+                      follow_brain_clock=True)
+    safe, opened = ("sitian_site_safe", (("site", "xl"),)), ("sitian_site_open",
+                                                             (("site", "xl"),))
+
+    def pump_until(pred, what):
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end:
+            daemon.step()
+            host.step(1)
+            s = _scrape(server.port)
+            if pred(s):
+                return s
+        pytest.fail(f"timed out waiting for {what}")
+
+    try:
+        station.reports.append({"wind_mps": 2.0, "humidity": 0.3, "rain": False,
+                                "cloud": 0.1, "seeing_arcsec": 1.2, "dew_margin_c": 5.0})
+        pump_until(lambda s: s[safe] == 1 and s[opened] == 1, "a safe, open site")
+        station.reports.append({"wind_mps": -100.0, "humidity": -3.0, "rain": False,
+                                "cloud": 7.0, "seeing_arcsec": -1.0, "dew_margin_c": 5.0})
+        s = pump_until(lambda s: s[safe] == 0, "the site unsafe")
+        assert s[opened] == 0
+        rejected = {k[1][0][1]: v for k, v in s.items()
+                    if k[0] == "sitian_weather_rejected_total" and k[1][1] == ("site", "xl")}
+        assert rejected == {"wind_mps": 1, "humidity": 1, "cloud": 1, "seeing_arcsec": 1,
+                            "dew_margin_c": 0}
+    finally:
+        host.close()
+        daemon.close()
 
 
 # End-to-end rehearsal -------------------------------------------------------------------

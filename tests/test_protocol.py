@@ -267,6 +267,42 @@ def test_unknown_device_and_mismatched_hello_are_refused(ctx):
     link.close()
 
 
+def test_a_message_stamped_ahead_of_the_brains_world_clock_is_refused(ctx):
+    """World time is the brain's: a device's message stamped a month ahead is refused
+    with one ERROR (bad_message, naming the skew), counted per device, and never reaches
+    the brain; a few seconds of skew (within the tolerance) are accepted."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    link = make_link(ctx, heartbeat_s=5.0, registry=registry)
+    raw = Raw(ctx, link.router_endpoint, b"xl.wx")
+    raw.msg("HELLO", {**VALID["HELLO"], "kind": "weather"}, "h1",
+            t=time.time() + 30 * 86400.0)  # HELLO: the WELCOME tells it the brain's time
+    (w,) = raw.replies(link)
+    assert w.type == "WELCOME" and abs(w.t - time.time()) < 5
+    report = {"name": "weather", "data": {"wind_mps": 3.0, "humidity": 0.4, "rain": False,
+                                          "cloud": 0.1, "seeing_arcsec": 1.2,
+                                          "dew_margin_c": 5.0}}
+    raw.msg("EVENT", report, "m1", t=time.time() + 30 * 86400.0)
+    (err,) = raw.replies(link)
+    assert (err.type, err.body["code"], err.body["ref"]) == ("ERROR", "bad_message", "m1")
+    assert "ahead of the brain's world clock" in err.body["message"]
+    raw.msg("EVENT", report, "m2", t=time.time() + 2.0)
+    events = pump(link, until=lambda ev: any(isinstance(e, DeviceEvent) for e in ev))
+    (ev,) = [e for e in events if isinstance(e, DeviceEvent)]
+    assert ev.data["wind_mps"] == 3.0 and ev.t < time.time() + 5
+    fams = {f.name: f for f in text_string_to_metric_families(
+        generate_latest(registry).decode())}
+    ahead = {s.labels["device"]: s.value for s in fams["sitian_protocol_future_stamped"].samples
+             if s.name.endswith("_total")}
+    assert ahead == {"xl.g01.g": 0, "xl.wx": 1}
+    errors = {s.labels["code"]: s.value for s in fams["sitian_protocol_errors"].samples
+              if s.name.endswith("_total")}
+    assert errors["bad_message"] == 1
+    link.close()
+
+
 frame_bytes = st.one_of(st.binary(max_size=64), st.just(P.MAGIC),
                         st.builds(lambda d: msgpack.packb(d), st.dictionaries(
                             st.sampled_from(["type", "id", "t", "body", "x"]),

@@ -12,10 +12,14 @@ import math
 
 import numpy as np
 import pytest
-from conftest import CLIMATE_ARGS, read_environment, read_observations
+import yaml
+from conftest import CLIMATE_ARGS, REPO, read_environment, read_observations
 
-from brain.core.events import Weather
+from brain.config import config_from_dict
+from brain.core.braincore import BrainCore
+from brain.core.events import Command, Weather
 from brain.core.safety import weather_verdict
+from drivers.clock import parse_start
 
 STEP_S = 60.0
 REOPEN_WITHIN_S = 600.0
@@ -142,16 +146,16 @@ def test_stale_weather_is_unsafe(config, age_s, safe):
 
 
 @pytest.mark.parametrize(("values", "rule"), [
-    ({"wind_mps": math.nan}, "wind"),
+    ({"wind_mps": math.nan}, "weather_invalid"),
     ({"wind_mps": 15.01}, "wind"),
     ({"wind_mps": 40.0}, "wind"),
-    ({"humidity": math.nan}, "humidity"),
+    ({"humidity": math.nan}, "weather_invalid"),
     ({"humidity": 0.86}, "humidity"),
     ({"rain": True}, "rain"),
 ])
 def test_each_unsafe_condition_names_its_rule(config, values, rule):
-    """Wind above 15 m/s, humidity above 0.85, rain, and NaN readings are unsafe, and
-    the verdict names the rule with a human-readable detail."""
+    """Wind above 15 m/s, humidity above 0.85, rain, and NaN readings (missing data)
+    are unsafe, and the verdict names the rule with a human-readable detail."""
     v = weather_verdict(config.limits, _wx(**values), T)
     assert (v.safe, v.rule) == (False, rule)
     assert v.detail
@@ -167,3 +171,61 @@ def test_rain_allowed_when_configured(config):
     """With ``rain_ok: true`` rain alone does not close the site."""
     limits = config.limits.model_copy(update={"rain_ok": True})
     assert weather_verdict(limits, _wx(rain=True), T).safe
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"wind_mps": -100.0}, "wind_mps"), ({"wind_mps": 500.0}, "wind_mps"),
+    ({"humidity": -3.0}, "humidity"), ({"humidity": 1.2}, "humidity"),
+    ({"cloud": 7.0}, "cloud"), ({"cloud": -0.1}, "cloud"),
+    ({"seeing_arcsec": -1.0}, "seeing_arcsec"), ({"seeing_arcsec": 0.0}, "seeing_arcsec"),
+    ({"seeing_arcsec": math.inf}, "seeing_arcsec"), ({"dew_margin_c": -40.0}, "dew_margin_c"),
+    ({"humidity": -3.0, "cloud": 7.0}, "humidity"),
+])
+def test_physically_impossible_values_are_missing_data(config, values, field):
+    """A value outside its physical range (negative wind, humidity or cloud beyond
+    [0, 1], seeing <= 0...) is a broken sensor: unsafe, and the verdict names the field,
+    although no limit on wind or humidity is exceeded."""
+    v = weather_verdict(config.limits, _wx(**values), T)
+    assert (v.safe, v.rule) == (False, "weather_invalid")
+    assert v.detail.startswith(f"{field} "), v.detail
+
+
+@pytest.mark.parametrize("values", [{"wind_mps": 0.0}, {"humidity": 0.0}, {"cloud": 1.0},
+                                    {"seeing_arcsec": 0.2}, {"dew_margin_c": 0.0}])
+def test_the_ends_of_the_physical_ranges_are_valid(config, values):
+    assert weather_verdict(config.limits, _wx(**values), T).safe
+
+
+@pytest.fixture(scope="module")
+def xl_config():
+    """Xinglong alone, one group, a sparse sky: a core that starts in seconds."""
+    d = yaml.safe_load((REPO / "brain/configs/sitian-54.yaml").read_text())
+    d["name"] = "safety-xl"
+    d["sites"] = [dict(d["sites"][0], groups=1)]
+    d["spectrographs"] = []
+    d.setdefault("sky", {})["density_scale"] = 0.05
+    return config_from_dict(d)
+
+
+def test_an_impossible_weather_report_closes_an_open_site_and_is_counted(xl_config):
+    """Through the core: an open site whose station reports wind -100 m/s, humidity -3,
+    cloud 7 and seeing -1 closes at once; each bad field is counted; the nonsense never
+    reaches the depth model; nothing may open until a valid report comes."""
+    core = BrainCore(xl_config)
+    t = parse_start("2026-12-15T14:00:00")  # Xinglong is dark
+    cmds = core.handle(Weather(t, "xl", 2.0, 0.3, False, 0.1, 1.2, 5.0))
+    assert core.sites["xl"].open and {c.name for c in cmds} == {"open"}
+    depth = dict(core.scheduler.depth.conditions)
+    cmds = core.handle(Weather(t + 10, "xl", -100.0, -3.0, False, 7.0, -1.0, 5.0))
+    site = core.sites["xl"]
+    assert (site.verdict.safe, site.verdict.rule) == (False, "weather_invalid")
+    assert site.verdict.detail.startswith("wind_mps -100 ")
+    assert not site.open and {c.name for c in cmds} == {"close", "park"}
+    assert dict(core.weather_rejected) == {("xl", f): 1 for f in
+                                           ("wind_mps", "humidity", "cloud", "seeing_arcsec")}
+    assert core.scheduler.depth.conditions == depth
+    assert core.guard(Command("xl.g01.g", "open"), t + 11) == "weather_invalid"
+    assert core.plan_state(t + 11).sites["xl"]["rule"] == "weather_invalid"
+    cmds = core.handle(Weather(t + 20, "xl", 2.0, 0.3, False, 0.1, 1.2, 5.0))
+    assert site.open and {c.name for c in cmds} == {"open"}
+    assert sum(core.weather_rejected.values()) == 4  # a valid report counts nothing

@@ -31,7 +31,7 @@ from brain.core.events import (
 )
 from brain.core.followup import candidate_ids, take_snapshot
 from brain.core.operator import PlanState, SurveyRegion, region_mask
-from brain.core.safety import Verdict, weather_verdict
+from brain.core.safety import Verdict, out_of_range, weather_verdict
 from brain.core.survey import SurveyScheduler
 from observatory.ephemeris import night_date, night_span
 from observatory.sky import FieldGrid
@@ -85,6 +85,8 @@ class BrainCore:
         self.decision_ms: list[float] = []
         self.refusals: Counter[str] = Counter()
         self.vetoes: Counter[str] = Counter()  # commands the guard refused, by rule
+        # (site, field) -> weather reports with that field outside its physical range
+        self.weather_rejected: Counter[tuple[str, str]] = Counter()
         # Transients: association each minute, classification every classify_interval_s.
         self.associator = Associator(config.transients.radius_arcsec)
         self._pending: list[DetectionBatch] = []
@@ -119,8 +121,13 @@ class BrainCore:
             if site is None:
                 self.refusals["unknown_site"] += 1
                 return []
-            site.weather = event
-            self.scheduler.depth.conditions[event.site] = (event.seeing_arcsec, event.cloud)
+            site.weather = event  # an impossible value makes the verdict unsafe
+            bad = out_of_range(event)
+            for name in bad:
+                self.weather_rejected[(event.site, name)] += 1
+            if not bad:
+                self.scheduler.depth.conditions[event.site] = (event.seeing_arcsec,
+                                                               event.cloud)
             return self._review_site(event.site, event.t)
         if isinstance(event, DetectionsEvent):
             self._pending.append(event.batch)

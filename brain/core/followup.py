@@ -534,15 +534,20 @@ def followup_summary(manager: FollowupManager, rows: list[dict], ticks=None) -> 
     reward = float(sum(r["reward"] for r in rows))
     ticks = manager.stream.ticks if ticks is None else ticks
     dark_h = sum(sum(o) for _t, _d, o in ticks) / 60.0
+    # Confirmed as predicted: the spectrum's label is the class the brain predicted. Apart
+    # from it, labels matching the simulator's truth (the rows carry it here): that is
+    # the simulated spectrograph's identification, not the classifier's (docs/safety.md).
     confirmed: dict[str, int] = {}
     for r in rows:
-        if r["label"] and r["label"] == r["true_class"]:
+        if r["label"] and r["label"] == r["predicted_class"]:
             confirmed[r["label"]] = confirmed.get(r["label"], 0) + 1
     statuses = [rec.status for rec in manager.records.values()]
     return {"spectra": len(rows), "hours": hours, "reward": reward,
             "reward_per_hour": reward / hours if hours > 0 else None,
             "confirmed": dict(sorted(confirmed.items())),
             "labelled": sum(1 for r in rows if r["label"]),
+            "labels_matching_truth": sum(1 for r in rows
+                                         if r["label"] and r["label"] == r["true_class"]),
             "before_peak": sum(1 for r in rows if r["before_peak"] and r["reward"] > 0),
             "aborted": statuses.count("aborted"), "refused": statuses.count("failed"),
             "open_hours": dark_h,

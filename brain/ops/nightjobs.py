@@ -16,7 +16,11 @@ How they run:
   and never touched from the scheduler's thread.
 * Times are world times (a rehearsal's clock runs ``--speed`` times real time and is
   re-synchronised on a restart); each stored job keeps its world time and is put back on
-  the current clock when the daemon starts.
+  the current clock when the daemon starts. World time may have jumped meanwhile (a
+  journal a month later, a fresh ``--start`` earlier): a stored job the journal has
+  recorded is dropped, one more than a day late is judged missed at once, and a future
+  one for a night other than tonight or tomorrow is dropped and planned again on its
+  night (docs/safety.md).
 * Once: every job has an id per night (``dusk:2026-12-15:xl``). The journal's
   ``night_jobs`` table records it in the same transaction as the commands it sent; a
   job found there is never run again, whether APScheduler fires it twice, the daemon
@@ -59,6 +63,7 @@ log = logging.getLogger("brain.ops.nightjobs")
 KINDS = ("dusk", "dawn", "report", "retrain")
 REPORT_GRACE_S = 12 * 3600.0
 DAWN_GRACE_S = 12 * 3600.0
+MAX_GRACE_S = 24 * 3600.0  # no job is worth running later (dusk: its night; retrain: <= 24 h)
 
 _ACTIVE: NightJobs | None = None  # the daemon's, for fire() (one daemon per process)
 
@@ -84,6 +89,17 @@ class _Scheduler(BackgroundScheduler):
             if self.state != STATE_RUNNING:
                 return None
             return super()._process_jobs()
+
+    def shutdown(self, wait=True):
+        """A round of due jobs in progress ends first. APScheduler marks itself stopped
+        before it takes the lock, and a round that then removes a fired job looks for it
+        among the jobs pending a start instead (JobLookupError in its thread). Paused, no
+        round begins; taking the lock waits for the one under way."""
+        if self.state == STATE_RUNNING:
+            self.pause()
+        with self._jobstores_lock:
+            pass
+        super().shutdown(wait)
 
 
 @dataclass(frozen=True)
@@ -120,11 +136,7 @@ class NightJobs:
         global _ACTIVE
         _ACTIVE = self
         self.scheduler.start(paused=True)
-        n = 0
-        for job in self.scheduler.get_jobs():
-            # A stored job's wall time belongs to the clock of the run that stored it.
-            self.scheduler.modify_job(job.id, next_run_time=self._wall(job.kwargs["world_t"]))
-            n += 1
+        n = self._restore(self.clock.now())
         for job_id, kind, night, site, world_t in self.d.journal.jobs_with_status("started"):
             log.warning("night job %s was running when the daemon stopped: running it again",
                         job_id)
@@ -133,6 +145,33 @@ class NightJobs:
         self.scheduler.resume()
         log.info("night jobs: %d kept from the job store, %d scheduled now", n,
                  len(self.scheduler.get_jobs()))
+
+    def _restore(self, now: float) -> int:
+        """Put the stored jobs back on the current clock; returns how many are kept.
+
+        World time need not continue where the store left it: a restart on a journal
+        whose world time lies a month later, or a fresh ``--start`` earlier than the
+        stored jobs. A job the journal has recorded is dropped (it ran, or was judged);
+        one later than any grace (:data:`MAX_GRACE_S`) is judged missed now, without
+        computing its night's ephemerides; one planned for a night that is neither
+        tonight nor tomorrow, in the future, is dropped (:meth:`plan` adds it again when
+        its night comes). The rest fire on the current clock, judged as usual."""
+        recorded = self.d.journal.jobs_recorded()
+        current = set(self.nights_for(self.config, now))
+        kept = 0
+        for job in self.scheduler.get_jobs():
+            due = Due(**job.kwargs)
+            late = now - due.world_t
+            if due.job_id in recorded or (late < 0 and due.night not in current):
+                self.scheduler.remove_job(job.id)
+            elif late > MAX_GRACE_S:
+                self.scheduler.remove_job(job.id)
+                self._missed(due, now)
+            else:
+                # A stored job's wall time belongs to the clock of the run that stored it.
+                self.scheduler.modify_job(job.id, next_run_time=self._wall(due.world_t))
+                kept += 1
+        return kept
 
     def stop(self) -> None:
         global _ACTIVE
@@ -235,14 +274,17 @@ class NightJobs:
             log.info("night job %s already %s: not run again", due.job_id, status)
             self._count(due.kind, "duplicate")
             return
-        late = now - due.world_t
-        if late > self.grace_s(due.kind, due.night, due.site, due.world_t):
-            with j.transaction():
-                j.job(due, "missed", now, {"late_s": round(late, 1)})
-            log.warning("night job %s missed: %.1f h late", due.job_id, late / 3600)
-            self._count(due.kind, "missed")
+        if now - due.world_t > self.grace_s(due.kind, due.night, due.site, due.world_t):
+            self._missed(due, now)
             return
         getattr(self, f"_{due.kind}")(due, now)
+
+    def _missed(self, due: Due, now: float) -> None:
+        late = now - due.world_t
+        with self.d.journal.transaction():
+            self.d.journal.job(due, "missed", now, {"late_s": round(late, 1)})
+        log.warning("night job %s missed: %.1f h late", due.job_id, late / 3600)
+        self._count(due.kind, "missed")
 
     def _finish(self, due: Due, status: str, now: float, detail: dict) -> None:
         with self.d.journal.transaction():

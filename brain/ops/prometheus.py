@@ -8,7 +8,7 @@ Cost (issue 7: under 2 % of the daemon's CPU; ``brain bench metrics`` measures i
 event loop only adds to plain counters and histogram buckets (``drivers.loopmetrics``:
 one dict or list operation each, not prometheus_client's labelled children). The state
 (sites, weather, coverage, shutter, candidates) is read when Prometheus scrapes, on the
-HTTP server's thread, by a collector that copies what it needs from the daemon. The
+HTTP server's threads, by a collector that copies what it needs from the daemon. The
 server (:class:`MetricsServer`) blocks until a request comes: no polling. The link's own metrics
 (device up, heartbeat age, commands by name and result, command latency, protocol
 errors) live in ``drivers.link.LinkMetrics`` on the same registry.
@@ -20,7 +20,9 @@ Metric list (besides the link's):
   ``sitian_site_held_closed{site}`` (0/1); ``sitian_safety_vetoes_total{rule}``
 * ``sitian_weather_wind_speed_meters_per_second{site}``, ``..._humidity_ratio``,
   ``..._cloud_cover_ratio``, ``..._seeing_arcseconds``, ``..._dew_margin_celsius``,
-  ``..._rain`` (0/1), ``sitian_weather_age_seconds{site}`` (+Inf when never received)
+  ``..._rain`` (0/1), ``sitian_weather_age_seconds{site}`` (+Inf when never received);
+  ``sitian_weather_rejected_total{site, field}``: reports with that field outside its
+  physical range (brain.core.safety.WEATHER_RANGES; the site is unsafe until a valid one)
 * ``sitian_exposures_total{band}``, ``sitian_visits_total``
 * ``sitian_coverage_3band_square_degrees`` (distinct fields visited in all three bands in
   the last 30 world minutes, times the sky's area per field) and
@@ -36,8 +38,11 @@ Metric list (besides the link's):
 
 from __future__ import annotations
 
+import io
+import logging
 import math
 import platform
+import queue
 import socket
 import threading
 import time
@@ -47,18 +52,20 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from prometheus_client import Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from brain.core.safety import weather_verdict
+from brain.core.safety import WEATHER_RANGES, weather_verdict
 from brain.planner.tools import TOOLS
 from drivers.loopmetrics import LoopCollector, LoopCounter, LoopHistogram, wsgi_app
 from observatory.sky import FULL_SKY_DEG2
 from observatory.spectra import science_reward
 from observatory.taxonomy import CLASSES
 
+log = logging.getLogger("brain.ops.prometheus")
+
 WINDOW_S = 1800.0
-VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "rain", "wind",
-              "humidity", "sun", "altitude")  # BrainCore.guard's answers
+VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "weather_invalid", "rain",
+              "wind", "humidity", "sun", "altitude")  # BrainCore.guard's answers
 WEATHER_FIELDS = (("wind_mps", "wind_speed_meters_per_second", "Wind speed"),
                   ("humidity", "humidity_ratio", "Relative humidity (0-1)"),
                   ("cloud", "cloud_cover_ratio", "Cloud cover (0-1)"),
@@ -187,45 +194,108 @@ class DaemonMetrics:
 
 
 class MetricsServer:
-    """``/metrics`` on one thread of its own.
+    """``/metrics`` on a thread that sleeps in ``accept`` and a few that answer.
 
     prometheus_client's ``start_http_server`` polls its socket twice a second for a
-    shutdown that never comes and starts a thread per request; this one sleeps in
-    ``accept`` until a scrape and answers it on the same thread (scrapes come one at a
-    time; a client that stalls is cut off after ``REQUEST_TIMEOUT_S``). :meth:`close`
-    (the daemon's close) wakes it and frees the port. It answers in the text format
-    (``drivers.loopmetrics.encode_text``), which every Prometheus reads.
+    shutdown that never comes and starts a thread per request. Here one thread sleeps in
+    ``accept`` until a scrape comes and hands the connection to one of ``WORKERS``
+    threads, which sleep on a queue in between: no polling, no thread per request. A
+    client that stalls mid-request holds only its own worker, and only until its
+    deadline: reading the request and writing the answer must both end within
+    ``REQUEST_TIMEOUT_S`` (Prometheus's default scrape timeout). The other scrapers are
+    answered meanwhile (docs/safety.md). With every worker held, a new connection is
+    closed at once rather than queued behind them. The registry is read by one scrape
+    at a time (the collectors keep cursors); only the network waits run side by side.
+    :meth:`close` (the daemon's close) wakes the threads, cuts off open connections and
+    frees the port. It answers in the text format (``drivers.loopmetrics.encode_text``),
+    which every Prometheus reads.
     """
 
     REQUEST_TIMEOUT_S = 10.0
+    WORKERS = 4
 
     def __init__(self, registry, port: int, addr: str = "127.0.0.1"):
-        class Quiet(WSGIRequestHandler):
-            timeout = self.REQUEST_TIMEOUT_S  # a stalled client cannot hold the thread
+        server = self
+
+        class Handler(WSGIRequestHandler):
+            def setup(self):
+                super().setup()
+                # The whole request, not each read, within the deadline.
+                self.rfile.close()
+                self.rfile = io.BufferedReader(_DeadlineReader(
+                    self.connection, time.monotonic() + server.REQUEST_TIMEOUT_S))
 
             def log_message(self, *args):  # the daemon's log is for operators
                 pass
 
         self.httpd = make_server(addr, port, self._counted(wsgi_app(registry)), WSGIServer,
-                                 Quiet)
-        self.httpd.timeout = None  # handle_request blocks until a connection
+                                 Handler)
+        self.httpd.timeout = None  # get_request blocks until a connection
         self.port = self.httpd.server_address[1]
-        self.scrapes, self.cpu_s = 0, 0.0
+        self.scrapes, self.cut_off, self.refused, self.cpu_s = 0, 0, 0, 0.0
+        self._lock = threading.Lock()  # the counters and the open connections
+        self._scrape_lock = threading.Lock()  # one collection of the registry at a time
+        self._open: set[socket.socket] = set()
+        self._slots = threading.Semaphore(self.WORKERS)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
+        self.workers = [threading.Thread(target=self._work, name=f"metrics-http-{k}",
+                                         daemon=True) for k in range(self.WORKERS)]
+        for w in self.workers:
+            w.start()
         self.thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
+        cpu0 = time.thread_time()
         while not self._stop.is_set():
-            self.httpd.handle_request()
-            # This thread's CPU so far: all of it is scrapes (accept sleeps). The daemon
-            # logs it at close; brain bench metrics reads it there.
-            self.cpu_s = time.thread_time()
+            try:
+                request, client = self.httpd.get_request()  # sleeps until a connection
+            except OSError:
+                continue
+            if self._stop.is_set() or not self._slots.acquire(blocking=False):
+                # Every worker held (stalled clients): refused now, not queued behind them.
+                self.httpd.shutdown_request(request)
+                refused = not self._stop.is_set()
+            else:
+                refused = False
+                with self._lock:
+                    self._open.add(request)
+                self._queue.put((request, client))
+            cpu = time.thread_time()
+            with self._lock:
+                self.refused += refused
+                self.cpu_s += cpu - cpu0
+            cpu0 = cpu
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()  # sleeps until a connection
+            if item is None:
+                return
+            request, client = item
+            cpu0 = time.thread_time()
+            cut = False
+            try:
+                self.httpd.finish_request(request, client)
+            except OSError:  # stalled past the deadline, or gone: cut off, quietly
+                cut = True
+            except Exception as exc:  # a bug must not take a worker away
+                log.error("/metrics request failed: %s: %s", type(exc).__name__, exc)
+            self.httpd.shutdown_request(request)
+            # Its CPU, all of it the scrape's: the daemon logs the sum at close (brain
+            # bench metrics reads it there).
+            with self._lock:
+                self._open.discard(request)
+                self.cut_off += cut
+                self.cpu_s += time.thread_time() - cpu0
+            self._slots.release()
 
     def _counted(self, app):
         def counted(environ, start_response):
-            self.scrapes += 1  # only this thread serves
-            return app(environ, start_response)
+            with self._scrape_lock:
+                self.scrapes += 1
+                return app(environ, start_response)  # the body is built here, in full
         return counted
 
     def close(self) -> None:
@@ -237,7 +307,36 @@ class MetricsServer:
         except OSError:
             pass
         self.thread.join(5)
+        with self._lock:  # cut off the connections still open
+            for request in self._open:
+                try:
+                    request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for _ in self.workers:
+            self._queue.put(None)
+        for w in self.workers:
+            w.join(5)
         self.httpd.server_close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads, each given what is left of one deadline (socket timeouts are per
+    read: a client sending a byte every few seconds would never time out). The answer
+    is written under the last read's timeout, so the deadline holds for it as well."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.sock, self.deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buf)
 
 
 class _StateCollector:
@@ -281,6 +380,15 @@ class _StateCollector:
         yield from wx.values()
         yield rain
         yield age
+        rejected = CounterMetricFamily("sitian_weather_rejected",
+                                       "Weather reports with a value outside its physical "
+                                       "range (treated as missing: unsafe)",
+                                       labels=["site", "field"])
+        seen = dict(core.weather_rejected)
+        for sid in core.sites:
+            for name in WEATHER_RANGES:
+                rejected.add_metric([sid, name], float(seen.get((sid, name), 0)))
+        yield rejected
         cov = GaugeMetricFamily("sitian_coverage_3band_square_degrees",
                                 "Sky imaged in all three bands in the last 30 minutes")
         cov.add_metric([], m.coverage_deg2(now))

@@ -236,6 +236,24 @@ def _num(x, fmt="{:,.0f}"):
     return "n/a" if x is None else fmt.format(x)
 
 
+def followup_sentence(f: dict) -> str:
+    """The follow-up numbers in words (plain text), saying what each one measures.
+    ``confirmed``: per class, spectra whose label is the class the brain predicted;
+    ``labels_matching_truth``: only where the truth is known (simulations)."""
+    labelled = f.get("labelled", 0)
+    confirmed = f.get("confirmed") or {}
+    per_class = ", ".join(f"{k} {v}" for k, v in confirmed.items())
+    text = (f"Spectra: {f['spectra']} ({_num(f['hours'], '{:.1f}')} h); labelled "
+            f"{labelled}; confirmed as predicted (label = the class the brain predicted): "
+            f"{sum(confirmed.values())} of {labelled}" + (f" ({per_class})" if per_class
+                                                          else "") + ".")
+    if f.get("labels_matching_truth") is not None:
+        text += (f" Labels matching the simulator's truth: {f['labels_matching_truth']} "
+                 f"of {labelled} (this measures the simulated spectrograph's "
+                 "identification, not the classifier).")
+    return text
+
+
 def write_report(out_dir: Path, inp: ReportInputs) -> list[Path]:
     """report.html and its figures in ``out_dir``; returns the PNG paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +294,6 @@ def write_report(out_dir: Path, inp: ReportInputs) -> list[Path]:
             for k, v in enumerate(r)) + "</tr>" for r in rs)
 
     goals = goal_rows(config, metrics)
-    confirmed = ", ".join(f"{k} {v}" for k, v in (f.get("confirmed") or {}).items()) or "none"
     tr = metrics["transients"]
     macro = metrics["classifier"].get("macro_f1")
     truth = ("" if macro is None else
@@ -295,8 +312,7 @@ td{{padding-right:2em}} .met{{color:#1a7f37}} img{{max-width:100%}}
 <h2>Sky coverage</h2><img src="sky_coverage.png" alt="sky coverage map">
 <h2>Coverage per 30-minute window</h2><img src="coverage_windows.png" alt="coverage">
 <h2>Open shutter per group</h2><img src="open_shutter.png" alt="open-shutter timeline">
-<h2>Follow-up</h2><p>Spectra: {f['spectra']} ({_num(f['hours'], '{:.1f}')} h); labelled
-{f.get('labelled', 0)}; confirmed as predicted: {html.escape(confirmed)}.</p>
+<h2>Follow-up</h2><p>{html.escape(followup_sentence(f))}</p>
 <img src="followups.png" alt="follow-up timeline">
 <h2>Light curves</h2><p>Candidates: {tr['candidates']:,}{html.escape(truth)}.</p>
 {'<img src="light_curves.png" alt="light curves">' if has_lc else

@@ -13,8 +13,8 @@ deploy/prometheus, per wall second).
    by several per cent on a 2-core machine, so this cannot resolve 2 %: the spread of
    the metrics-off runs is reported beside it. The two parts of the cost are therefore
    also measured apart:
-2. **Scrapes, exactly.** /metrics is served on one thread that sleeps in ``accept``
-   between scrapes; the daemon logs that thread's CPU at close. Its share of the
+2. **Scrapes, exactly.** /metrics is served by threads that sleep (in ``accept``, on a
+   queue) between scrapes; the daemon logs their CPU at close. Its share of the
    loop's CPU comes from the A/B's metrics-on runs.
 3. **Loop hooks, by sampling.** ``SAMPLED`` more metrics-on runs are sampled by py-spy
    from outside the process at ``RATE`` Hz from the loop's start, keeping the loop
