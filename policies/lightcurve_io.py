@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from observatory.bands import BAND_INDEX
 from observatory.taxonomy import CLASSES
 
 REQUIRED = ("object_id", "mjd", "band", "mag", "mag_err")
-BANDS = {"g": 0, "r": 1, "i": 2}
 MAX_ID_CHARS = 128
 MAG_RANGE = (-30.0, 40.0)  # AB: brighter than the full Moon to beyond any telescope
 MAG_ERR_MAX = 20.0  # (0, 20]: real surveys' faintest points reach ~13 mag of error
@@ -97,7 +97,7 @@ def _read_rows(p: Path, reader) -> DetectionTable:
             raise LightCurveInputError(f"row {row_no}: object_id of {len(oid)} "
                                        f"characters (at most {MAX_ID_CHARS})")
         b = row[col["band"]].strip()
-        if b not in BANDS:
+        if b not in BAND_INDEX:
             raise LightCurveInputError(f"row {row_no}: unknown band {b!r} (use g, r or i)")
         e = _number(row[col["mag_err"]], row_no, "mag_err", -math.inf, math.inf)
         if not 0 < e <= MAG_ERR_MAX:
@@ -106,7 +106,7 @@ def _read_rows(p: Path, reader) -> DetectionTable:
                                        f"above {MAG_ERR_MAX:g} mag")
         ids.append(oid)
         mjd.append(_number(row[col["mjd"]], row_no, "mjd", *MJD_RANGE))
-        band.append(BANDS[b])
+        band.append(BAND_INDEX[b])
         mag.append(_number(row[col["mag"]], row_no, "mag", *MAG_RANGE))
         err.append(e)
     if not ids:

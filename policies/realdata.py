@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from observatory.bands import BAND_INDEX
 from observatory.taxonomy import TRANSIENTS
 from policies.classifier import TransientClassifier
-from policies.lightcurve_io import BANDS, read_detections_csv
+from policies.lightcurve_io import read_detections_csv
 from policies.lightcurve_sets import observe_class
 
 # pip distribution name for each importable package (what to install when one is missing)
@@ -462,7 +463,7 @@ def simulated_control(expected: str, bands: tuple[str, ...], n: int = 400, seed:
 
     model = TransientClassifier.load() if model is None else model
     src, t, band, mag, err, _ = observe_class(expected, n, np.random.default_rng(seed))
-    keep = np.isin(band, [BANDS[b] for b in bands])
+    keep = np.isin(band, [BAND_INDEX[b] for b in bands])
     src, t, band, mag, err = src[keep], t[keep], band[keep], mag[keep], err[keep]
     good = np.bincount(src, minlength=n) >= MIN_DETECTIONS
     sel = good[src]

@@ -5,7 +5,7 @@ Each file is read the way its consumer reads it and checked against the real thi
 their `ray start` lines against Ray's own command-line parser, the RayService's Serve
 config against Serve's schema and its import path against brain/planner/api.py, every
 `brain` command line (systemd units, the KubeRay daemon container, the runbook) against
-the parser of brain/cli.py, the site configs against ``load_config``. Nothing here
+the parser of brain/cli/__init__.py, the site configs against ``load_config``. Nothing here
 starts Ray, a daemon or a unit; the whole module takes a few seconds.
 """
 
@@ -45,7 +45,7 @@ def parse_brain(argv: list[str]):
     try:
         args = cli.build_parser().parse_args(argv)
     except SystemExit as exc:
-        pytest.fail(f"brain {' '.join(argv)!r} is refused by brain/cli.py (exit {exc.code})")
+        pytest.fail(f"brain {' '.join(argv)!r} is refused by brain/cli/ (exit {exc.code})")
     if args.command in ("run", "sim-drivers"):
         try:
             cli_common.clock_args(args)

@@ -9,7 +9,7 @@ Two alert kinds leave the brain (docs/alerts.md):
 
 Each is written as an IVOA VOEvent 2.0 packet (:func:`to_voevent`, validated against the
 VOEvent 2.0 XSD before it is returned) and as an Avro record of the versioned schema in
-``brain/schemas/sitian_alert_vN.avsc`` (:func:`to_avro`: Avro single-object encoding,
+``brain/schemas/sitian_alert_v<N>.avsc`` (:func:`to_avro`: Avro single-object encoding,
 the schema's CRC-64-AVRO fingerprint in front). :class:`AlertSink` writes both to a
 directory and publishes them on the PUB feed; :func:`decode_feed_alert` reads one back.
 Inputs are plain values, so the module knows nothing of the daemon or the core.
