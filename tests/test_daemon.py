@@ -212,7 +212,7 @@ def test_run_refuses_bad_input_in_one_line(tmp_path):
                "--config", str(tmp_path / "missing.yaml")], "not found"),
              (["run", "--start", START, "--until", "2026-12-15T10:00:00", "--journal",
                str(tmp_path / "until" / "j.sqlite"), "--hosting", "local",
-               "--metrics-port", "0"], "--until 2026-12-15T10:00:00Z is already past")]
+               "--metrics-port", "0"], "--until 2026-12-15T10:00:00 is not after --start")]
     (tmp_path / "until").mkdir()
     for args, needle in cases:
         r = run_brain(*args, timeout=60)
