@@ -67,6 +67,12 @@ def target_alt_deg(eph, ra_deg, dec_deg, t_unix) -> np.ndarray:
     Uses J2000 coordinates against the apparent sidereal time: the precession since
     J2000 (under 0.4 deg) is smaller than the 0.5 deg margin the brain keeps."""
     lat = eph.lat_rad
+    if np.ndim(ra_deg) == 0 and np.ndim(dec_deg) == 0 and np.ndim(t_unix) == 0:
+        # one target at one time (the safety guard, for every slew): plain floats
+        dec = math.radians(dec_deg)
+        ha = math.radians(float(eph.lst_deg(t_unix)) - ra_deg)
+        s = math.sin(lat) * math.sin(dec) + math.cos(lat) * math.cos(dec) * math.cos(ha)
+        return math.degrees(math.asin(min(1.0, max(-1.0, s))))
     dec = np.radians(dec_deg)
     ha = np.radians(eph.lst_deg(t_unix) - np.asarray(ra_deg))
     s = math.sin(lat) * np.sin(dec) + math.cos(lat) * np.cos(dec) * np.cos(ha)

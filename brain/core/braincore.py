@@ -85,6 +85,7 @@ class BrainCore:
         self.decision_ms: list[float] = []
         self.refusals: Counter[str] = Counter()
         self.vetoes: Counter[str] = Counter()  # commands the guard refused, by rule
+        self._guard_site: dict[str, tuple] = {}  # site -> (t, weather, rule): see guard
         # (site, field) -> weather reports with that field outside its physical range
         self.weather_rejected: Counter[tuple[str, str]] = Counter()
         # Transients: association each minute, classification every classify_interval_s.
@@ -258,11 +259,9 @@ class BrainCore:
         site = self.sites.get(site_id)
         if site is None:
             return "unknown_site"
-        verdict = weather_verdict(self.config.limits, site.weather, t)
-        if not verdict.safe:
-            return verdict.rule
-        if not self._is_dark(site_id, t):
-            return "sun"
+        rule = self._site_rule(site_id, site, t)
+        if rule is not None:
+            return rule
         if cmd.name == "slew":
             alt = float(target_alt_deg(self.sky.night.sites[site_id], cmd.args["ra_deg"],
                                        cmd.args["dec_deg"], t))
@@ -271,6 +270,18 @@ class BrainCore:
             if alt < self.config.limits.min_alt_deg - 0.5:
                 return "altitude"
         return None
+
+    def _site_rule(self, site_id: str, site: SiteState, t: float) -> str | None:
+        """The site's part of :meth:`guard` (weather, then darkness), once per site, time
+        and weather report: a shell sends many commands at the same instant."""
+        hit = self._guard_site.get(site_id)
+        if hit is not None and hit[0] == t and hit[1] is site.weather:
+            return hit[2]
+        verdict = weather_verdict(self.config.limits, site.weather, t)
+        rule = (verdict.rule if not verdict.safe
+                else None if self._is_dark(site_id, t) else "sun")
+        self._guard_site[site_id] = (t, site.weather, rule)
+        return rule
 
     def restore(self, visits, exposures: int, detections: DetectionBatch | None) -> None:
         """What a restarted shell read back from its journal: the survey's ``visits``
