@@ -314,6 +314,9 @@ def test_rehearsal_scraped_by_prometheus(tmp_path):
         assert _value(pport, "sitian_coverage_3band_square_degrees") > 0
         assert _value(pport, 'sum(sitian_commands_total{result="done"})') > 0
         assert _value(pport, 'max(sitian_open_shutter_ratio{group=~"xl.*"})') > 0
+        # each group's own shutters: xl.g01's exposures are not filed under another name
+        _wait(lambda: (_value(pport, 'sitian_open_shutter_ratio{group="xl.g01"}') or 0) > 0,
+              60, "xl.g01's open-shutter ratio", procs)
         missing = [n for n in sorted(dashboard_metrics())
                    if not _query(pport, f'count({{__name__="{n}"}})')]
         assert missing == [], f"dashboard metrics Prometheus never saw: {missing}"

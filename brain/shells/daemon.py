@@ -101,6 +101,8 @@ class Daemon:
         self.core = BrainCore(config, classifier=classifier, followup=followup,
                               require_devices=True)
         self.core.on_visit = self._on_visit
+        # device -> the core's group index (the metrics' shutter windows are per group)
+        self._group_index = {d: g.index for g in self.core.groups for d in g.devices}
         self.core.ensure_night(self.clock.now())  # ephemerides before the loop starts
         _ = self.core.classifier  # and the model: loading it mid-night stalls the loop
         # Classification (half-hourly, up to a second of CPU) runs on a worker thread so
@@ -473,7 +475,7 @@ class Daemon:
             float(core.grid.dec_deg[f]), t0, t1, alt, float(airmass(alt)), moon, sun,
             float(result.get("limiting_mag", float("nan")))))
         if self.metrics is not None:
-            self.metrics.exposure(spec.band, int(spec.group), t0, t1)
+            self.metrics.exposure(spec.band, self._group_index[cmd.device], t0, t1)
 
     def _on_visit(self, field_id: int, group: int, t_start: float) -> None:
         self.journal.visit(int(field_id), int(group), float(t_start))
