@@ -312,3 +312,28 @@ def test_keys_creates_an_authorised_pair(tmp_path):
     assert oct(os.stat(tmp_path / "k" / "brain.key_secret").st_mode)[-3:] == "600"
     again = run_brain("keys", str(tmp_path / "k"))
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_failsafe_option_reaches_the_devices(small_config, tmp_path):
+    """`brain run --failsafe-s 7`: the WELCOME tells each device to close on its own after
+    7 s without the brain (the option used to be checked and then dropped: always 60)."""
+    router, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    daemon = subprocess.Popen(
+        brain_cmd("run", "--config", str(small_config), "--start", START, "--speed", SPEED,
+                  "--journal", str(tmp_path / "j.sqlite"), "--hosting", "local",
+                  "--metrics-port", "0", "--router", router, "--pub", pub,
+                  "--failsafe-s", "7"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from drivers.clock import WorldClock, parse_start
+
+    host = DeviceHost([Station()], router, WorldClock(parse_start(START), float(SPEED)),
+                      follow_brain_clock=True)
+    try:
+        t_end = time.monotonic() + 120
+        while not host.links["xl.wx"].welcomed:
+            assert time.monotonic() < t_end and daemon.poll() is None, "no WELCOME"
+            host.step(0.2)
+        assert host.links["xl.wx"].failsafe_s == 7.0
+    finally:
+        host.close()
+        stop_procs([daemon])

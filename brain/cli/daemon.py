@@ -37,7 +37,7 @@ def cmd_run(args) -> int:
     try:
         run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
                    policy, args.router, args.pub, security, args.keys, args.hosting,
-                   args.ray_address, args.api_port, args.seed)
+                   args.ray_address, args.api_port, args.seed, args.failsafe_s)
     except zmq.ZMQError as exc:  # binding the device link or the feed
         raise UsageError(f"{exc} ({args.router}, {args.pub})".splitlines()[0]) from None
     except (SecurityError, OSError, StartRefused) as exc:  # these name what they refuse

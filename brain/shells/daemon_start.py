@@ -54,7 +54,8 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                router: str = "tcp://127.0.0.1:5550", pub: str = "tcp://127.0.0.1:5551",
                security: str = "none", keys_dir: str | None = None,
                hosting: str = "ray", ray_address: str | None = None,
-               api_port: int | None = None, policy_seed: int = 0) -> Daemon:
+               api_port: int | None = None, policy_seed: int = 0,
+               failsafe_s: float = 60.0) -> Daemon:
     """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
 
     # metrics_port 0: no metrics at all (nothing collected, nothing served). The port is
@@ -114,7 +115,7 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     log.info("classifier from %s", model_dir)
     try:
         d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
-                   classifier=classifier, registry=registry)
+                   classifier=classifier, registry=registry, failsafe_s=failsafe_s)
     except BaseException:
         if server is not None:
             server.close()
