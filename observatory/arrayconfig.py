@@ -1,8 +1,8 @@
 """The array description: sites, groups, telescopes, camera, mount, depth, limits,
 weather climate and spectrographs.
 
-This is the world as configured (it lives in ``simulator`` because both the simulator
-and the brain read it, and the simulator must not import the brain). Every number of
+This is the world as configured (it lives in the shared domain package because the
+brain, the drivers and the simulator all read it). Every number of
 the default ``sitian-54`` array (docs/contracts.md) is a field here with its unit in
 its name.
 """

@@ -1,6 +1,7 @@
 """Spectroscopic follow-up, the rules the brain plans with and the simulator obeys: the
 exposure a target of a given magnitude needs, the science reward of a spectrum, the
-4-m mounts, and a target's altitude from a site's ephemeris (docs/contracts.md)."""
+and the 4-m mounts (docs/contracts.md). A target's altitude is
+:func:`observatory.visibility.target_alt_deg`."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 One episode is one recorded night (or run) of the fast shell: the follow-up manager
 re-runs over the night's candidate stream against the simulator's spectroscopic
-telescopes (``brain.core.followup.FollowupLoop``). A step is one decision of one free
+telescopes (``brain.evaluation.followup_replay.FollowupLoop``). A step is one decision of one free
 telescope: the observation encodes its shortlist of candidates and the night's state
 (``policies.rl.encode``), the action picks a candidate or waits, and the reward is the
 science reward (docs/contracts.md) of the spectra that finished since the previous

@@ -10,7 +10,7 @@ data, an object's name or note, can choose what moves). A call with a problem is
 executed; nothing that moves hardware runs without the operator's approval.
 
 Visibility uses the constraint code of the scheduler and the follow-up manager
-(``simulator.spectroscopy.target_alt_deg``, the night's ephemerides, the config's
+(``observatory.visibility.target_alt_deg``, the night's ephemerides, the config's
 limits and the follow-up altitude margin).
 """
 
