@@ -16,8 +16,8 @@ labels); the reward is scored outside, by the shell, from the simulator's truth.
 recorded ``Stream`` of snapshots and site states. The survey does not depend on the
 follow-up (the spectroscopic telescopes are separate devices), so a policy evaluated on
 a stream faces exactly the candidates, weather and sky it would face inside the full
-fast shell, in a small fraction of the time; tests check that both give the same follow-
-ups.
+fast shell, in a small fraction of the time; tests check that both give the same
+follow-ups.
 """
 
 from __future__ import annotations
