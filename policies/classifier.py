@@ -60,5 +60,3 @@ class TransientClassifier:
     def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None) -> np.ndarray:
         """Probabilities (n_objects, 14) from a detection table sorted by (obj, mjd)."""
         return self.predict_features(extract(obj, mjd, band, mag, err, n_objects))
-
-

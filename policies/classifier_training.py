@@ -23,7 +23,6 @@ def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-2, 2), method="bounded").x))
 
 
-
 def expected_calibration_error(prob: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
     conf = prob.max(axis=1)
     correct = prob.argmax(axis=1) == y
@@ -35,7 +34,6 @@ def expected_calibration_error(prob: np.ndarray, y: np.ndarray, bins: int = 15) 
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
     return float(ece)
-
 
 
 def evaluate(model: TransientClassifier, data) -> dict:
@@ -75,13 +73,11 @@ def evaluate(model: TransientClassifier, data) -> dict:
     return out
 
 
-
 def _nights(data) -> np.ndarray:
     """Nights with detections per light curve (gaps over half a day separate nights)."""
     new = np.ones(len(data.obj), dtype=bool)
     new[1:] = (data.obj[1:] != data.obj[:-1]) | (np.diff(data.mjd) > 0.5)
     return np.bincount(data.obj, weights=new.astype(float), minlength=data.n).astype(int)
-
 
 
 def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed: int = 3,
@@ -148,7 +144,6 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
     if out_dir is not None:
         model.save(out_dir, report)
     return model, report
-
 
 
 def _trim(booster):

@@ -22,7 +22,6 @@ MAG_SLOPE = {"SNIa": 0.6, "SNII": 0.6, "SNIbc": 0.6, "SLSN": 0.6, "TDE": 0.6, "K
              "LPV": 0.2, "AGN": 0.3}
 
 
-
 BRIGHT_MAG = {"SNIa": 14.0, "SNII": 14.5, "SNIbc": 15.0, "SLSN": 16.5, "TDE": 16.0,
               "KN": 16.5, "CV": 12.0, "Flare": 12.0, "uLens": 13.0, "RRL": 12.0, "EB": 12.0,
               "DSCT": 12.0, "LPV": 10.0, "AGN": 15.0}
@@ -33,7 +32,6 @@ _U, _LOG, _LOGN = "u", "log", "lognorm"  # uniform(lo, hi); log-uniform; 10^N(lo
 # identical keys. Magnitudes and colours are AB; colours "gr" = g - r, "ir" = i - r.
 _SN_NO_BUMP = {"bump_amp": (_U, 0.0, 0.0), "bump_t": (_U, 1.0, 1.0), "bump_w": (_U, 1.0, 1.0),
                "bump_keep": (_U, 0.0, 0.0)}
-
 
 
 PRIORS: dict[str, list[tuple[float, dict[str, tuple[str, float, float]]]]] = {
@@ -183,7 +181,6 @@ PRIORS: dict[str, list[tuple[float, dict[str, tuple[str, float, float]]]]] = {
 }
 
 
-
 def _draw(rng: np.random.Generator, n: int, spec: tuple[str, float, float]) -> np.ndarray:
     kind, a, b = spec
     if kind == _U:
@@ -191,7 +188,6 @@ def _draw(rng: np.random.Generator, n: int, spec: tuple[str, float, float]) -> n
     if kind == _LOG:
         return np.exp(rng.uniform(math.log(a), math.log(b), n))
     return 10 ** (math.log10(a) + b * rng.standard_normal(n))
-
 
 
 def mag_distribution(cls: str, n: int, rng: np.random.Generator,
@@ -204,12 +200,10 @@ def mag_distribution(cls: str, n: int, rng: np.random.Generator,
     return m0 + np.log10(1.0 + rng.random(n) * span) / a
 
 
-
 def count_ratio(cls: str, faint_limit: float, reference: float = 21.0) -> float:
     """N(<faint_limit) / N(<reference) under ``mag_distribution``."""
     a, m0 = MAG_SLOPE[cls], BRIGHT_MAG[cls]
     return (10 ** (a * (faint_limit - m0)) - 1) / (10 ** (a * (reference - m0)) - 1)
-
 
 
 def sample_params(cls: str, n: int, rng: np.random.Generator,
@@ -239,10 +233,8 @@ def sample_params(cls: str, n: int, rng: np.random.Generator,
     return p
 
 
-
 def _derive_ulens(p, rng):
     p["tE"] = np.clip(p["tE"], 5.0, 200.0)
-
 
 
 def _derive_cv(p, rng):
@@ -254,7 +246,6 @@ def _derive_cv(p, rng):
     p["top_slope"] = np.minimum(p["top_slope"], 0.3 * p["amp"] / p["d_top"])
 
 
-
 def _derive_rrl(p, rng):
     ab = p["subtype"] == 0  # Bailey relation with 0.1 mag scatter
     bailey = 1.15 - 1.8 * (p["period"] - 0.5) + rng.normal(0, 0.1, p["period"].size)
@@ -262,18 +253,15 @@ def _derive_rrl(p, rng):
     _pulsator_phases(p, rng)
 
 
-
 def _pulsator_phases(p, rng):
     p["phase2"] = rng.random(p["period"].size)
     p["mod_phase"] = rng.random(p["period"].size)
-
 
 
 def _derive_lpv(p, rng):
     mira = p["subtype"] == 0
     p["period"] = np.where(mira, np.clip(p["period"], 100.0, 500.0), p["period"])
     _pulsator_phases(p, rng)
-
 
 
 def _derive_eb(p, rng):
@@ -285,16 +273,13 @@ def _derive_eb(p, rng):
     p["mag_offset"] = eb_dmag(column, phase[None, :], 1.0).mean(axis=1)
 
 
-
 def _derive_agn(p, rng):
     p["tau"] = p["tau_rest"] * (1.0 + p["z"])
-
 
 
 _DERIVE = {"uLens": _derive_ulens, "CV": _derive_cv, "RRL": _derive_rrl,
            "DSCT": _pulsator_phases,
            "LPV": _derive_lpv, "EB": _derive_eb, "AGN": _derive_agn}
-
 
 
 def peak_time_days(cls: str, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -306,7 +291,6 @@ def peak_time_days(cls: str, params: dict[str, np.ndarray]) -> np.ndarray:
     if cls == "TDE":
         return TDE_ONSET_SIGMA * params["sigma_rise"]
     return np.zeros(len(params["ref_mag"]))  # uLens, CV, Flare: dt = 0 is the peak
-
 
 
 def period_days(cls: str, params: dict[str, np.ndarray]) -> np.ndarray:

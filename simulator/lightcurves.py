@@ -46,8 +46,6 @@ FLARE_SPAN_DAYS = 1000.0  # flares occur only within +-this of the principal fla
 FLARE_SLOTS = 60  # at most one flare per slot of 2 * span / slots = 33.3 d
 
 
-
-
 # Transient classes share three shapes: "sn" (rise t^n, smooth two-exponential decline),
 # "snii" (plateau) and "tde" (Gaussian rise, power law decline).
 SHAPE = {"SNIa": "sn", "SNIbc": "sn", "SLSN": "sn", "KN": "sn", "SNII": "snii", "TDE": "tde"}

@@ -20,13 +20,11 @@ class UsageError(Exception):
     """Bad input from the user: reported in one line."""
 
 
-
 def iso_date(text: str) -> str:
     try:
         return date.fromisoformat(text).isoformat()
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
-
 
 
 def policy_list(text: str) -> list[str]:
@@ -36,7 +34,6 @@ def policy_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown policy {bad[0] if bad else text!r} "
                                          f"(choose from {', '.join(POLICIES)})")
     return list(dict.fromkeys(names))
-
 
 
 def seed_range(text: str) -> list[int]:
@@ -53,7 +50,6 @@ def seed_range(text: str) -> list[int]:
     return seeds
 
 
-
 def bounded_int(lo: int, hi: int):
     def parse(text: str) -> int:
         try:
@@ -67,7 +63,6 @@ def bounded_int(lo: int, hi: int):
     return parse
 
 
-
 def iso_time(text: str | None, flag: str) -> float | None:
     """An ISO date or date-time option (UTC unless it says otherwise) as Unix seconds;
     the one-line error names ``flag``."""
@@ -76,7 +71,6 @@ def iso_time(text: str | None, flag: str) -> float | None:
     except ValueError:
         raise UsageError(f"{flag} {text!r} is not an ISO date or date-time "
                          "(e.g. 2026-12-15T12:00:00)") from None
-
 
 
 # tcp://host:port (host a name, an IPv4 address, [IPv6] or * to bind every interface;
@@ -93,7 +87,6 @@ def zmq_endpoint(text: str, flag: str) -> str:
         return text
     raise UsageError(f"{flag} {text!r} is not a ZeroMQ endpoint (tcp://HOST:PORT or "
                      "ipc://PATH)")
-
 
 
 # Directories this process created for its output: (the topmost one it created, the one
@@ -128,7 +121,6 @@ def output_dir(path: str, flag: str = "--out", marks: tuple[str, ...] | None = (
     return out
 
 
-
 def remove_created(everything: bool) -> None:
     """Remove the directories this process created: ``everything`` with what it wrote
     in them (a stopped simulate), else only those still empty (a refused start)."""
@@ -146,7 +138,6 @@ def remove_created(everything: bool) -> None:
             if d == top:
                 break
             d = d.parent
-
 
 
 def output_file(path: str, flag: str = "--out") -> Path:
@@ -174,7 +165,6 @@ def output_file(path: str, flag: str = "--out") -> Path:
     return out
 
 
-
 def existing_dir(path: str, what: str) -> Path:
     """A directory that must exist: 'not found' or 'is not a directory' in one line."""
     if not path.strip():
@@ -187,7 +177,6 @@ def existing_dir(path: str, what: str) -> Path:
     return p
 
 
-
 def load_policy(name: str, seed: int):
     """The follow-up policy by name; a missing or stale RL artifact is a one-line error."""
 
@@ -197,9 +186,7 @@ def load_policy(name: str, seed: int):
         raise UsageError(str(exc)) from None
 
 
-
 POLICIES = ("rl", "greedy", "uncertainty", "brightest", "random")
-
 
 
 WEATHER_MODES = ("climate", "clear")

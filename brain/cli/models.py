@@ -55,7 +55,6 @@ def cmd_classify(args) -> int:
     return 0
 
 
-
 def cmd_train(args) -> int:
     only = {"policy": ("--from-runs", "--n-per-class"), "classifier": ("--iterations",)}
     given = {"--from-runs": bool(args.from_runs), "--n-per-class": args.n_per_class != 8000,
@@ -85,7 +84,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-
 def _read_labelled(dirs: list[str]):
     """The labelled light curves of earlier runs (their labelled.csv), merged."""
 
@@ -101,7 +99,6 @@ def _read_labelled(dirs: list[str]):
         return read_labelled(paths)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
 
 
 def _train_policy(args) -> int:

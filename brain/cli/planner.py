@@ -59,7 +59,6 @@ def cmd_ask(args) -> int:
     return 0 if result["valid"] else 1
 
 
-
 def _stdout_to_stderr() -> int:
     """Point file descriptor 1 at standard error for the rest of the process; return a
     descriptor of the original standard output."""
@@ -69,14 +68,12 @@ def _stdout_to_stderr() -> int:
     return saved
 
 
-
 def _engine(config):
     try:
         path = resolve_model(config.planner.model, config.planner.cache_dir)
         return Engine(path, config.planner.max_model_len)
     except (OSError, ImportError, ValueError) as exc:  # no model, or a bad adapter
         raise UsageError(f"planner engine: {exc}".splitlines()[0]) from None
-
 
 
 def _print_plan(result: dict) -> None:

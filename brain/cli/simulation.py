@@ -41,7 +41,6 @@ def run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: 
     return metrics
 
 
-
 def _summary(m: dict, out: Path) -> None:
     s = m["survey"]
     cov = s["coverage_deg2_per_30min"]
@@ -66,7 +65,6 @@ def _summary(m: dict, out: Path) -> None:
     print(f"wrote {out}/ (report.html, metrics.json, observations.csv, ...)")
 
 
-
 def cmd_simulate(args) -> int:
     config = load_config(args.config)
     if args.weather == "clear":
@@ -78,7 +76,6 @@ def cmd_simulate(args) -> int:
     env = make_environment(config, args.seed, args.start, args.nights, args.weather, cache)
     run_and_write(config, config.name, env, args.policy, out, args.quiet, cache)
     return 0
-
 
 
 def cmd_replay(args) -> int:
@@ -96,7 +93,6 @@ def cmd_replay(args) -> int:
     out = output_dir(args.out, marks=RUN_MARKS)
     run_and_write(config, config.name, env, args.policy, out, args.quiet)
     return 0
-
 
 
 def cmd_evaluate(args) -> int:

@@ -466,7 +466,6 @@ def empty_table(night_left: float, budget_left: float) -> CandidateTable:
                           z, z, z, z, z, z, night_left, budget_left)
 
 
-
 @dataclass
 class Stream:
     """What the follow-up manager heard during a run: every snapshot and, every minute,

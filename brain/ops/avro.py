@@ -22,9 +22,7 @@ log = logging.getLogger("brain.ops.alerts")
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 
-
 MAGIC = b"\xc3\x01"  # Avro single-object encoding
-
 
 
 def _load_schemas() -> dict[int, dict]:
@@ -38,26 +36,20 @@ def _load_schemas() -> dict[int, dict]:
     return dict(sorted(out.items()))
 
 
-
 SCHEMAS = _load_schemas()  # version -> parsed schema; every version stays readable
-
 
 
 SCHEMA_VERSION = max(SCHEMAS)
 
 
-
 SCHEMA = SCHEMAS[SCHEMA_VERSION]
-
 
 
 FINGERPRINTS = {bytes.fromhex(fingerprint(to_parsing_canonical_form(s), "CRC-64-AVRO")): v
                 for v, s in SCHEMAS.items()}
 
 
-
 FINGERPRINT = next(fp for fp, v in FINGERPRINTS.items() if v == SCHEMA_VERSION)
-
 
 
 def to_record(alert: Alert, stream: str = DEFAULT_STREAM, role: str = "observation") -> dict:
@@ -80,7 +72,6 @@ def to_record(alert: Alert, stream: str = DEFAULT_STREAM, role: str = "observati
     return rec
 
 
-
 def encode_record(record: dict) -> bytes:
     """A record as an Avro single-object packet: C3 01, the schema's 8-byte
     little-endian CRC-64-AVRO fingerprint, then the binary record."""
@@ -90,10 +81,8 @@ def encode_record(record: dict) -> bytes:
     return buf.getvalue()
 
 
-
 def to_avro(alert: Alert, stream: str = DEFAULT_STREAM, role: str = "observation") -> bytes:
     return encode_record(to_record(alert, stream, role))
-
 
 
 def read_avro(packet: bytes) -> dict:
@@ -118,7 +107,6 @@ def read_avro(packet: bytes) -> dict:
     return rec
 
 
-
 def _read_header(f) -> tuple[dict, bytes]:
     if f.read(4) != b"Obj\x01":
         raise ValueError("not an Avro container")
@@ -127,7 +115,6 @@ def _read_header(f) -> tuple[dict, bytes]:
     if len(sync) != 16:
         raise ValueError("truncated header")
     return meta, sync
-
 
 
 def prepare_container(path: Path) -> None:

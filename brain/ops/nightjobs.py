@@ -466,5 +466,3 @@ def _first_night_f1(directory: Path) -> float | None:
         return float(f1) if f1 is not None and math.isfinite(f1) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-

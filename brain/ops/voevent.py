@@ -26,9 +26,7 @@ from brain.ops.alert_records import (
 _SCHEMA_LOCK = threading.Lock()
 
 
-
 _VOEVENT_SCHEMA = etree.XMLSchema(etree.fromstring(vp.definitions.v2_0_schema_str))
-
 
 
 def validate_voevent(xml: bytes) -> None:
@@ -45,7 +43,6 @@ def validate_voevent(xml: bytes) -> None:
     raise ValueError(f"not a valid VOEvent 2.0 packet: line {err.line}: {err.message}")
 
 
-
 def _param(name, value, unit=None, ucd=None, description=None):
     if isinstance(value, float | np.floating):
         value = repr(float(value))  # shortest exact form: floats round-trip
@@ -55,7 +52,6 @@ def _param(name, value, unit=None, ucd=None, description=None):
     if description:
         p.Description = description
     return p
-
 
 
 def _site_location(site_id: str, site) -> etree._Element:
@@ -74,7 +70,6 @@ def _site_location(site_id: str, site) -> etree._Element:
     for tag, x in (("C1", lon), ("C2", lat), ("C3", height)):
         etree.SubElement(v, tag).text = repr(float(x))
     return loc
-
 
 
 def to_voevent(alert: Alert, stream: str = DEFAULT_STREAM, role: str = "observation",

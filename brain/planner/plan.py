@@ -284,5 +284,3 @@ def carry_out(result: PlanResult, state: PlanState, validator: Validator,
 
 # ---------------------------------------------------------------------------------------
 # The state at the end of a simulation (``brain ask --state DIR``)
-
-

@@ -525,5 +525,3 @@ class Daemon:
                                             message=fail.message)
                         self.send(self.core.handle(Failed(t, cmd.device, cmd.cmd_id,
                                                            fail.code, fail.message)), t)
-
-

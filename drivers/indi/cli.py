@@ -91,4 +91,3 @@ def main(argv: list[str] | None = None) -> int:
         host.close()
         client.close()
     return 0
-
