@@ -68,6 +68,24 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
+def test_a_job_fired_before_its_world_time_waits_for_it(config, tmp_path):
+    """The scheduler fires on the wall clock and the job's time is on the world clock;
+    read apart (or with the wall clock stepped) a firing can come a little early: the
+    job then waits for its time instead of running early."""
+    t0 = parse_start(f"{NIGHT}T06:00:00")
+    d = start_daemon(config, tmp_path, t0)
+    dusk = {job_id: t for job_id, _k, _s, t in d.nightjobs.times(NIGHT)}[f"dusk:{NIGHT}:xl"]
+    try:
+        fire(f"dusk:{NIGHT}:xl", "dusk", NIGHT, "xl", dusk)  # hours (world) early
+        d.step()
+        assert d.clock.now() < dusk and f"dusk:{NIGHT}:xl" not in rows(d)
+        run_until(d, lambda: f"dusk:{NIGHT}:xl" in rows(d))
+        r = rows(d)[f"dusk:{NIGHT}:xl"]
+        assert r["status"] == "done" and r["t"] >= dusk
+    finally:
+        d.close()
+
+
 def test_jobs_run_once_across_restarts_and_misfires(config, tmp_path):
     t0 = parse_start(f"{NIGHT}T06:00:00")
     d = start_daemon(config, tmp_path, t0)

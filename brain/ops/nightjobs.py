@@ -130,6 +130,9 @@ class NightJobs:
         self._busy: tuple[Due, object] | None = None  # a report thread or retrain process
         self._planned_for: str | None = None
         self.counts: dict[tuple[str, str], int] = {}
+        # Fired by the wall clock a little before the world clock reaches them (the two
+        # clocks are read apart; the wall clock can be stepped): held until it does.
+        self._early: list[Due] = []
 
     # Scheduling ----------------------------------------------------------------------
     def start(self) -> None:
@@ -181,7 +184,9 @@ class NightJobs:
             _ACTIVE = None
 
     def _wall(self, world_t: float) -> datetime:
-        wall = time.time() + (world_t - self.clock.now()) / self.clock.speed
+        # World time first: a pause between the two readings then errs late, never early.
+        now = self.clock.now()
+        wall = time.time() + (world_t - now) / self.clock.speed
         return datetime.fromtimestamp(wall, tz=UTC)
 
     def times(self, night: str) -> list[tuple[str, str, str | None, float]]:
@@ -250,6 +255,12 @@ class NightJobs:
     def step(self) -> bool:
         """Run what is due; called by the daemon's loop each turn. True if it did work."""
         worked = self._check_busy()
+        if self._early:
+            now, held = self.clock.now(), self._early
+            self._early = [e for e in held if e.world_t > now]
+            for e in held:
+                if e.world_t <= now:
+                    self.due.put(e)
         while self._busy is None:
             try:
                 due = self.due.get_nowait()
@@ -273,6 +284,9 @@ class NightJobs:
         if status in ("done", "missed", "failed", "skipped"):
             log.info("night job %s already %s: not run again", due.job_id, status)
             self._count(due.kind, "duplicate")
+            return
+        if now < due.world_t:
+            self._early.append(due)  # no job runs before its time
             return
         if now - due.world_t > self.grace_s(due.kind, due.night, due.site, due.world_t):
             self._missed(due, now)
