@@ -48,6 +48,24 @@ class TransientSettings(Strict):
                                 description="detections that make an object a candidate")
     classify_interval_s: float = Field(default=1800.0, ge=60,
                                        description="how often candidates are reclassified")
+    new_days: float = Field(default=3.0, gt=0, le=365, description="an object first seen "
+                            "this recently is new (a candidate); older ones are the known "
+                            "sky, candidates again only when they change")
+    change_mag: float = Field(default=0.5, ge=0, le=5, description="a known object has "
+                              "changed when tonight it is brighter or fainter than its whole "
+                              "history by this much (plus three errors)")
+
+
+class StoreSettings(Strict):
+    """The object store: every object's light curve, and the catalogue (docs/store.md)."""
+
+    url: str | None = Field(default=None, pattern=r"^(sqlite:///|postgresql://)\S+$",
+                            description="sqlite:///PATH or postgresql://...; default: "
+                            "store.sqlite beside the run's other files")
+    memory_nights: int = Field(default=2, ge=1, le=30, description="nights of detections "
+                               "kept in memory (older ones are read from the store)")
+    orphan_days: float = Field(default=2.0, gt=0, le=60, description="an object seen once "
+                               "is forgotten (kept only in the store) after this many days")
 
 
 def _default_reward() -> dict[str, float]:
@@ -140,6 +158,7 @@ class OpsSettings(Strict):
 class BrainConfig(ArrayConfig):
     scheduler: SchedulerSettings = SchedulerSettings()
     transients: TransientSettings = TransientSettings()
+    store: StoreSettings = StoreSettings()
     followup: FollowupSettings = FollowupSettings()
     planner: PlannerSettings = PlannerSettings()
     ops: OpsSettings = OpsSettings()

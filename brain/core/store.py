@@ -1,0 +1,325 @@
+"""The object store: every object's light curve and the catalogue, on disk (docs/store.md).
+
+Two tables. ``light_curves`` holds detections, one row per object and flush (the
+detections an object gained since the last flush, packed and compressed: exact
+float64 times, int8 bands, float32 magnitudes and errors). ``objects`` is the
+catalogue: one row per object with its position, first and last time seen, counts,
+class probabilities and the per-band summary of its history that tells whether it has
+changed. The brain keeps the catalogue of the objects it knows and the last few nights
+of detections in memory (brain/core/association.py); everything else is read from here.
+
+Embedded SQLite (``sqlite:///PATH``) is the default; ``postgresql://...`` runs the same
+schema on a PostgreSQL server (psycopg 3). Both speak the same SQL but for placeholders,
+the binary type and how a list of ids is passed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from observatory.taxonomy import CLASSES
+
+SCHEMA_VERSION = 1
+N_BANDS = 3
+# Per band: detections, sum and sum of squares of magnitudes, brightest, faintest.
+HIST_FIELDS = ("n", "sum", "sumsq", "min", "max")
+LC_DTYPE = np.dtype([("mjd", "<f8"), ("band", "i1"), ("mag", "<f4"), ("err", "<f4")])
+CATALOGUE_DTYPE = np.dtype([
+    ("object_id", "<i8"), ("ra_deg", "<f8"), ("dec_deg", "<f8"),
+    ("first_mjd", "<f8"), ("last_mjd", "<f8"), ("n_det", "<i4"), ("n_nights", "<i4"),
+    ("last_night", "<f8"),  # MJD at the start of the last night the object was seen
+    ("truth", "<i8"),  # the simulator's source (-1: bogus or real sky)
+    ("classified_ndet", "<i4"),  # detections when last classified (0: never)
+    ("prob", "<f4", (len(CLASSES),)),
+    ("hist", "<f8", (N_BANDS, len(HIST_FIELDS))),  # of the nights closed so far
+])
+_OBJECT_COLS = ("object_id", "ra_deg", "dec_deg", "first_mjd", "last_mjd", "n_det",
+                "n_nights", "last_night", "truth", "classified_ndet", "prob", "hist")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (one line, for the operator)."""
+
+
+def empty_catalogue(n: int = 0) -> np.ndarray:
+    cat = np.zeros(n, dtype=CATALOGUE_DTYPE)
+    cat["truth"] = -1
+    cat["hist"][..., 3] = np.inf
+    cat["hist"][..., 4] = -np.inf
+    return cat
+
+
+def pack(mjd, band, mag, err) -> bytes:
+    rows = np.empty(len(mjd), dtype=LC_DTYPE)
+    rows["mjd"], rows["band"], rows["mag"], rows["err"] = mjd, band, mag, err
+    return zlib.compress(rows.tobytes(), 1)
+
+
+def unpack(blob: bytes) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=LC_DTYPE)
+
+
+class ObjectStore:
+    """The shared part of both backends; see :func:`open_store`."""
+
+    binary = "BLOB"
+    double = "DOUBLE PRECISION"
+    mark = "?"
+
+    def __init__(self, url: str):
+        self.url = url
+        # What was read, for the operator (and for tests: restart reads little).
+        self.reads = {"objects": 0, "light_curve_rows": 0, "detections": 0}
+        self._create()
+
+    # Backend hooks --------------------------------------------------------------------
+    def _execute(self, sql: str, params=()):
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows) -> None:
+        raise NotImplementedError
+
+    def _query(self, sql: str, params=()) -> list[tuple]:
+        raise NotImplementedError
+
+    def _ids_clause(self, ids: np.ndarray) -> tuple[str, tuple]:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # Schema ---------------------------------------------------------------------------
+    def _create(self) -> None:
+        b, d = self.binary, self.double
+        self._execute("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, "
+                      "value TEXT NOT NULL)")
+        self._execute(f"""CREATE TABLE IF NOT EXISTS objects (
+            object_id BIGINT PRIMARY KEY, ra_deg {d} NOT NULL, dec_deg {d} NOT NULL,
+            first_mjd {d} NOT NULL, last_mjd {d} NOT NULL, n_det INTEGER NOT NULL,
+            n_nights INTEGER NOT NULL, last_night {d} NOT NULL, truth BIGINT NOT NULL,
+            classified_ndet INTEGER NOT NULL, prob {b} NOT NULL, hist {b} NOT NULL)""")
+        self._execute("CREATE INDEX IF NOT EXISTS objects_last ON objects (last_mjd)")
+        self._execute(f"""CREATE TABLE IF NOT EXISTS light_curves (
+            object_id BIGINT NOT NULL, mjd_first {d} NOT NULL, mjd_last {d} NOT NULL,
+            n INTEGER NOT NULL, data {b} NOT NULL)""")
+        self._execute("CREATE INDEX IF NOT EXISTS light_curves_object "
+                      "ON light_curves (object_id, mjd_first)")
+        m = self.mark
+        rows = self._query(f"SELECT value FROM store_meta WHERE key = {m}", ("schema",))
+        if not rows:
+            self._execute(f"INSERT INTO store_meta (key, value) VALUES ({m}, {m})",
+                          ("schema", str(SCHEMA_VERSION)))
+            self._execute(f"INSERT INTO store_meta (key, value) VALUES ({m}, {m})",
+                          ("classes", ",".join(CLASSES)))
+        elif int(rows[0][0]) != SCHEMA_VERSION:
+            raise StoreError(f"{self.url}: schema version {rows[0][0]}, this brain reads "
+                             f"{SCHEMA_VERSION} (docs/store.md: migrating)")
+        self.commit()
+
+    # Writing --------------------------------------------------------------------------
+    def write_detections(self, obj_ids, mjd, band, mag, err) -> int:
+        """One row per object of the detections given (any order). Returns rows written."""
+        obj_ids = np.asarray(obj_ids, dtype=np.int64)
+        if obj_ids.size == 0:
+            return 0
+        order = np.lexsort((mjd, obj_ids))
+        o, t = obj_ids[order], np.asarray(mjd, dtype=np.float64)[order]
+        b, g, e = (np.asarray(band)[order], np.asarray(mag)[order], np.asarray(err)[order])
+        starts = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
+        ends = np.r_[starts[1:], o.size]
+        rows = [(int(o[s]), float(t[s]), float(t[x - 1]), int(x - s),
+                 pack(t[s:x], b[s:x], g[s:x], e[s:x])) for s, x in zip(starts, ends,
+                                                                      strict=True)]
+        m = self.mark
+        self._executemany("INSERT INTO light_curves (object_id, mjd_first, mjd_last, n, data) "
+                          f"VALUES ({m}, {m}, {m}, {m}, {m})", rows)
+        return len(rows)
+
+    def write_objects(self, cat: np.ndarray) -> None:
+        """Insert or replace the catalogue rows given."""
+        if cat.size == 0:
+            return
+        m = ", ".join([self.mark] * len(_OBJECT_COLS))
+        sets = ", ".join(f"{c} = excluded.{c}" for c in _OBJECT_COLS[1:])
+        rows = [(int(r["object_id"]), float(r["ra_deg"]), float(r["dec_deg"]),
+                 float(r["first_mjd"]), float(r["last_mjd"]), int(r["n_det"]),
+                 int(r["n_nights"]), float(r["last_night"]), int(r["truth"]),
+                 int(r["classified_ndet"]), r["prob"].astype("<f4").tobytes(),
+                 r["hist"].astype("<f8").tobytes()) for r in cat]
+        self._executemany(f"INSERT INTO objects ({', '.join(_OBJECT_COLS)}) VALUES ({m}) "
+                          f"ON CONFLICT (object_id) DO UPDATE SET {sets}", rows)
+
+    # Reading --------------------------------------------------------------------------
+    def _catalogue(self, rows: list[tuple]) -> np.ndarray:
+        cat = empty_catalogue(len(rows))
+        for k, r in enumerate(rows):
+            for c, v in zip(_OBJECT_COLS[:10], r[:10], strict=True):
+                cat[c][k] = v
+            cat["prob"][k] = np.frombuffer(bytes(r[10]), dtype="<f4")
+            cat["hist"][k] = np.frombuffer(bytes(r[11]), dtype="<f8").reshape(N_BANDS, -1)
+        self.reads["objects"] += len(rows)
+        return cat
+
+    def objects(self, ids=None) -> np.ndarray:
+        """Catalogue rows (all, or of ``ids``), by object id."""
+        cols = ", ".join(_OBJECT_COLS)
+        if ids is None:
+            rows = self._query(f"SELECT {cols} FROM objects ORDER BY object_id")
+        else:
+            ids = np.unique(np.asarray(ids, dtype=np.int64))
+            if ids.size == 0:
+                return empty_catalogue()
+            clause, params = self._ids_clause(ids)
+            rows = self._query(f"SELECT {cols} FROM objects WHERE {clause} "
+                               "ORDER BY object_id", params)
+        return self._catalogue(rows)
+
+    def known(self, min_detections: int, seen_since_mjd: float) -> np.ndarray:
+        """The catalogue a restarted brain keeps in memory: objects with at least
+        ``min_detections``, and the others seen since ``seen_since_mjd``."""
+        m = self.mark
+        rows = self._query(f"SELECT {', '.join(_OBJECT_COLS)} FROM objects WHERE n_det >= {m} "
+                           f"OR last_mjd >= {m} ORDER BY object_id",
+                           (int(min_detections), float(seen_since_mjd)))
+        return self._catalogue(rows)
+
+    def light_curves(self, ids, since_mjd: float = -np.inf, before_mjd: float = np.inf):
+        """Detections of objects ``ids`` with ``since_mjd <= mjd < before_mjd`` (rows
+        are whole flushes: a flush never spans two nights), as flat arrays sorted by
+        object then time: (object, mjd, band, mag, mag_err)."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if ids.size == 0:
+            return _empty_lc()
+        clause, params = self._ids_clause(ids)
+        m = self.mark
+        lo = -1e300 if not np.isfinite(since_mjd) else float(since_mjd)
+        hi = 1e300 if not np.isfinite(before_mjd) else float(before_mjd)
+        rows = self._query(f"SELECT object_id, data FROM light_curves WHERE {clause} "
+                           f"AND mjd_first >= {m} AND mjd_first < {m}",
+                           (*params, lo, hi))
+        return self._flatten(rows)
+
+    def detections_since(self, since_mjd: float):
+        """Every detection with ``mjd >= since_mjd`` (a restart's active window)."""
+        rows = self._query(f"SELECT object_id, data FROM light_curves WHERE mjd_first >= "
+                           f"{self.mark}", (float(since_mjd),))
+        return self._flatten(rows)
+
+    def _flatten(self, rows):
+        self.reads["light_curve_rows"] += len(rows)
+        if not rows:
+            return _empty_lc()
+        parts = [unpack(bytes(d)) for _o, d in rows]
+        obj = np.repeat(np.array([r[0] for r in rows], dtype=np.int64),
+                        [len(p) for p in parts])
+        lc = np.concatenate(parts)
+        order = np.lexsort((lc["mjd"], obj))
+        obj, lc = obj[order], lc[order]
+        self.reads["detections"] += len(lc)
+        return (obj, lc["mjd"].copy(), lc["band"].copy(), lc["mag"].copy(), lc["err"].copy())
+
+    def next_object_id(self) -> int:
+        rows = self._query("SELECT MAX(object_id) FROM objects")
+        top = rows[0][0] if rows and rows[0][0] is not None else -1
+        rows = self._query("SELECT MAX(object_id) FROM light_curves")
+        if rows and rows[0][0] is not None:
+            top = max(top, rows[0][0])
+        return int(top) + 1
+
+    def counts(self) -> dict[str, int]:
+        n_obj = self._query("SELECT COUNT(*) FROM objects")[0][0]
+        n_rows, n_det = self._query("SELECT COUNT(*), COALESCE(SUM(n), 0) FROM light_curves")[0]
+        return {"objects": int(n_obj), "light_curve_rows": int(n_rows),
+                "detections": int(n_det)}
+
+
+def _empty_lc():
+    return (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int8),
+            np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32))
+
+
+class SQLiteStore(ObjectStore):
+    def __init__(self, url: str):
+        path = Path(url.removeprefix("sqlite:///"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the object store {url}: {exc}") from None
+        self.path = path
+        super().__init__(url)
+
+    def _execute(self, sql, params=()):
+        return self.db.execute(sql, params)
+
+    def _executemany(self, sql, rows):
+        self.db.executemany(sql, rows)
+
+    def _query(self, sql, params=()):
+        return self.db.execute(sql, params).fetchall()
+
+    def _ids_clause(self, ids):
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (id INTEGER PRIMARY KEY)")
+        self.db.execute("DELETE FROM wanted")
+        self.db.executemany("INSERT INTO wanted (id) VALUES (?)", ((int(i),) for i in ids))
+        return "object_id IN (SELECT id FROM wanted)", ()
+
+    def commit(self):
+        self.db.commit()
+
+    def close(self):
+        self.db.commit()
+        self.db.close()
+
+
+class PostgresStore(ObjectStore):
+    binary = "BYTEA"
+    mark = "%s"
+
+    def __init__(self, url: str):
+        import psycopg  # lazy: only for a PostgreSQL store
+
+        try:
+            self.db = psycopg.connect(url, connect_timeout=10)
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"cannot open the object store {url}: {reason}") from None
+        super().__init__(url)
+
+    def _execute(self, sql, params=()):
+        return self.db.execute(sql, params)
+
+    def _executemany(self, sql, rows):
+        with self.db.cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def _query(self, sql, params=()):
+        return self.db.execute(sql, params).fetchall()
+
+    def _ids_clause(self, ids):
+        return "object_id = ANY(%s)", ([int(i) for i in ids],)
+
+    def commit(self):
+        self.db.commit()
+
+    def close(self):
+        self.db.commit()
+        self.db.close()
+
+
+def open_store(url: str) -> ObjectStore:
+    """``sqlite:///PATH`` or ``postgresql://...``."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise StoreError(f"store url {url!r}: expected sqlite:///PATH or postgresql://...")
