@@ -107,8 +107,8 @@ def test_replay_reproduces_the_survey(clear_run, second_runs):
         replay / "observations.csv").read_bytes()
     original, replayed = read_metrics(clear_run), read_metrics(replay)
     assert replayed["policy"] == "greedy"
-    assert (replayed["seed"], replayed["nights"], replayed["config"]) == (
-        original["seed"], original["nights"], original["config"])
+    assert (replayed["seed"], replayed["n_nights"], replayed["config"]) == (
+        original["seed"], original["n_nights"], original["config"])
     assert replayed["survey"] == original["survey"]
 
 
@@ -155,7 +155,7 @@ def test_metrics_have_every_contract_key(request, which):
     assert "NaN" not in text and "Infinity" not in text
     m = json.loads(text)
     assert _missing_keys(METRICS_KEYS, m) == []
-    assert (m["nights"], m["policy"], m["config"]) == (1, policy, "sitian-54")
+    assert (m["n_nights"], m["policy"], m["config"]) == (1, policy, "sitian-54")
     assert m["seed"] == (6 if which == "climate" else 7)
 
 

@@ -13,6 +13,7 @@ from brain.cli.common import (
     output_dir,
 )
 from brain.config import config_from_dict, load_config, with_climate
+from brain.core.store import open_store
 from brain.evaluation.policy_training import check_seeds, evaluate_many, write_evaluation
 from brain.ops.runfiles import write_run
 from brain.ops.survey_metrics import run_metrics
@@ -25,17 +26,30 @@ from simulator.environment import Environment, make_environment
 RUN_MARKS = ("metrics.json", "environment.json")
 EVALUATION_MARKS = ("evaluation.json", "evaluation.csv")
 
+def fresh_run_store(out: Path):
+    """A simulation's object store: ``store.sqlite`` in its output folder, new for each
+    run (a store's object ids continue from what it holds; docs/store.md)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        (out / f"store.sqlite{suffix}").unlink(missing_ok=True)
+    return open_store(f"sqlite:///{out / 'store.sqlite'}")
+
+
 def run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: bool,
                    cache=None):
 
     if cache is None:
         grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         cache = NightCache(config, grid, keep=env.nights + 1)
-    result = simulate(config, env, progress=not quiet, cache=cache,
-                      policy=load_policy(policy, env.seed))
-    metrics, windows, obs, objects = run_metrics(result, policy, config_name,
-                                                 AreaLattice(cache.grid))
-    write_run(out, result, metrics, windows, obs, objects)
+    store = fresh_run_store(out)
+    try:
+        result = simulate(config, env, progress=not quiet, cache=cache,
+                          policy=load_policy(policy, env.seed), store=store)
+        metrics, windows, obs, objects = run_metrics(result, policy, config_name,
+                                                     AreaLattice(cache.grid))
+        write_run(out, result, metrics, windows, obs, objects)
+    finally:
+        store.close()
     if not quiet:
         _summary(metrics, out)
     return metrics
@@ -48,7 +62,7 @@ def _summary(m: dict, out: Path) -> None:
     def f(x, fmt):
         return "n/a" if x is None else fmt.format(x)
 
-    print(f"nights {m['nights']}  seed {m['seed']}  weather {m['weather']}  policy {m['policy']}")
+    print(f"nights {m['n_nights']}  seed {m['seed']}  weather {m['weather']}  policy {m['policy']}")
     print(f"coverage per 30 min: median {f(cov['median'], '{:,.0f}')} deg2 over "
           f"{cov['windows']} all-dark windows "
           f"({f(s['coverage_fraction_of_bound'], '{:.1%}')} of the bound "

@@ -36,6 +36,7 @@ from brain.core.survey import SurveyScheduler
 from observatory.ephemeris import night_date, night_span
 from observatory.sky import FieldGrid
 from observatory.taxonomy import CLASSES
+from observatory.times import unix_to_mjd
 from observatory.visibility import FieldSky, NightCache, target_alt_deg
 from policies.classifier import TransientClassifier
 
@@ -68,7 +69,8 @@ class SiteState:
 class BrainCore:
     def __init__(self, config: BrainConfig, grid: FieldGrid | None = None,
                  nights: NightCache | None = None, scheduler: SurveyScheduler | None = None,
-                 classifier=None, followup=None, require_devices: bool = False):
+                 classifier=None, followup=None, require_devices: bool = False,
+                 store=None):
         self.config = config
         self.grid = grid or FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
         self.nights = nights or NightCache(config, self.grid)
@@ -89,13 +91,16 @@ class BrainCore:
         # (site, field) -> weather reports with that field outside its physical range
         self.weather_rejected: Counter[tuple[str, str]] = Counter()
         # Transients: association each minute, classification every classify_interval_s.
-        self.associator = Associator(config.transients.radius_arcsec)
+        # The catalogue and the active window; the rest in ``store`` (brain/core/store.py).
+        self.associator = Associator(config.transients.radius_arcsec, store=store,
+                                     memory_nights=config.store.memory_nights,
+                                     orphan_days=config.store.orphan_days)
         self._pending: list[DetectionBatch] = []
         self._classifier = classifier
         self._next_classify = -math.inf
-        self.obj_prob = np.zeros((0, 0))  # (objects, classes), rows of unclassified = 0
-        self.obj_classified_ndet = np.zeros(0, dtype=np.int32)  # detections at last time
+        self.now = -math.inf  # the latest event's time
         self.classify_ms: list[float] = []
+        self.n_classified = 0  # classifications made (an object may count several times)
         self.offload = None  # callable(t, job): a shell that classifies off its loop
         # Spectroscopic follow-up (brain.core.followup.FollowupManager), when a policy is given.
         self.followup = followup
@@ -109,8 +114,19 @@ class BrainCore:
         self.on_visit = None  # callback(field, group, t_start): the daemon journals visits
 
     # Entry point -------------------------------------------------------------------
+    @property
+    def obj_prob(self) -> np.ndarray:
+        """Class probabilities by catalogue row (zeros: not classified yet)."""
+        return self.associator.prob
+
+    @obj_prob.setter
+    def obj_prob(self, value) -> None:
+        self.associator.prob[:] = value
+        self.associator.mark_dirty(slice(0, self.associator.n_objects))
+
     def handle(self, event: Event) -> list[Command]:
         self.ensure_night(event.t)
+        self.now = max(self.now, event.t)
         if (self.followup is not None and isinstance(event, Done | Failed)
                 and event.device in self.followup.specs):
             self.followup.on_reply(event)
@@ -293,6 +309,15 @@ class BrainCore:
         if detections is not None and len(detections):
             self.associator.add(detections)
 
+    def close_night(self, t: float) -> dict:
+        """The night is over (the fast shell between nights, the daemon's dawn job):
+        detections not yet associated are, and the night goes to the store
+        (:meth:`Associator.close_night`)."""
+        if self._pending:
+            self.associator.add(DetectionBatch.concat(self._pending))
+            self._pending.clear()
+        return self.associator.close_night(float(unix_to_mjd(t)))
+
     def refuse(self, cmd: Command, t: float, rule: str) -> list[Command]:
         """A command the guard refused: counted by rule and handed back to the core as
         ``FAILED unsafe``, which frees its group or spectrograph. Returns the core's new
@@ -360,8 +385,7 @@ class BrainCore:
         n_cls = self.obj_prob.shape[1] if self.obj_prob.ndim == 2 else 0
         if n_cls and self.associator.n_objects:
             # Every classified candidate, however old or faint (no follow-up filter).
-            snap = take_snapshot(t, self.associator, self.obj_prob, self.candidates(),
-                                 math.inf, math.inf)
+            snap = take_snapshot(t, self.associator, self.candidates(t), math.inf, math.inf)
             for k, oid in enumerate(snap.object_id):
                 c = int(np.argmax(snap.prob[k]))
                 objects[f"o{int(oid):07d}"] = {
@@ -506,31 +530,24 @@ class BrainCore:
                 self.finish_classification(t, *job())
 
     def classification_job(self, everything: bool = False):
-        """Take the candidates due for classification (detections at least doubled since
-        their last classification; all with ``everything``) and copy their light curves;
-        returns ``job`` where ``job()`` gives ``(ids, probabilities)``. The job touches
-        no core state, so a shell may run it on another thread while the core goes on
-        (the daemon does: half-hourly classification must not stall the telescopes)."""
-        n_obj = self.associator.n_objects
+        """Take the candidates due for classification (those that gained detections since
+        their last classification; all candidates with ``everything``) and copy their
+        whole light curves (the store's history and the window); returns ``job`` where
+        ``job()`` gives ``(rows, probabilities)``. The job touches no core state, so a
+        shell may run it on another thread while the core goes on (the daemon does:
+        half-hourly classification must not stall the telescopes)."""
         classifier = self.classifier
         n_cls = len(classifier.classes)
-        if self.obj_prob.shape != (n_obj, n_cls):
-            grown = np.zeros((n_obj, n_cls))
-            if self.obj_prob.shape[1:] == (n_cls,):
-                grown[:self.obj_prob.shape[0]] = self.obj_prob
-            self.obj_prob = grown
-            ndet = np.zeros(n_obj, dtype=np.int32)
-            ndet[:self.obj_classified_ndet.size] = self.obj_classified_ndet
-            self.obj_classified_ndet = ndet
-        n_det = self.associator.n_detections()
-        due = n_det >= self.config.transients.min_detections
+        cand = self.candidates(classified_only=False)
+        assoc = self.associator
+        n_det = assoc.n_detections()
         if not everything:
-            due &= n_det >= 2 * self.obj_classified_ndet
-        cand = np.flatnonzero(due)
-        self.obj_classified_ndet[cand] = n_det[cand]
+            cand = cand[n_det[cand] > assoc.classified_ndet[cand]]
+        assoc.classified_ndet[cand] = n_det[cand]
+        assoc.mark_dirty(cand)
         if not cand.size:
             return lambda: (cand, np.zeros((0, n_cls)))
-        obj, mjd, band, mag, err = self.associator.light_curves(cand)
+        obj, mjd, band, mag, err = assoc.history(cand)
         local = np.searchsorted(cand, obj)
 
         def job():
@@ -543,24 +560,38 @@ class BrainCore:
 
     def finish_classification(self, t: float, cand: np.ndarray, prob: np.ndarray) -> None:
         """Store a classification job's answer and give follow-up a fresh snapshot."""
-        if cand.size:
-            self.obj_prob[cand] = prob
+        self._store_prob(cand, prob)
         if self.followup is not None:
             self.followup.update(take_snapshot(
-                t, self.associator, self.obj_prob, self.candidates(),
+                t, self.associator, self.candidates(t),
                 self.config.followup.recent_days, self.followup.max_mag))
 
-    def candidates(self) -> np.ndarray:
-        """Object ids of the candidates now (the one rule, :func:`candidate_ids`)."""
-        return candidate_ids(self.associator, self.obj_prob,
-                             self.config.transients.min_detections)
+    def _store_prob(self, cand: np.ndarray, prob: np.ndarray) -> None:
+        if cand.size:
+            # Rows move only when a night closes, never under a job in flight.
+            self.associator.prob[cand] = prob
+            self.associator.mark_dirty(cand)
+            self.n_classified += int(cand.size)
+
+    def candidates(self, t: float | None = None, classified_only: bool = True) -> np.ndarray:
+        """Catalogue rows of the candidates at ``t`` (default: the latest event's time),
+        by the one rule, :func:`candidate_ids`."""
+        tr = self.config.transients
+        return candidate_ids(self.associator, tr.min_detections, self._now_mjd(t),
+                             tr.new_days, tr.change_mag, classified_only)
+
+    def _now_mjd(self, t: float | None) -> float:
+        now = self.now if t is None else t
+        if math.isfinite(now):
+            return float(unix_to_mjd(now))
+        a = self.associator  # no event yet (a core fed by hand): the latest detection
+        return float(a.last_mjd.max()) if a.n_objects else 0.0
 
     def classify_candidates(self, everything: bool = False) -> np.ndarray:
         """Classify the candidates due now (see :meth:`classification_job`) in place;
         returns their ids."""
         cand, prob = self.classification_job(everything)()
-        if cand.size:
-            self.obj_prob[cand] = prob
+        self._store_prob(cand, prob)
         return cand
 
     # Views -------------------------------------------------------------------------

@@ -70,34 +70,36 @@ class Snapshot:
         return len(self.object_id)
 
 
-def candidate_ids(associator, obj_prob: np.ndarray, min_detections: int) -> np.ndarray:
+def candidate_ids(associator, min_detections: int, now_mjd: float, new_days: float,
+                  change_mag: float, classified_only: bool = True) -> np.ndarray:
     """The brain's one candidate rule: objects with at least ``min_detections``
-    detections that the classifier has seen (ids, ascending)."""
+    detections that are new (first seen within ``new_days`` of ``now_mjd``) or have
+    changed beyond their history (:meth:`Associator.changed`); with
+    ``classified_only``, only those the classifier has seen. Catalogue rows, ascending.
+    The rest is the known sky: variables that keep their class until they change."""
     n_obj = associator.n_objects
-    if n_obj == 0 or obj_prob.ndim != 2 or obj_prob.shape[0] == 0:
+    if n_obj == 0:
         return np.zeros(0, dtype=np.int64)
-    ndet = associator.n_detections()
-    classified = np.zeros(n_obj, dtype=bool)
-    m = min(n_obj, obj_prob.shape[0])
-    classified[:m] = obj_prob[:m].sum(axis=1) > 0
-    return np.flatnonzero(classified & (ndet >= min_detections))
+    ok = associator.n_detections() >= min_detections
+    ok &= (associator.first_mjd >= now_mjd - new_days) | associator.changed(change_mag)
+    if classified_only:
+        ok &= associator.prob.sum(axis=1) > 0
+    return np.flatnonzero(ok)
 
 
-def take_snapshot(t: float, associator, obj_prob: np.ndarray, cand: np.ndarray,
-                  recent_days: float, max_mag: float) -> Snapshot:
-    """Of the candidates ``cand`` (:func:`candidate_ids`), those with a detection in the
-    last ``recent_days`` and a latest magnitude brighter than ``max_mag``, with their
-    recent photometry."""
+def take_snapshot(t: float, associator, cand: np.ndarray, recent_days: float,
+                  max_mag: float) -> Snapshot:
+    """Of the candidates ``cand`` (catalogue rows, :func:`candidate_ids`), those with a
+    detection in the last ``recent_days`` and a latest magnitude brighter than
+    ``max_mag``, with their recent photometry (the active window) and their whole
+    history's first time, detections and nights (the catalogue). Ids, not rows."""
     if cand.size == 0:
         return Snapshot.empty(t)
-    ndet = associator.n_detections()
+    cand = np.asarray(cand, dtype=np.int64)
     obj, mjd, band, mag, _err = associator.light_curves(cand)
     local = np.searchsorted(cand, obj)
     n = cand.size
-    last = np.full(n, -np.inf)
-    np.maximum.at(last, local, mjd)
-    first = np.full(n, np.inf)
-    np.minimum.at(first, local, mjd)
+    last = associator.last_mjd[cand].astype(float)
     now_mjd = float(unix_to_mjd(t))
     # Latest magnitude: the last r detection, else the last detection of any band.
     order = np.arange(len(obj))
@@ -107,9 +109,12 @@ def take_snapshot(t: float, associator, obj_prob: np.ndarray, cand: np.ndarray,
     last_r = np.full(n, -1)
     np.maximum.at(last_r, local[is_r], order[is_r])
     pick = np.where(last_r >= 0, last_r, last_any)
-    latest = mag[pick].astype(float)
+    latest = np.where(pick >= 0, mag[np.maximum(pick, 0)].astype(float) if len(obj)
+                      else np.nan, np.nan)
     # Trend over the last day of r (or any band) detections: least-squares slope.
-    recent = mjd > last[local] - 1.0
+    win_last = np.full(n, -np.inf)
+    np.maximum.at(win_last, local, mjd)
+    recent = mjd > win_last[local] - 1.0
     use = recent & np.where(last_r[local] >= 0, is_r, True)
     k, x, y = local[use], mjd[use], mag[use].astype(float)
     cnt = np.bincount(k, minlength=n).astype(float)
@@ -119,15 +124,15 @@ def take_snapshot(t: float, associator, obj_prob: np.ndarray, cand: np.ndarray,
     sxx = np.bincount(k, dx * dx, minlength=n)
     sxy = np.bincount(k, dx * (y - my[k]), minlength=n)
     slope = np.where(sxx > (0.02 ** 2) * np.maximum(cnt, 1), sxy / np.maximum(sxx, 1e-12), 0.0)
-    nights = np.zeros(n, dtype=np.int32)
-    new_night = np.ones(len(obj), dtype=bool)
-    new_night[1:] = (obj[1:] != obj[:-1]) | (np.diff(mjd) > 0.5)
-    np.add.at(nights, local, new_night.astype(np.int32))
-    keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
-    return Snapshot(t, cand[keep].astype(np.int64), associator.obj_ra.view[cand[keep]].copy(),
-                    associator.obj_dec.view[cand[keep]].copy(), latest[keep],
-                    np.clip(slope[keep], -5, 5), first[keep], ndet[cand[keep]].astype(np.int32),
-                    nights[keep], obj_prob[cand[keep]].copy())
+    with np.errstate(invalid="ignore"):
+        keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
+    rows = cand[keep]
+    return Snapshot(t, associator.ids[rows].astype(np.int64), associator.ra[rows].copy(),
+                    associator.dec[rows].copy(), latest[keep], np.clip(slope[keep], -5, 5),
+                    associator.first_mjd[rows].astype(float),
+                    associator.n_detections()[rows].astype(np.int32),
+                    associator.n_nights[rows].astype(np.int32),
+                    associator.prob[rows].astype(float))
 
 
 @dataclass

@@ -225,6 +225,15 @@ class ObjectStore:
         self.reads["detections"] += len(lc)
         return (obj, lc["mjd"].copy(), lc["band"].copy(), lc["mag"].copy(), lc["err"].copy())
 
+    def get_meta(self, key: str) -> str | None:
+        rows = self._query(f"SELECT value FROM store_meta WHERE key = {self.mark}", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        m = self.mark
+        self._execute(f"INSERT INTO store_meta (key, value) VALUES ({m}, {m}) "
+                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
     def next_object_id(self) -> int:
         rows = self._query("SELECT MAX(object_id) FROM objects")
         top = rows[0][0] if rows and rows[0][0] is not None else -1

@@ -64,33 +64,33 @@ def classification_alerts(t: float, object_ids, prob, classes, associator,
 
     ``object_ids``/``prob``: the job's answer (``cand``, ``prob`` of
     ``BrainCore.finish_classification``); ``classes``: the classifier's class names;
-    ``associator``: anything with ``light_curves``, ``n_detections``, ``obj_ra``,
-    ``obj_dec`` like ``brain.core.association.Associator`` (band codes index ``bands``)."""
+    ``associator``: ``brain.core.association.Associator`` (``object_ids`` are its
+    catalogue rows; band codes index ``bands``). First and last seen are the whole
+    history's; the latest magnitudes, the active window's."""
     ids = np.asarray(object_ids, dtype=np.int64)
     prob = np.asarray(prob, dtype=float)
     if ids.size == 0:
         return []
     order = np.argsort(ids, kind="stable")
     ids, prob = ids[order], prob[order]
-    obj, mjd, band, mag, _err = associator.light_curves(ids)
+    obj, _mjd, band, mag, _err = associator.light_curves(ids)
     local = np.searchsorted(ids, obj)
     n, nb = ids.size, len(bands)
-    first = np.full(n, np.inf)
-    np.minimum.at(first, local, mjd)
-    last = np.full(n, -np.inf)
-    np.maximum.at(last, local, mjd)
+    first = associator.first_mjd[ids].astype(float)
+    last = associator.last_mjd[ids].astype(float)
     latest = np.full((n, nb), -1)  # rows are sorted by time within each object
     ok = (band >= 0) & (band < nb)
     np.maximum.at(latest, (local[ok], band[ok].astype(np.int64)), np.flatnonzero(ok))
     ndet = associator.n_detections()[ids]
-    ra, dec = associator.obj_ra.view[ids], associator.obj_dec.view[ids]
+    ra, dec = associator.ra[ids], associator.dec[ids]
+    names = associator.ids[ids]
     def to_unix(m: float) -> float | None:
         return float(mjd_to_unix(m)) if math.isfinite(m) else None
 
     out = []
     for k in range(n):
         out.append(ClassificationAlert(
-            f"o{int(ids[k]):07d}", t, float(ra[k]), float(dec[k]),
+            f"o{int(names[k]):07d}", t, float(ra[k]), float(dec[k]),
             dict(zip(classes, prob[k].tolist(), strict=True)), int(ndet[k]),
             to_unix(float(first[k])), to_unix(float(last[k])),
             {b: float(mag[latest[k, j]]) for j, b in enumerate(bands) if latest[k, j] >= 0},

@@ -75,12 +75,17 @@ class FrozenCurves:
 
     def __init__(self, associator, ids: np.ndarray):
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.arrays = associator.light_curves(self.ids) if self.ids.size else (
+        self.arrays = associator.history_by_id(self.ids) if self.ids.size else (
             np.zeros(0, np.int64), *(np.zeros(0) for _ in range(4)))
+        self.prob = {int(i): associator.prob_by_id(int(i)) for i in self.ids}
 
-    def light_curves(self, ids: np.ndarray):
+    def history_by_id(self, ids: np.ndarray):
         keep = np.isin(self.arrays[0], ids)
         return tuple(a[keep] for a in self.arrays)
+
+    def prob_by_id(self, object_id: int):
+        p = self.prob.get(int(object_id))
+        return None if p is None else p.copy()
 
 
 @dataclass
@@ -143,7 +148,7 @@ def gather(daemon, night: str) -> NightSnapshot:
     cand = core.candidates()
     names = np.asarray(CLASSES)
     pred = prob[cand].argmax(axis=1) if cand.size else np.zeros(0, int)
-    objects = [(f"o{c:07d}", float(assoc.obj_ra.view[c]), float(assoc.obj_dec.view[c]),
+    objects = [(f"o{assoc.ids[c]:07d}", float(assoc.ra[c]), float(assoc.dec[c]),
                 int(ndet[c]), str(names[pred[k]]), float(prob[c, pred[k]]), "")
                for k, c in enumerate(cand)]
     labels = {r["object_id"]: r["label"] for r in rows if r["label"]}
@@ -190,7 +195,7 @@ def night_metrics(snap: NightSnapshot, obs: np.ndarray, windows: list,
         frac = site_open_fraction(config, eph, weathers, sp.site, eph.t_begin, eph.t_end)
         open_h += frac * (eph.t_end - eph.t_begin) / 3600.0
     return {
-        "night": snap.night, "nights": 1, "config": config.name, "journal": snap.journal,
+        "night": snap.night, "n_nights": 1, "config": config.name, "journal": snap.journal,
         "survey": {
             "coverage_deg2_per_30min": dict(stats(cov), windows=len(windows)),
             "coverage_bound_deg2_per_30min": stats(bound),

@@ -133,7 +133,7 @@ def _light_curves(path: Path, core, objects, labels: dict[str, str],
                                           r[4] not in TRANSIENTS, r[0] not in labels,
                                           -r[3]))[:per_page]
     ids = np.array([int(r[0][1:]) for r in rows])
-    obj, mjd, band, mag, err = core.associator.light_curves(ids)
+    obj, mjd, band, mag, err = core.associator.history_by_id(ids)
     cols = 4
     n_rows = (len(rows) + cols - 1) // cols
     fig, axes = plt.subplots(n_rows, cols, figsize=(12, 2.6 * n_rows), squeeze=False)
@@ -145,7 +145,7 @@ def _light_curves(path: Path, core, objects, labels: dict[str, str],
             ax.errorbar((mjd[m] - t0) * 24, mag[m], err[m], fmt=".", ms=3, color=colour,
                         lw=0.6, label=BANDS[b])
         ax.invert_yaxis()
-        p = core.obj_prob[oid] if oid < len(core.obj_prob) and core.obj_prob.shape[1] else None
+        p = core.associator.prob_by_id(int(oid))
         probs = ("not classified yet" if p is None or not p.any() else
                  ", ".join(f"{classes[k]} {p[k]:.2f}" for k in np.argsort(p)[::-1][:3]))
         known = [f"spectrum {labels[row[0]]}"] if row[0] in labels else []
@@ -272,7 +272,8 @@ def write_report(out_dir: Path, inp: ReportInputs) -> list[Path]:
     cov, bound = s["coverage_deg2_per_30min"], s["coverage_bound_deg2_per_30min"]
     dec = metrics["scheduler"]["decision_ms"]
     start = datetime.fromtimestamp(t_ref, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows = [("Nights", metrics["nights"]), ("First dusk", start)]
+    rows = [("Nights", metrics.get("n_nights", len(metrics.get("nights") or []))),
+            ("First dusk", start)]
     rows += [(k, metrics[key]) for k, key in (("Seed", "seed"), ("Weather", "weather"),
                                              ("Journal", "journal")) if key in metrics]
     rows += [("Median 3-band area per 30 min", f"{_num(cov['median'])} deg²"),

@@ -21,7 +21,7 @@ FOLLOWUP_COLUMNS = ("target_id", "object_id", "telescope", "t_start", "t_end", "
 EVALUATION_COLUMNS = ("policy", "seed", "spectra", "hours", "reward", "reward_per_hour",
                       "coverage_deg2_per_30min", "macro_f1")
 OBJECT_COLUMNS = ("object_id", "ra_deg", "dec_deg", "n_detections", "predicted_class",
-                  "p_predicted", "true_class")
+                  "p_predicted", "true_class", "first_mjd", "last_mjd", "n_nights")
 
 
 def _clean(obj):
@@ -62,8 +62,12 @@ def write_objects(path: Path, objects) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(OBJECT_COLUMNS)
-        for oid, ra, dec, n, pc, p, tc in objects:
-            w.writerow([oid, f"{ra:.6f}", f"{dec:.6f}", n, pc, f"{p:.4f}", tc])
+        for oid, ra, dec, n, pc, p, tc, *season in objects:
+            first, last, nights = season if season else (math.nan, math.nan, "")
+            w.writerow([oid, f"{ra:.6f}", f"{dec:.6f}", n, pc,
+                        f"{p:.4f}" if math.isfinite(p) else "", tc,
+                        f"{first:.6f}" if math.isfinite(first) else "",
+                        f"{last:.6f}" if math.isfinite(last) else "", nights])
 
 
 def write_header_only(path: Path, columns) -> None:
@@ -122,7 +126,7 @@ def write_labelled(path: Path, associator, labels: dict[int, str]) -> None:
         w.writerow(LABELLED_COLUMNS)
         if ids.size == 0:
             return
-        obj, mjd, band, mag, err = associator.light_curves(ids)
+        obj, mjd, band, mag, err = associator.history_by_id(ids)
         names = BANDS
         for o, t, b, m, e in zip(obj, mjd, band, mag, err, strict=True):
             w.writerow([f"o{o:07d}", f"{t:.6f}", names[b], f"{m:.4f}", f"{e:.4f}",

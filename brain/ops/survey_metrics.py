@@ -146,7 +146,8 @@ def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
     cov = [w["covered_deg2"] for w in windows]
     transients, classifier, objects = transient_metrics(result)
     metrics = {
-        "seed": result.env.seed, "nights": result.env.nights, "policy": policy,
+        "seed": result.env.seed, "n_nights": result.env.nights,
+        "nights": night_rows(result, obs, windows), "policy": policy,
         "config": config_name, "start": result.env.start,
         "weather": result.env.weather_mode,
         "survey": {
@@ -178,42 +179,80 @@ def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
     return metrics, windows, obs, objects
 
 
+def night_rows(result, obs: np.ndarray, windows: list[dict]) -> list[dict]:
+    """metrics.json's ``nights``: one entry per night (docs/contracts.md)."""
+    pop = result.env.population
+    fu = result.core.followup
+    spec_log = result.world.spec.log if (fu is not None and result.world.spec) else []
+    frows = followup_rows(fu, spec_log) if fu is not None else []
+    out = []
+    for n in result.nights:
+        t0, t1 = n.night.t_begin, n.night.t_end
+        cov = [w["covered_deg2"] for w in windows if t0 <= w["t0"] < t1]
+        exp = int(np.sum((obs["t_start"] >= t0) & (obs["t_start"] < t1))) if obs.size else 0
+        mine = [r for r in frows if t0 <= r["t_end"] < t1]
+        real = n.cand_truth >= 0
+        f1 = f1_2 = None
+        transient_frac = None
+        if pop is not None and n.cand_ids.size:
+            true_cls = pop.cls[np.maximum(n.cand_truth, 0)]
+            f1 = macro_f1(true_cls[real], n.cand_pred[real])
+            two = real & (n.cand_nights >= 2)
+            f1_2 = macro_f1(true_cls[two], n.cand_pred[two])
+            is_tr = np.isin(np.asarray(CLASSES)[true_cls], TRANSIENTS) & real
+            transient_frac = float(is_tr.mean())
+        out.append({"date": n.date, "wall_s": round(n.wall_s, 2), "exposures": exp,
+                    "coverage_deg2_per_30min": float(np.median(cov)) if cov else None,
+                    "candidates": int(n.cand_ids.size), "candidates_new": n.candidates_new,
+                    "transient_fraction": transient_frac,
+                    "classified": n.classified, "spectra": len(mine),
+                    "reward": float(sum(r["reward"] for r in mine)),
+                    "macro_f1": f1, "macro_f1_two_nights": f1_2,
+                    "objects": n.closed.get("objects"),
+                    "detections_in_memory": n.closed.get("window")})
+    return out
+
+
+def macro_f1(y, p) -> float | None:
+    """Macro-F1 over the classes present in the truth ``y`` (None without data)."""
+    from sklearn.metrics import f1_score  # lazy: heavy optional library
+
+    y, p = np.asarray(y), np.asarray(p)
+    return (float(f1_score(y, p, labels=np.unique(y), average="macro")) if y.size
+            else None)
+
+
 def transient_metrics(result) -> tuple[dict, dict, list[tuple]]:
     """Transient and classifier keys of metrics.json, and the rows of objects.csv.
 
     ``injected``: transient events of the simulated sky bright enough at some time of
     the run (whole sky); ``detected``: those with at least one detection; ``candidates``:
-    objects with at least ``min_detections``. The classifier is scored at the end of the
-    run against the simulator's truth (artefacts excluded), on every candidate's whole
-    light curve and on its first night alone.
+    the candidates at the end of the run (new, or changed beyond their history). The
+    classifier is scored at the end of the run against the simulator's truth (artefacts
+    excluded), on every candidate's whole light curve and on its first night alone.
+    ``objects.csv`` lists every object of the catalogue with enough detections, with
+    its latest classification (the known sky and the candidates).
     """
-    from sklearn.metrics import f1_score  # lazy: heavy optional library
-
     core, pop = result.core, result.env.population
     assoc = core.associator
     if pop is None:
         return ({"injected": 0, "detected": 0, "candidates": 0},
                 {"macro_f1": None, "macro_f1_first_night": None}, [])
     is_tr = np.isin(np.asarray(CLASSES)[pop.cls], TRANSIENTS)
-    truth_det = assoc.det_truth.view
-    seen = np.unique(truth_det[truth_det >= 0])
-    cand = core.classify_candidates(everything=True)
-    truth_obj = assoc.obj_truth.view[cand]
+    seen = np.flatnonzero(assoc.sources_seen)
+    core.classify_candidates()
+    cand = core.candidates()
+    truth_obj = assoc.truth[cand]
     prob = core.obj_prob[cand] if cand.size else np.zeros((0, len(CLASSES)))
     pred = prob.argmax(axis=1) if cand.size else np.zeros(0, dtype=int)
     real = truth_obj >= 0
     true_cls = np.where(real, pop.cls[np.maximum(truth_obj, 0)], -1)
 
-    def macro(y, p):
-        labels = np.unique(y)
-        return float(f1_score(y, p, labels=labels, average="macro")) if y.size else None
-
     first_f1 = None
     if cand.size:
-        obj, mjd, band, mag, err = assoc.light_curves(cand)
+        obj, mjd, band, mag, err = assoc.history(cand)
         local = np.searchsorted(cand, obj)
-        t_first = np.full(cand.size, np.inf)
-        np.minimum.at(t_first, local, mjd)
+        t_first = assoc.first_mjd[cand].astype(float)
         early = mjd - t_first[local] < 0.6
         counts = np.bincount(local[early], minlength=cand.size)
         ok = (counts >= core.config.transients.min_detections) & real
@@ -222,21 +261,28 @@ def transient_metrics(result) -> tuple[dict, dict, list[tuple]]:
             ids, lc_local = np.unique(local[keep], return_inverse=True)
             p1 = core.classifier.predict(lc_local, mjd[keep], band[keep], mag[keep], err[keep],
                                          ids.size).argmax(axis=1)
-            first_f1 = macro(true_cls[ids], p1)
+            first_f1 = macro_f1(true_cls[ids], p1)
     transients = {"injected": int(is_tr.sum()),
-                  "detected": int(is_tr[seen].sum()),
+                  "detected": int(is_tr[seen[seen < is_tr.size]].sum()),
                   "candidates": int(cand.size),
                   "candidates_transient": int(np.sum(real & is_tr[np.maximum(truth_obj, 0)])),
                   "candidates_bogus": int(np.sum(~real)),
                   "sources_detected": int(seen.size)}
-    classifier = {"macro_f1": macro(true_cls[real], pred[real]),
+    classifier = {"macro_f1": macro_f1(true_cls[real], pred[real]),
                   "macro_f1_first_night": first_f1,
                   "classified": int(real.sum())}
     names = np.asarray(CLASSES)
-    rows = [(f"o{c:07d}", float(assoc.obj_ra.view[c]), float(assoc.obj_dec.view[c]),
-             int(assoc.n_det_obj.view[c]), names[pred[k]], float(prob[k, pred[k]]),
-             names[true_cls[k]] if true_cls[k] >= 0 else "bogus")
-            for k, c in enumerate(cand)]
+    every = np.flatnonzero(assoc.n_detections() >= core.config.transients.min_detections)
+    p_all = assoc.prob[every]
+    done = p_all.sum(axis=1) > 0
+    k_all = p_all.argmax(axis=1)
+    t_all = assoc.truth[every]
+    rows = [(f"o{assoc.ids[c]:07d}", float(assoc.ra[c]), float(assoc.dec[c]),
+             int(assoc.n_detections()[c]), names[k_all[k]] if done[k] else "",
+             float(p_all[k, k_all[k]]) if done[k] else float("nan"),
+             names[pop.cls[t_all[k]]] if t_all[k] >= 0 else "bogus",
+             float(assoc.first_mjd[c]), float(assoc.last_mjd[c]), int(assoc.n_nights[c]))
+            for k, c in enumerate(every)]
     return transients, classifier, rows
 
 

@@ -23,6 +23,7 @@ from brain.core.events import DetectionsEvent, Done, Failed, Tick, Weather
 from brain.core.followup import FollowupManager
 from observatory.ephemeris import NightEphemeris
 from observatory.sky import FieldGrid
+from observatory.times import unix_to_mjd
 from observatory.visibility import NightCache
 from simulator.environment import Environment, night_dates
 from simulator.photometry import ExposureBatch, Photometry
@@ -35,6 +36,16 @@ class NightRun:
     date: str
     night: NightEphemeris
     wall_s: float
+    # At the night's close: its candidates (catalogue rows then, object ids kept) with
+    # their predicted class and the simulator's truth (-1: artefact), objects first seen
+    # tonight that are candidates, classifications made, what the store was given.
+    cand_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    cand_pred: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    cand_truth: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    cand_nights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    candidates_new: int = 0
+    classified: int = 0
+    closed: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -57,9 +68,11 @@ class RunResult:
 
 def simulate(config: BrainConfig, env: Environment, progress: bool = False,
              grid: FieldGrid | None = None, cache: NightCache | None = None,
-             scheduler=None, policy=None, classifier=None) -> RunResult:
+             scheduler=None, policy=None, classifier=None, store=None) -> RunResult:
     """Run the nights of ``env``. ``policy`` (a ``policies.followup.Policy``) turns on
-    spectroscopic follow-up; without one the spectroscopic telescopes stay closed."""
+    spectroscopic follow-up; without one the spectroscopic telescopes stay closed.
+    ``store`` (brain.core.store.ObjectStore) keeps the light curves of closed nights;
+    without one every detection stays in memory (short runs, tests)."""
     grid = grid or (cache.grid if cache else FieldGrid.tile(config.camera.fov_deg2,
                                                             config.survey.ring_fit))
     cache = cache or NightCache(config, grid, keep=env.nights + 1)
@@ -68,7 +81,8 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
     if policy is not None and env.population is not None and config.spectrographs:
         followup = FollowupManager(config, policy, env.seed)
         world.attach_spectrographs(Spectrographs(config, env.population, env.seed))
-    core = BrainCore(config, grid, cache, scheduler, classifier=classifier, followup=followup)
+    core = BrainCore(config, grid, cache, scheduler, classifier=classifier, followup=followup,
+                     store=store)
     photometry = (Photometry(env.population, grid, env.seed, config.sky.bogus_per_exposure)
                   if env.population is not None else None)
     result = RunResult(config, env, grid, core, world)
@@ -85,8 +99,9 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
         night, sky = cache.get(d)
         weather = {s.id: env.weather[(k, s.id)] for s in config.sites}
         world.begin_night(sky, weather)
+        n_cls0 = core.n_classified
         _run_night(core, world, night, weather, bar, photometry)
-        result.nights.append(NightRun(d, night, time.perf_counter() - t0))
+        result.nights.append(_close_night(core, d, night, t0, n_cls0))
     if bar is not None:
         bar.close()
     return result
@@ -114,6 +129,23 @@ class Dispatcher:
                 continue
             r = self.world.execute(c.device, c.name, c.args, c.cmd_id, t)
             heapq.heappush(self.queue, (r.t, next(self._seq), r))
+
+
+def _close_night(core: BrainCore, date: str, night, t0: float, n_cls0: int) -> NightRun:
+    """The night's candidates as they stand at its end (classified where due), then the
+    night goes to the store."""
+    t_end = night.t_end
+    core.classify_candidates()
+    cand = core.candidates(t_end)
+    a = core.associator
+    prob = a.prob[cand]
+    run = NightRun(date, night, 0.0, a.ids[cand].copy(), prob.argmax(axis=1).astype(np.int64),
+                   a.truth[cand].copy(), a.n_nights[cand].copy(),
+                   int(np.sum(a.first_mjd[cand] >= unix_to_mjd(night.t_begin))),
+                   core.n_classified - n_cls0)
+    run.closed = core.close_night(t_end)
+    run.wall_s = time.perf_counter() - t0
+    return run
 
 
 def _run_night(core, world, night, weather, bar, photometry) -> None:
