@@ -119,6 +119,7 @@ class Associator:
         self._dirty = np.zeros(1024, dtype=bool)  # catalogue rows changed since the flush
         self.sources_seen = np.zeros(0, dtype=bool)  # simulator truth: sources detected
         self._changed_cache: tuple | None = None
+        self._version = 0  # changes with every batch and every close: caches key on it
 
     # Views ----------------------------------------------------------------------------
     @property
@@ -219,6 +220,7 @@ class Associator:
         """Associate a batch; returns each detection's catalogue row."""
         if len(batch) == 0:
             return np.empty(0, dtype=np.int64)
+        self._version += 1
         xyz = unit_vectors(batch.ra_deg, batch.dec_deg)
         row = self._nearest(xyz)
         new = np.flatnonzero(row < 0)
@@ -239,6 +241,7 @@ class Associator:
             members = new[roots]
             need = first + len(members)
             self._grow(need)
+            self.cat[first:need] = empty_catalogue(len(members))  # rows may hold old data
             c = self.cat[first:need]
             c["object_id"] = self.next_id + np.arange(len(members))
             c["ra_deg"], c["dec_deg"] = batch.ra_deg[members], batch.dec_deg[members]
@@ -351,7 +354,7 @@ class Associator:
         three errors, in a band with three or more detections on earlier nights."""
         d = self.det
         s = self._closed
-        key = (d["obj"].n, s, self.n_objects, change_mag)
+        key = (self._version, change_mag)
         if self._changed_cache is not None and self._changed_cache[0] == key:
             return self._changed_cache[1]
         out = np.zeros(self.n_objects, dtype=bool)
@@ -391,6 +394,7 @@ class Associator:
         """The night is over: fold its detections into each object's history, write them
         to the store, forget objects seen once ``orphan_days`` ago and the detections
         older than the window. Returns what was done (counts)."""
+        self._version += 1
         d, s = self.det, self._closed
         r = self.rows_of(d["obj"].view[s:])
         ok = r >= 0
@@ -444,6 +448,7 @@ class Associator:
         running brain would hold and the detections of the window. Reads nothing else."""
         if self.store is None:
             return {"objects": 0, "detections": 0}
+        self._version += 1
         cat = self.store.known(min(2, min_detections), now_mjd - self.orphan_days)
         self._grow(cat.size)
         self.cat[:cat.size] = cat
