@@ -73,15 +73,15 @@ def test_a_job_fired_before_its_world_time_waits_for_it(config, tmp_path):
     read apart (or with the wall clock stepped) a firing can come a little early: the
     job then waits for its time instead of running early."""
     t0 = parse_start(f"{NIGHT}T06:00:00")
-    d = start_daemon(config, tmp_path, t0)
-    dusk = {job_id: t for job_id, _k, _s, t in d.nightjobs.times(NIGHT)}[f"dusk:{NIGHT}:xl"]
+    d = start_daemon(config, tmp_path, t0, speed=SLOW)
     try:
-        fire(f"dusk:{NIGHT}:xl", "dusk", NIGHT, "xl", dusk)  # hours (world) early
+        t_job = d.clock.now() + 600.0  # ten minutes of world time: ten seconds of wall
+        fire(f"dusk:{NIGHT}:xl", "dusk", NIGHT, "xl", t_job)
         d.step()
-        assert d.clock.now() < dusk and f"dusk:{NIGHT}:xl" not in rows(d)
+        assert d.clock.now() < t_job and f"dusk:{NIGHT}:xl" not in rows(d)
         run_until(d, lambda: f"dusk:{NIGHT}:xl" in rows(d))
         r = rows(d)[f"dusk:{NIGHT}:xl"]
-        assert r["status"] == "done" and r["t"] >= dusk
+        assert r["status"] == "done" and r["t"] >= t_job
     finally:
         d.close()
 

@@ -39,6 +39,8 @@ def _without_timing(m: dict) -> dict:
     m = json.loads(json.dumps(m))
     m.pop("sim")
     m["scheduler"].pop("decision_ms")
+    for night in m["nights"]:
+        night.pop("wall_s")
     return m
 
 
@@ -156,6 +158,13 @@ def test_metrics_have_every_contract_key(request, which):
     m = json.loads(text)
     assert _missing_keys(METRICS_KEYS, m) == []
     assert (m["n_nights"], m["policy"], m["config"]) == (1, policy, "sitian-54")
+    # The per-night list: one entry per night with the contract's keys.
+    assert [n["date"] for n in m["nights"]] == [m["start"][:10]] or len(m["nights"]) == 1
+    assert set(m["nights"][0]) >= {"date", "wall_s", "exposures", "coverage_deg2_per_30min",
+                                   "candidates_new", "classified", "spectra", "reward",
+                                   "macro_f1"}
+    assert m["nights"][0]["exposures"] == m["survey"]["exposures"]
+    assert m["nights"][0]["spectra"] == m["followup"]["spectra"]
     assert m["seed"] == (6 if which == "climate" else 7)
 
 
@@ -171,7 +180,7 @@ def test_run_files_follow_the_contract(request, which):
                           "predicted_class", "p_predicted", "true_class", "label",
                           "before_peak", "reward"],
         "objects.csv": ["object_id", "ra_deg", "dec_deg", "n_detections", "predicted_class",
-                        "p_predicted", "true_class"],
+                        "p_predicted", "true_class", "first_mjd", "last_mjd", "n_nights"],
     }
     assert headers["observations.csv"] == [
         "obs_id", "telescope", "site", "group", "band", "field_id", "ra_deg", "dec_deg",

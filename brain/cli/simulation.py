@@ -44,7 +44,8 @@ def run_and_write(config, config_name: str, env, policy: str, out: Path, quiet: 
     store = fresh_run_store(out)
     try:
         result = simulate(config, env, progress=not quiet, cache=cache,
-                          policy=load_policy(policy, env.seed), store=store)
+                          policy=load_policy(policy, env.seed), store=store,
+                          stream_path=out / "stream.npz")
         metrics, windows, obs, objects = run_metrics(result, policy, config_name,
                                                      AreaLattice(cache.grid))
         write_run(out, result, metrics, windows, obs, objects)

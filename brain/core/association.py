@@ -419,6 +419,8 @@ class Associator:
             forget[:] = False  # nowhere to keep them: an associator without a store
         kept = int(n - forget.sum())
         if forget.any():
+            self.store.forget_objects(self.ids[forget])
+            self.store.commit()
             keep = ~forget
             self.cat[:kept] = self.cat[:n][keep]
             self._xyz[:kept] = self._xyz[:n][keep]

@@ -101,6 +101,9 @@ class BrainCore:
         self.now = -math.inf  # the latest event's time
         self.classify_ms: list[float] = []
         self.n_classified = 0  # classifications made (an object may count several times)
+        # The daemon: write the store at each classification pass (``flushed(t)`` is told;
+        # the journal's detection messages up to then need not be replayed on restart).
+        self.on_flush = None
         self.offload = None  # callable(t, job): a shell that classifies off its loop
         # Spectroscopic follow-up (brain.core.followup.FollowupManager), when a policy is given.
         self.followup = followup
@@ -308,6 +311,13 @@ class BrainCore:
         self._obs_seq = max(self._obs_seq, int(exposures))
         if detections is not None and len(detections):
             self.associator.add(detections)
+
+    def flush_store(self) -> None:
+        """Associate what is pending and write the store (a no-op without one)."""
+        if self._pending:
+            self.associator.add(DetectionBatch.concat(self._pending))
+            self._pending.clear()
+        self.associator.flush()
 
     def close_night(self, t: float) -> dict:
         """The night is over (the fast shell between nights, the daemon's dawn job):
@@ -523,6 +533,9 @@ class BrainCore:
             self._pending.clear()
         if t >= self._next_classify:
             self._next_classify = t + self.config.transients.classify_interval_s
+            if self.on_flush is not None and self.associator.store is not None:
+                self.associator.flush()
+                self.on_flush(t)
             job = self.classification_job()
             if self.offload is not None:
                 self.offload(t, job)  # the shell runs it aside, then finish_classification
@@ -542,8 +555,15 @@ class BrainCore:
         assoc = self.associator
         n_det = assoc.n_detections()
         if not everything:
-            cand = cand[n_det[cand] > assoc.classified_ndet[cand]]
+            # Again when it has gained half as many detections again, or any on a new
+            # night (its whole history, from the store, goes to the classifier).
+            was = assoc.classified_ndet[cand]
+            grew = n_det[cand] > was
+            cand = cand[grew & ((n_det[cand] >= 1.5 * was)
+                                | (assoc.last_mjd[cand] > assoc.cat["classified_mjd"][cand]
+                                   + 0.5))]
         assoc.classified_ndet[cand] = n_det[cand]
+        assoc.cat["classified_mjd"][cand] = assoc.last_mjd[cand]
         assoc.mark_dirty(cand)
         if not cand.size:
             return lambda: (cand, np.zeros((0, n_cls)))

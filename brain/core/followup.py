@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -62,8 +64,9 @@ class Snapshot:
     @classmethod
     def empty(cls, t: float) -> Snapshot:
         z = np.zeros(0)
-        return cls(t, z.astype(np.int64), z, z, z, z, z, z.astype(np.int32),
-                   z.astype(np.int32), np.zeros((0, len(CLASSES))))
+        return cls(t, z.astype(np.int64), z, z, z.astype(np.float32), z.astype(np.float32), z,
+                   z.astype(np.int32), z.astype(np.int16), np.zeros((0, len(CLASSES)),
+                                                                    dtype=np.float16))
 
     @property
     def n(self) -> int:
@@ -127,12 +130,15 @@ def take_snapshot(t: float, associator, cand: np.ndarray, recent_days: float,
     with np.errstate(invalid="ignore"):
         keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
     rows = cand[keep]
+    # Compact types (the stream of a season is written to disk): float32 photometry,
+    # float16 probabilities; the manager decides on exactly what a replay reads back.
     return Snapshot(t, associator.ids[rows].astype(np.int64), associator.ra[rows].copy(),
-                    associator.dec[rows].copy(), latest[keep], np.clip(slope[keep], -5, 5),
+                    associator.dec[rows].copy(), latest[keep].astype(np.float32),
+                    np.clip(slope[keep], -5, 5).astype(np.float32),
                     associator.first_mjd[rows].astype(float),
                     associator.n_detections()[rows].astype(np.int32),
-                    associator.n_nights[rows].astype(np.int32),
-                    associator.prob[rows].astype(float))
+                    np.minimum(associator.n_nights[rows], 32767).astype(np.int16),
+                    associator.prob[rows].astype(np.float16))
 
 
 @dataclass
@@ -479,30 +485,51 @@ class Stream:
     snapshots: list[Snapshot] = field(default_factory=list)
     ticks: list[tuple[float, str, tuple[bool, ...]]] = field(default_factory=list)
 
-    def save(self, path) -> None:
-        arrays = {"tick_t": np.array([x[0] for x in self.ticks]),
-                  "tick_date": np.array([x[1] for x in self.ticks]),
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"tick_t": np.array([x[0] for x in self.ticks], dtype=np.float64),
+                  "tick_date": np.array([x[1] for x in self.ticks], dtype="<U10"),
                   "tick_open": np.array([x[2] for x in self.ticks], dtype=bool),
-                  "snap_t": np.array([s.t for s in self.snapshots]),
+                  "snap_t": np.array([s.t for s in self.snapshots], dtype=np.float64),
                   "snap_n": np.array([s.n for s in self.snapshots], dtype=np.int64)}
         for f in Snapshot.FIELDS:
             parts = [getattr(s, f) for s in self.snapshots]
             arrays[f"snap_{f}"] = (np.concatenate(parts) if parts else
                                    getattr(Snapshot.empty(0.0), f))
-        np.savez_compressed(path, **arrays)
+        return arrays
+
+    def spill(self, path) -> None:
+        """Append what was heard since the last spill to ``path`` (a zip of .npy
+        members, as ``np.savez_compressed`` writes, one part per spill) and forget it:
+        a season's stream is written night by night, not held in memory."""
+        with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z:
+            k = sum(1 for n in z.namelist() if n.endswith("tick_t.npy"))
+            for name, arr in self._arrays().items():
+                with z.open(f"p{k:04d}_{name}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.ascontiguousarray(arr),
+                                              allow_pickle=False)
+        self.snapshots.clear()
+        self.ticks.clear()
+
+    def save(self, path) -> None:
+        Path(path).unlink(missing_ok=True)
+        self.spill(path)
 
     @classmethod
     def load(cls, path) -> Stream:
+        out = cls()
         with np.load(path) as z:
-            out = cls()
-            out.ticks = [(float(t), str(d), tuple(bool(x) for x in o)) for t, d, o in
-                         zip(z["tick_t"], z["tick_date"], z["tick_open"], strict=True)]
-            bounds = np.concatenate([[0], np.cumsum(z["snap_n"])])
-            cols = {f: z[f"snap_{f}"] for f in Snapshot.FIELDS}
-            for k, t in enumerate(z["snap_t"]):
-                a, b = bounds[k], bounds[k + 1]
-                out.snapshots.append(Snapshot(float(t), *(cols[f][a:b] for f in
-                                                          Snapshot.FIELDS)))
+            names = set(z.files)
+            prefixes = sorted({n[:6] for n in names if n.startswith("p") and n[5] == "_"})
+            for pre in prefixes or [""]:
+                cols = {f: z[f"{pre}snap_{f}"] for f in Snapshot.FIELDS}
+                out.ticks += [(float(t), str(d), tuple(bool(x) for x in o)) for t, d, o in
+                              zip(z[f"{pre}tick_t"], z[f"{pre}tick_date"],
+                                  z[f"{pre}tick_open"], strict=True)]
+                bounds = np.concatenate([[0], np.cumsum(z[f"{pre}snap_n"])])
+                for k, t in enumerate(z[f"{pre}snap_t"]):
+                    a, b = bounds[k], bounds[k + 1]
+                    out.snapshots.append(Snapshot(float(t), *(cols[f][a:b] for f in
+                                                              Snapshot.FIELDS)))
         return out
 
 

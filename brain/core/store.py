@@ -34,11 +34,14 @@ CATALOGUE_DTYPE = np.dtype([
     ("last_night", "<f8"),  # MJD at the start of the last night the object was seen
     ("truth", "<i8"),  # the simulator's source (-1: bogus or real sky)
     ("classified_ndet", "<i4"),  # detections when last classified (0: never)
+    ("classified_mjd", "<f8"),  # last seen when last classified
     ("prob", "<f4", (len(CLASSES),)),
     ("hist", "<f8", (N_BANDS, len(HIST_FIELDS))),  # of the nights closed so far
 ])
 _OBJECT_COLS = ("object_id", "ra_deg", "dec_deg", "first_mjd", "last_mjd", "n_det",
-                "n_nights", "last_night", "truth", "classified_ndet", "prob", "hist")
+                "n_nights", "last_night", "truth", "classified_ndet", "classified_mjd",
+                "prob", "hist")
+_N_SCALAR = len(_OBJECT_COLS) - 2
 
 
 class StoreError(RuntimeError):
@@ -104,7 +107,8 @@ class ObjectStore:
             object_id BIGINT PRIMARY KEY, ra_deg {d} NOT NULL, dec_deg {d} NOT NULL,
             first_mjd {d} NOT NULL, last_mjd {d} NOT NULL, n_det INTEGER NOT NULL,
             n_nights INTEGER NOT NULL, last_night {d} NOT NULL, truth BIGINT NOT NULL,
-            classified_ndet INTEGER NOT NULL, prob {b} NOT NULL, hist {b} NOT NULL)""")
+            classified_ndet INTEGER NOT NULL, classified_mjd {d} NOT NULL,
+            prob {b} NOT NULL, hist {b} NOT NULL)""")
         self._execute("CREATE INDEX IF NOT EXISTS objects_last ON objects (last_mjd)")
         self._execute(f"""CREATE TABLE IF NOT EXISTS light_curves (
             object_id BIGINT NOT NULL, mjd_first {d} NOT NULL, mjd_last {d} NOT NULL,
@@ -151,8 +155,9 @@ class ObjectStore:
         rows = [(int(r["object_id"]), float(r["ra_deg"]), float(r["dec_deg"]),
                  float(r["first_mjd"]), float(r["last_mjd"]), int(r["n_det"]),
                  int(r["n_nights"]), float(r["last_night"]), int(r["truth"]),
-                 int(r["classified_ndet"]), r["prob"].astype("<f4").tobytes(),
-                 r["hist"].astype("<f8").tobytes()) for r in cat]
+                 int(r["classified_ndet"]), float(r["classified_mjd"]),
+                 zlib.compress(r["prob"].astype("<f4").tobytes(), 1),
+                 zlib.compress(r["hist"].astype("<f8").tobytes(), 1)) for r in cat]
         self._executemany(f"INSERT INTO objects ({', '.join(_OBJECT_COLS)}) VALUES ({m}) "
                           f"ON CONFLICT (object_id) DO UPDATE SET {sets}", rows)
 
@@ -160,10 +165,11 @@ class ObjectStore:
     def _catalogue(self, rows: list[tuple]) -> np.ndarray:
         cat = empty_catalogue(len(rows))
         for k, r in enumerate(rows):
-            for c, v in zip(_OBJECT_COLS[:10], r[:10], strict=True):
+            for c, v in zip(_OBJECT_COLS[:_N_SCALAR], r[:_N_SCALAR], strict=True):
                 cat[c][k] = v
-            cat["prob"][k] = np.frombuffer(bytes(r[10]), dtype="<f4")
-            cat["hist"][k] = np.frombuffer(bytes(r[11]), dtype="<f8").reshape(N_BANDS, -1)
+            cat["prob"][k] = np.frombuffer(zlib.decompress(bytes(r[_N_SCALAR])), dtype="<f4")
+            cat["hist"][k] = np.frombuffer(zlib.decompress(bytes(r[_N_SCALAR + 1])),
+                                           dtype="<f8").reshape(N_BANDS, -1)
         self.reads["objects"] += len(rows)
         return cat
 
@@ -224,6 +230,13 @@ class ObjectStore:
         obj, lc = obj[order], lc[order]
         self.reads["detections"] += len(lc)
         return (obj, lc["mjd"].copy(), lc["band"].copy(), lc["mag"].copy(), lc["err"].copy())
+
+    def forget_objects(self, ids) -> None:
+        """Drop catalogue rows (objects seen once, long ago: their detections stay)."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        if ids.size:
+            clause, params = self._ids_clause(ids)
+            self._execute(f"DELETE FROM objects WHERE {clause}", params)
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query(f"SELECT value FROM store_meta WHERE key = {self.mark}", (key,))

@@ -340,6 +340,9 @@ class NightJobs:
                           **self.d.journal.night_counts(due.site, t0, min(t1, now))}
 
         self._act(due, now, decide)
+        dawns = [t for _j, kind, _s, t in self.times(due.night) if kind == "dawn"]
+        if now >= max(dawns):  # the last site's dawn: the night goes to the store
+            self.d.close_night(now)
 
     def _report(self, due: Due, now: float) -> None:
         with self.d.journal.transaction():

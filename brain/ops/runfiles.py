@@ -111,7 +111,12 @@ def write_followups(out_dir: Path, result) -> None:
         return
     write_followup_rows(out_dir / "followups.csv", _followup_rows(result))
     write_labelled(out_dir / "labelled.csv", result.core.associator, manager.labels)
-    manager.stream.save(out_dir / "stream.npz")
+    path = out_dir / "stream.npz"
+    if result.stream_path is not None and Path(result.stream_path) == path:
+        if manager.stream.ticks:
+            manager.stream.spill(path)  # written night by night: the rest, if any
+    else:
+        manager.stream.save(path)
 
 
 LABELLED_COLUMNS = ("object_id", "mjd", "band", "mag", "mag_err", "label")

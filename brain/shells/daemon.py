@@ -43,6 +43,7 @@ from brain.core.events import (
     set_command_prefix,
 )
 from brain.core.followup import FollowupManager
+from brain.core.store import open_store
 from brain.ops.alerts import classification_alerts, followup_alert
 from brain.ops.prometheus import DaemonMetrics
 from brain.planner.tools import TOOLS, Validator, parse_call
@@ -64,6 +65,7 @@ from observatory.times import unix_to_mjd
 from observatory.visibility import airmass
 
 log = logging.getLogger("brain.shells.daemon")
+RESTORE_VISITS_S = 2 * 86400.0  # the survey's cadence state: the last two days' visits
 
 TICK_S = 60.0
 SAFETY_EVERY_S = 5.0
@@ -98,8 +100,12 @@ class Daemon:
         followup = None
         if policy is not None and config.spectrographs:
             followup = FollowupManager(config, policy, seed)
+        # The object store: beside the journal unless the config names one (docs/store.md).
+        self.store = open_store(config.store.url or
+                                f"sqlite:///{Path(journal).parent / 'store.sqlite'}")
         self.core = BrainCore(config, classifier=classifier, followup=followup,
-                              require_devices=True)
+                              require_devices=True, store=self.store)
+        self.core.on_flush = self._on_flush
         self.core.on_visit = self._on_visit
         # device -> the core's group index (the metrics' shutter windows are per group)
         self._group_index = {d: g.index for g in self.core.groups for d in g.devices}
@@ -134,20 +140,51 @@ class Daemon:
         if registry is not None:
             self.metrics = DaemonMetrics(registry, self)
 
+    # The store -------------------------------------------------------------------
+    def _on_flush(self, t: float) -> None:
+        """The store has every detection the journal holds so far."""
+        self.store.set_meta("journal_detections", str(self.journal.last_detection()))
+        self.store.commit()
+
+    def close_night(self, t: float) -> dict:
+        """The night's end (the last dawn job): classifications in flight are applied
+        (rows move when a night closes), the night goes to the store, and the journal
+        drops the detection messages the store now holds."""
+        for t_asked, fut in self._classifying:
+            try:
+                cand, prob = fut.result()
+                self.core.finish_classification(t, cand, prob)
+            except Exception as e:  # a broken model must not take the night down
+                log.error("classification asked at %.0f failed: %s", t_asked, e)
+        self._classifying.clear()
+        done = self.core.close_night(t)
+        self._on_flush(t)
+        done["journal_pruned"] = self.journal.prune_detections(
+            int(self.store.get_meta("journal_detections")))
+        log.info("night closed in the store: %s", done)
+        return done
+
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
         j, core = self.journal, self.core
-        batches = [self._batch(arr) for _o, _p, _t, arr in j.iter_detections()]
+        now = self.clock.now()
+        # The catalogue and the active window from the store, then the detection messages
+        # journalled since its last write: nothing older (restart time is flat).
+        self.loaded = core.associator.load(self.config.transients.min_detections,
+                                           float(unix_to_mjd(now)))
+        after = int(self.store.get_meta("journal_detections") or -1)
+        batches = [self._batch(arr) for _o, _p, _t, arr in j.iter_detections(after)]
         batches = [b for b in batches if len(b)]
-        core.restore(j.visits(), j.max_obs_seq(),
+        core.restore(j.visits(since=now - RESTORE_VISITS_S), j.max_obs_seq(),
                      DetectionBatch.concat(batches) if batches else None)
         n_taken = 0
         spectra = j.spectra()
         if core.followup is not None and spectra:
             for sp in spectra:
                 sp["night"] = night_date(self.config, sp["t_sent"])
-            oids = core.associator.locate([sp["ra_deg"] for sp in spectra],
+            rows = core.associator.locate([sp["ra_deg"] for sp in spectra],
                                           [sp["dec_deg"] for sp in spectra])
+            oids = np.where(rows >= 0, core.associator.ids[np.maximum(rows, 0)], -1)
             n_taken = core.followup.restore(spectra, oids,
                                             night_date(self.config, self.clock.now()))
         n_ops = 0
@@ -362,6 +399,10 @@ class Daemon:
                          self.metrics_server.cpu_s)
         if self.nightjobs is not None:
             self.nightjobs.close()
+        # Everything associated so far goes to the store: a restart replays nothing.
+        self.core.flush_store()
+        self._on_flush(self.clock.now())
+        self.store.close()
         if self.alerts is not None:
             while self._drain_alerts():  # what was announced internally goes out
                 pass

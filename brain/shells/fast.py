@@ -12,6 +12,7 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -56,6 +57,7 @@ class RunResult:
     core: BrainCore
     world: World
     nights: list[NightRun] = field(default_factory=list)
+    stream_path: object = None  # where the follow-up's stream was written night by night
 
     @property
     def sim_seconds(self) -> float:
@@ -68,11 +70,14 @@ class RunResult:
 
 def simulate(config: BrainConfig, env: Environment, progress: bool = False,
              grid: FieldGrid | None = None, cache: NightCache | None = None,
-             scheduler=None, policy=None, classifier=None, store=None) -> RunResult:
+             scheduler=None, policy=None, classifier=None, store=None,
+             stream_path=None) -> RunResult:
     """Run the nights of ``env``. ``policy`` (a ``policies.followup.Policy``) turns on
     spectroscopic follow-up; without one the spectroscopic telescopes stay closed.
     ``store`` (brain.core.store.ObjectStore) keeps the light curves of closed nights;
-    without one every detection stays in memory (short runs, tests)."""
+    without one every detection stays in memory (short runs, tests). With
+    ``stream_path`` the follow-up's stream is written there night by night (memory stays
+    flat over a season); without, it stays in ``core.followup.stream``."""
     grid = grid or (cache.grid if cache else FieldGrid.tile(config.camera.fov_deg2,
                                                             config.survey.ring_fit))
     cache = cache or NightCache(config, grid, keep=env.nights + 1)
@@ -85,7 +90,9 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
                      store=store)
     photometry = (Photometry(env.population, grid, env.seed, config.sky.bogus_per_exposure)
                   if env.population is not None else None)
-    result = RunResult(config, env, grid, core, world)
+    result = RunResult(config, env, grid, core, world, stream_path=stream_path)
+    if stream_path is not None:
+        Path(stream_path).unlink(missing_ok=True)
     dates = night_dates(env.start, env.nights)
     bar = None
     if progress:
@@ -102,6 +109,8 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
         n_cls0 = core.n_classified
         _run_night(core, world, night, weather, bar, photometry)
         result.nights.append(_close_night(core, d, night, t0, n_cls0))
+        if followup is not None and stream_path is not None:
+            followup.stream.spill(stream_path)
     if bar is not None:
         bar.close()
     return result

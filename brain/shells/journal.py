@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS visits (
 CREATE TABLE IF NOT EXISTS detections (
     obs_id TEXT NOT NULL, part INTEGER NOT NULL, t REAL NOT NULL, arrays BLOB NOT NULL,
     PRIMARY KEY (obs_id, part));
+CREATE INDEX IF NOT EXISTS visits_t ON visits (t_start);
 CREATE TABLE IF NOT EXISTS followups (
     cmd_id TEXT PRIMARY KEY, target_id TEXT, device TEXT, t_start REAL, t_end REAL,
     label TEXT, snr REAL, status TEXT);
@@ -251,8 +252,10 @@ class Journal:
             "SELECT * FROM observations WHERE t_start>=? AND t_start<? "
             "ORDER BY t_start, obs_id", (t0, t1))]
 
-    def visits(self) -> list[tuple[int, int, float]]:
-        return [tuple(r) for r in self.db.execute("SELECT * FROM visits ORDER BY t_start")]
+    def visits(self, since: float = -math.inf) -> list[tuple[int, int, float]]:
+        return [tuple(r) for r in self.db.execute(
+            "SELECT * FROM visits WHERE t_start >= ? ORDER BY t_start",
+            (max(since, -1e300),))]
 
     def spectra(self, t0: float = -math.inf, t1: float = math.inf) -> list[dict]:
         """Every spectrum commanded in [t0, t1), oldest first: device, target_id, ra_deg,
@@ -276,10 +279,25 @@ class Journal:
             "SELECT t, device, data FROM events WHERE name=? AND t>=? AND t<? ORDER BY t, seq",
             (name, t0, t1))]
 
-    def iter_detections(self):
+    def iter_detections(self, after: int = -1):
+        """Journalled detection messages after row ``after`` (:meth:`last_detection`;
+        those up to it are in the object store: a restart reads only the others)."""
         for obs_id, part, t, blob in self.db.execute(
-                "SELECT obs_id, part, t, arrays FROM detections ORDER BY t, obs_id, part"):
+                "SELECT obs_id, part, t, arrays FROM detections WHERE rowid > ? "
+                "ORDER BY t, obs_id, part", (int(after),)):
             yield obs_id, part, t, unpack_arrays(blob)
+
+    def last_detection(self) -> int:
+        """The row of the latest detection message (-1: none)."""
+        r = self.db.execute("SELECT MAX(rowid) FROM detections").fetchone()[0]
+        return -1 if r is None else int(r)
+
+    def prune_detections(self, upto: int) -> int:
+        """Drop detection messages up to row ``upto`` (the object store has them) and
+        checkpoint the write-ahead log: the journal stays the size of a night."""
+        n = self.db.execute("DELETE FROM detections WHERE rowid <= ?", (int(upto),)).rowcount
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
