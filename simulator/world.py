@@ -18,6 +18,7 @@ import numpy as np
 from observatory.arrayconfig import ArrayConfig
 from observatory.depth import limiting_mag
 from observatory.mount import move_time_s, slew_time_s
+from observatory.records import observations_array
 from observatory.sky import separation_deg
 from observatory.visibility import FieldSky, airmass
 from simulator.weather import WeatherSeries
@@ -60,12 +61,39 @@ class World:
                 self.telescopes[dev] = Telescope(dev, g.site, g.number, band)
         self.sky: FieldSky | None = None
         self.weather: dict[str, WeatherSeries] = {}
-        self.observations: list[tuple] = []
+        self._obs_rows: list[tuple] = []  # tonight's, as tuples
+        self._obs_parts: list[np.ndarray] = []  # earlier nights', compacted
         self.slews: list[tuple[str, float, float, float]] = []  # device, t, sep, duration
+        self._slew_parts: list[np.ndarray] = []  # earlier nights' slew durations (moves)
         self.aborted = 0
         self.finished: list[tuple[int, int, float, float]] = []  # field, band, t_mid, m5
         self._geometry_cache: dict[tuple[int, float, str], tuple] = {}
         self.spec = None  # simulator.spectroscopy.Spectrographs, when the sky has sources
+
+    @property
+    def observations(self) -> np.ndarray:
+        """Every finished exposure so far (OBS_DTYPE, in order)."""
+        self.compact()
+        if len(self._obs_parts) > 1:
+            self._obs_parts = [np.concatenate(self._obs_parts)]
+        return self._obs_parts[0] if self._obs_parts else observations_array([])
+
+    def slew_durations(self) -> np.ndarray:
+        """Durations (s) of every slew that moved."""
+        self.compact()
+        return (np.concatenate(self._slew_parts) if self._slew_parts
+                else np.zeros(0))
+
+    def compact(self) -> None:
+        """Tonight's exposure and slew records into compact arrays (the fast shell calls
+        it at each night's end: a season's log stays arrays, not Python tuples)."""
+        if self._obs_rows:
+            self._obs_parts.append(observations_array(self._obs_rows))
+            self._obs_rows = []
+        if self.slews:
+            self._slew_parts.append(np.array([s[3] for s in self.slews if s[2] > 0],
+                                             dtype=np.float64))
+            self.slews = []
 
     def attach_spectrographs(self, spectrographs) -> None:
         self.spec = spectrographs
@@ -178,7 +206,7 @@ class World:
             return
         row = reply.result.pop("_row", None)
         if row is not None:
-            self.observations.append(row)
+            self._obs_rows.append(row)
             self.telescopes[reply.device].exposure = None
             self.finished.append((row[5], self.config.camera.bands.index(row[4]),
                                   0.5 * (row[8] + row[9]), row[14]))

@@ -42,6 +42,7 @@ def write_observations(path: Path, rows: list[tuple]) -> None:
         w = csv.writer(fh)
         w.writerow(OBS_COLUMNS)
         for r in rows:
+            r = tuple(r.tolist()) if isinstance(r, np.void) else r
             # Times at full microsecond precision: an audit recomputes slews from them.
             w.writerow([*r[:8], f"{r[8]:.6f}", f"{r[9]:.6f}", f"{r[10]:.4f}", f"{r[11]:.4f}",
                         f"{r[12]:.4f}", f"{r[13]:.4f}", f"{r[14]:.3f}"])

@@ -20,20 +20,11 @@ from brain.core.events import Weather
 from brain.core.followup import followup_rows, followup_summary
 from brain.core.safety import weather_verdict
 from observatory.mount import slew_time_s
-from observatory.records import OBS_COLUMNS
+from observatory.records import observations_array
 from observatory.sky import AreaLattice
 from observatory.taxonomy import CLASSES, TRANSIENTS
 
 WINDOW_S = 1800.0
-
-
-def observations_array(rows: list[tuple]) -> np.ndarray:
-    dtype = [("obs_id", "U40"), ("telescope", "U16"), ("site", "U8"), ("group", "i4"),
-             ("band", "U1"), ("field_id", "i4"), ("ra_deg", "f8"), ("dec_deg", "f8"),
-             ("t_start", "f8"), ("t_end", "f8"), ("alt_deg", "f8"), ("airmass", "f8"),
-             ("moon_sep_deg", "f8"), ("sun_alt_deg", "f8"), ("limiting_mag", "f8")]
-    assert tuple(n for n, _ in dtype) == OBS_COLUMNS
-    return np.array(rows, dtype=dtype) if rows else np.zeros(0, dtype=dtype)
 
 
 def adjacent_cycle_s(config) -> float:
@@ -142,7 +133,7 @@ def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
             frac = site_open_fraction(config, night, weather, s.id, night.t_begin, night.t_end)
             open_s += frac * (night.t_end - night.t_begin) * s.groups * len(config.camera.bands)
     shutter_s = float(np.sum(obs["t_end"] - obs["t_start"])) if obs.size else 0.0
-    slews = np.array([s[3] for s in world.slews if s[2] > 0]) if world.slews else np.zeros(0)
+    slews = world.slew_durations()
     cov = [w["covered_deg2"] for w in windows]
     transients, classifier, objects = transient_metrics(result)
     metrics = {

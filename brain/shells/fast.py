@@ -108,6 +108,7 @@ def simulate(config: BrainConfig, env: Environment, progress: bool = False,
         world.begin_night(sky, weather)
         n_cls0 = core.n_classified
         _run_night(core, world, night, weather, bar, photometry)
+        world.compact()
         result.nights.append(_close_night(core, d, night, t0, n_cls0))
         if followup is not None and stream_path is not None:
             followup.stream.spill(stream_path)
