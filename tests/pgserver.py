@@ -7,13 +7,15 @@ socket in that directory), with trust authentication and durability off (fsync):
 data only. PostgreSQL refuses to run as root, so when the tests run as root the cluster
 belongs to the ``postgres`` system user the package creates, and initdb and the server
 run as that user. The server is stopped (fast shutdown, then killed if it lingers) and
-the directory removed when the session ends, whatever the tests did.
+the directory removed when the session ends, whatever the tests did; should the tests'
+process be killed outright, the server gets a fast shutdown from the kernel.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import glob
 import os
 import pwd
@@ -21,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +61,14 @@ def find_bindir() -> Path:
             return Path(d)
     raise PgServerError("PostgreSQL server binaries (initdb, postgres) not found under "
                         f"/usr/lib/postgresql/*/bin or on PATH: {PACKAGE_HINT}")
+
+
+def _die_with_parent() -> None:
+    """In the server's process before it starts: SIGINT (fast shutdown) when the tests'
+    process dies, even by SIGKILL, so that no server outlives the session (Linux)."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGINT))
 
 
 def _free_port() -> int:
@@ -131,8 +142,10 @@ class PgServer:
         for k, v in settings.items():
             args += ["-c", f"{k}={v}"]
         with self.log.open("a") as log:
+            # its own session: a Ctrl-C at the terminal reaches the tests, which stop it
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, **self._as_owner())
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent, **self._as_owner())
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
