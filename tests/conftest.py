@@ -136,6 +136,7 @@ def pg_server():
     one fails, naming the Debian package, where the server binaries are missing."""
     try:
         server = PgServer().start()
+        server.create_database("brain_test")
     except PgServerError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -144,13 +145,14 @@ def pg_server():
         server.stop()
 
 
-_PG_DATABASES = itertools.count()
+_PG_SCHEMAS = itertools.count()
 
 
 @pytest.fixture
 def pg_url(pg_server) -> str:
-    """``postgresql://...`` of a new, empty database on the session's server."""
-    return pg_server.create_database(f"test_{next(_PG_DATABASES)}")
+    """``postgresql://...`` of a new, empty store on the session's server: its own
+    schema of the database ``brain_test``, which the URL puts first on the search path."""
+    return pg_server.create_schema("brain_test", f"test_{next(_PG_SCHEMAS)}")
 
 
 @pytest.fixture(scope="session")

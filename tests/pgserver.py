@@ -177,6 +177,16 @@ class PgServer:
             db.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def create_schema(self, dbname: str, name: str) -> str:
+        """A new, empty schema in database ``dbname`` (quicker to make than a database);
+        returns a URL whose sessions see it first (``search_path``), so that tables made
+        through it go there."""
+        import psycopg  # lazy: only the PostgreSQL tests need it
+
+        with psycopg.connect(self.url(dbname), autocommit=True) as db:
+            db.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self.url(dbname)}?options=-c%20search_path%3D{name}"
+
     def _terminate(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:

@@ -132,8 +132,10 @@ def test_a_pg_dump_backup_restores_the_same_store(pg_server, pg_url, tmp_path):
     r = subprocess.run([str(pg_server.bindir / "pg_dump"), "-Fc", "-f", str(dump), pg_url],
                        **run)
     assert r.returncode == 0, r.stderr
-    restored = pg_server.create_database(pg_url.rpartition("/")[2] + "_restored")
+    # pg_url is a schema of its own in a shared database (tests/conftest.py)
+    url, _, options = pg_url.partition("?")
+    restored = pg_server.create_database(url.rpartition("/")[2] + "_restored")
     r = subprocess.run([str(pg_server.bindir / "pg_restore"), "-d", restored, str(dump)],
                        **run)
     assert r.returncode == 0, r.stderr
-    _assert_same_store(pg_url, restored)
+    _assert_same_store(pg_url, f"{restored}?{options}" if options else restored)
