@@ -9,6 +9,7 @@ cores while the other tests run; every process started here is ended at session 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pgserver import PgServer, PgServerError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -126,6 +128,31 @@ def climate_run(run_pool) -> Path:
     with closures)."""
     _start_both(run_pool)
     return run_pool.wait("climate")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (tests/pgserver.py); a test that needs
+    one fails, naming the Debian package, where the server binaries are missing."""
+    try:
+        server = PgServer().start()
+        server.create_database("brain_test")
+    except PgServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_PG_SCHEMAS = itertools.count()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """``postgresql://...`` of a new, empty store on the session's server: its own
+    schema of the database ``brain_test``, which the URL puts first on the search path."""
+    return pg_server.create_schema("brain_test", f"test_{next(_PG_SCHEMAS)}")
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,11 @@ the binary type and how a list of ids is passed.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import zlib
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -48,6 +50,23 @@ class StoreError(RuntimeError):
     """The store cannot be opened or used (one line, for the operator)."""
 
 
+def safe_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:  # not a URL we can take apart: say nothing of it
+        return url.partition("://")[0] + "://..."
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def empty_catalogue(n: int = 0) -> np.ndarray:
     cat = np.zeros(n, dtype=CATALOGUE_DTYPE)
     cat["truth"] = -1
@@ -72,12 +91,28 @@ class ObjectStore:
     binary = "BLOB"
     double = "DOUBLE PRECISION"
     mark = "?"
+    _errors: tuple[type[BaseException], ...] = ()  # the backend's own errors
 
     def __init__(self, url: str):
         self.url = url
         # What was read, for the operator (and for tests: restart reads little).
         self.reads = {"objects": 0, "light_curve_rows": 0, "detections": 0}
-        self._create()
+        try:
+            self._create()
+        except StoreError:
+            self._abandon()
+            raise
+        except self._errors as exc:  # e.g. another program's tables of the same names
+            self._abandon()
+            raise StoreError(f"{safe_url(url)}: not an object store this brain can use: "
+                             f"{_first_line(exc)}") from None
+
+    def _abandon(self) -> None:
+        """Close the connection of a store that could not be opened."""
+        with contextlib.suppress(Exception):
+            self.db.rollback()
+        with contextlib.suppress(Exception):
+            self.db.close()
 
     # Backend hooks --------------------------------------------------------------------
     def _execute(self, sql: str, params=()):
@@ -115,6 +150,10 @@ class ObjectStore:
             n INTEGER NOT NULL, data {b} NOT NULL)""")
         self._execute("CREATE INDEX IF NOT EXISTS light_curves_object "
                       "ON light_curves (object_id, mjd_first)")
+        # Tables of those names made by something else have other columns: refused here.
+        self._query(f"SELECT {', '.join(_OBJECT_COLS)} FROM objects WHERE 1 = 0")
+        self._query("SELECT object_id, mjd_first, mjd_last, n, data FROM light_curves "
+                    "WHERE 1 = 0")
         m = self.mark
         rows = self._query(f"SELECT value FROM store_meta WHERE key = {m}", ("schema",))
         if not rows:
@@ -122,9 +161,9 @@ class ObjectStore:
                           ("schema", str(SCHEMA_VERSION)))
             self._execute(f"INSERT INTO store_meta (key, value) VALUES ({m}, {m})",
                           ("classes", ",".join(CLASSES)))
-        elif int(rows[0][0]) != SCHEMA_VERSION:
-            raise StoreError(f"{self.url}: schema version {rows[0][0]}, this brain reads "
-                             f"{SCHEMA_VERSION} (docs/store.md: migrating)")
+        elif str(rows[0][0]).strip() != str(SCHEMA_VERSION):
+            raise StoreError(f"{safe_url(self.url)}: schema version {rows[0][0]}, this "
+                             f"brain reads {SCHEMA_VERSION} (docs/store.md: migrating)")
         self.commit()
 
     # Writing --------------------------------------------------------------------------
@@ -268,6 +307,8 @@ def _empty_lc():
 
 
 class SQLiteStore(ObjectStore):
+    _errors = (sqlite3.Error,)
+
     def __init__(self, url: str):
         path = Path(url.removeprefix("sqlite:///"))
         try:
@@ -276,6 +317,8 @@ class SQLiteStore(ObjectStore):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
+            with contextlib.suppress(Exception):
+                self.db.close()
             raise StoreError(f"cannot open the object store {url}: {exc}") from None
         self.path = path
         super().__init__(url)
@@ -310,11 +353,12 @@ class PostgresStore(ObjectStore):
     def __init__(self, url: str):
         import psycopg  # lazy: only for a PostgreSQL store
 
+        self._errors = (psycopg.Error,)
         try:
             self.db = psycopg.connect(url, connect_timeout=10)
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreError(f"cannot open the object store {url}: {reason}") from None
+            raise StoreError(f"cannot open the object store {safe_url(url)}: "
+                             f"{_first_line(exc)}") from None
         super().__init__(url)
 
     def _execute(self, sql, params=()):
