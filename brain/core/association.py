@@ -440,6 +440,8 @@ class Associator:
                 self._flushed = self._closed = d["obj"].n
                 self.window_mjd0 = (float(d["mjd"].view.min()) if d["obj"].n
                                     else max(cutoff, now_mjd))
+        if self.store is not None:
+            self.store.checkpoint()
         return {"written": written, "forgotten": int(n - kept),
                 "dropped_from_memory": dropped, "objects": self.n_objects,
                 "window": d["obj"].n}

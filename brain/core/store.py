@@ -130,6 +130,10 @@ class ObjectStore:
     def commit(self) -> None:
         raise NotImplementedError
 
+    def checkpoint(self) -> None:
+        """After a night's writes: the write-ahead log back to nothing (SQLite)."""
+        self.commit()
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -341,8 +345,12 @@ class SQLiteStore(ObjectStore):
     def commit(self):
         self.db.commit()
 
-    def close(self):
+    def checkpoint(self):
         self.db.commit()
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self):
+        self.checkpoint()
         self.db.close()
 
 
