@@ -199,11 +199,10 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
                  ray_address: str | None = None) -> dict:
     """Record the training nights, train PPO, export the network; returns the report.
     With ``ray_address``, on that cluster: the recording spreads over its nodes."""
-    import ray  # lazy: heavy optional library
+    ray = connect(ray_address)  # first: a cluster that cannot be joined is refused at once
     import torch  # lazy: heavy optional library
     from ray.rllib.algorithms.ppo import PPOConfig  # lazy: heavy optional library
 
-    connect(ray_address)  # first: a cluster that cannot be joined is refused at once
     t0 = time.time()
     dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress)
     t_record = time.time() - t0
