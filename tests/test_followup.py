@@ -352,7 +352,8 @@ def test_evaluate_writes_the_contract_table(tmp_path):
     with (out / "evaluation.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["policy", "seed", "spectra", "hours", "reward",
-                             "reward_per_hour", "coverage_deg2_per_30min", "macro_f1"]
+                             "reward_per_hour", "coverage_deg2_per_30min", "macro_f1",
+                             "node", "node_id"]  # the contract's, then where each ran
     assert [(x["policy"], x["seed"]) for x in rows] == [
         ("greedy", "9001"), ("greedy", "9002"), ("random", "9001"), ("random", "9002")]
     # Both policies faced the same sky: the survey columns agree seed by seed.

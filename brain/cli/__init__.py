@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", help="array config YAML (default: the sitian-54 array)")
     ev.add_argument("--out", default="out/evaluation",
                     help="output directory: new, empty or an earlier evaluation's")
+    ev.add_argument("--ray-address", metavar="HOST:PORT",
+                    help="join this Ray cluster and spread the seeds over its nodes "
+                         "(default: a local Ray)")
 
     train = sub.add_parser("train", help="retrain a shipped model from simulated data")
     train.add_argument("what", choices=("classifier", "policy"), help="the model to train")
@@ -101,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=1,
                        help="seed of the training data and the model")
     train.add_argument("--out", help="artifact directory (default: the shipped one)")
+    train.add_argument("--ray-address", metavar="HOST:PORT",
+                       help="policy: join this Ray cluster (default: a local Ray)")
 
     ask = sub.add_parser("ask", help="LLM planner: a request -> validated tool calls")
     ask.add_argument("request", help="what the operator wants, in words")

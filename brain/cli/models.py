@@ -14,6 +14,7 @@ from brain.cli.common import (
 )
 from brain.config import load_config
 from brain.evaluation.policy_training import train_policy
+from brain.ops.hosting import RayUnreachable
 from policies.classifier import ARTIFACT_DIR, TransientClassifier
 from policies.classifier_training import train
 from policies.lightcurve_io import (
@@ -56,9 +57,10 @@ def cmd_classify(args) -> int:
 
 
 def cmd_train(args) -> int:
-    only = {"policy": ("--from-runs", "--n-per-class"), "classifier": ("--iterations",)}
+    only = {"policy": ("--from-runs", "--n-per-class"),
+            "classifier": ("--iterations", "--ray-address")}
     given = {"--from-runs": bool(args.from_runs), "--n-per-class": args.n_per_class != 8000,
-             "--iterations": args.iterations != 40}
+             "--iterations": args.iterations != 40, "--ray-address": bool(args.ray_address)}
     for flag in only[args.what]:
         if given[flag]:
             raise UsageError(f"{flag} does not apply to `train {args.what}`")
@@ -104,8 +106,12 @@ def _read_labelled(dirs: list[str]):
 def _train_policy(args) -> int:
     out = (output_dir(args.out, marks=ARTIFACT_MARKS) if args.out is not None
            else POLICY_ARTIFACT_DIR)
-    report = train_policy(load_config(), out, Path("out/policy-train"),
-                          iterations=args.iterations, seed=args.seed)
+    try:
+        report = train_policy(load_config(), out, Path("out/policy-train"),
+                              iterations=args.iterations, seed=args.seed,
+                              ray_address=args.ray_address)
+    except RayUnreachable as exc:
+        raise UsageError(str(exc)) from None
     print(json.dumps({"artifact": str(out), **{k: report[k] for k in
                                                ("iterations", "seconds", "record_seconds")},
                       "final_episode_return_mean": report["episode_return_mean"][-1]}))

@@ -15,6 +15,7 @@ from brain.cli.common import (
 from brain.config import config_from_dict, load_config, with_climate
 from brain.core.store import open_store
 from brain.evaluation.policy_training import check_seeds, evaluate_many, write_evaluation
+from brain.ops.hosting import RayUnreachable
 from brain.ops.runfiles import write_run
 from brain.ops.survey_metrics import run_metrics
 from brain.shells.fast import simulate
@@ -119,7 +120,11 @@ def cmd_evaluate(args) -> int:
     for name in args.policies:
         load_policy(name, 0)
     out = output_dir(args.out, marks=EVALUATION_MARKS)
-    rows = evaluate_many(config, args.seeds, args.start, args.nights, args.policies)
+    try:
+        rows = evaluate_many(config, args.seeds, args.start, args.nights, args.policies,
+                             ray_address=args.ray_address)
+    except RayUnreachable as exc:
+        raise UsageError(str(exc)) from None
     path = write_evaluation(out, rows)
     print(f"{len(args.seeds)} seeds x {args.nights} night(s); survey coverage median "
           f"{np.median([r['coverage_deg2_per_30min'] or 0 for r in rows]):,.0f} deg2 per 30 min")

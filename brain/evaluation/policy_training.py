@@ -7,7 +7,11 @@
   ``policies/artifacts/policy`` (loaded at run time without RLlib).
 * ``evaluate`` runs seeds as Ray tasks: each task simulates the night(s) once and
   replays every policy's follow-up over the same candidate stream, so all policies face
-  the same sky, weather and candidates.
+  the same sky, weather and candidates. Each row names the node that ran it.
+
+Both run on a local Ray or join a cluster (``ray_address``, docs/runbook.md): the tasks
+are spread over its nodes, and the recorded training nights come back to the driver's
+disk, where PPO's env runner (kept on the driver's machine) reads them.
 
 Seeds: training uses 1001-1008 (validation 2001-2004); evaluation uses 9001 and up.
 They never overlap (``check_seeds``).
@@ -18,6 +22,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +47,8 @@ from simulator.environment import Environment, make_environment
 TRAIN_SEEDS = tuple(range(1001, 1009))
 VALID_SEEDS = tuple(range(2001, 2005))
 TRAIN_DATES = ("2026-11-20", "2026-12-05", "2027-01-10", "2027-02-08")
+# evaluation.csv: the contract's columns, then where each seed ran (an extension).
+NODE_COLUMNS = ("node", "node_id")
 
 
 def check_seeds(seeds) -> None:
@@ -92,6 +100,7 @@ def evaluate_seed(config_data: dict, seed: int, start: str, nights: int,
 
     config = config_from_dict(config_data)
     env, stream, survey, cache = record(config, seed, start, nights)
+    where = node_of_task()
     rows = []
     for name in policies:
         t0 = time.perf_counter()
@@ -103,8 +112,18 @@ def evaluate_seed(config_data: dict, seed: int, start: str, nights: int,
                      "macro_f1": survey["macro_f1"],
                      "reward_per_open_hour": m["reward_per_open_hour"],
                      "before_peak": m["before_peak"], "labelled": m["labelled"],
-                     "followup_seconds": time.perf_counter() - t0})
+                     "followup_seconds": time.perf_counter() - t0, **where})
     return rows
+
+
+def node_of_task() -> dict:
+    """Where the calling Ray task runs: the host's name, the node's IP and its Ray id."""
+    import ray  # lazy: heavy optional library
+
+    if not ray.is_initialized():  # called outside Ray
+        return {"node": socket.gethostname(), "node_ip": "", "node_id": ""}
+    return {"node": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id()}
 
 
 # Training ----------------------------------------------------------------------------
@@ -141,48 +160,60 @@ class _Shortlist:
         self.max_candidates = k
 
 
-def record_streams(config, seeds, dates, out_root: Path, progress: bool = True) -> list[Path]:
-    """Record one single-night stream per seed (dates cycled) as Ray tasks."""
+def record_streams(config, seeds, dates, out_root: Path, progress: bool = True,
+                   ray_address: str | None = None) -> list[Path]:
+    """Record one single-night stream per seed (dates cycled) as Ray tasks, spread over
+    the cluster's nodes; each task returns its files, written here under ``out_root``
+    (a node's own disk is not the driver's)."""
     import ray  # lazy: heavy optional library
 
-    connect()
-    todo, dirs = [], []
-    task = ray.remote(num_cpus=1)(_record_task)
+    connect(ray_address)
+    todo, dirs = {}, []
+    task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_record_task)
     for k, seed in enumerate(seeds):
         d = out_root / f"seed-{seed}"
         dirs.append(d)
         if (d / "stream.npz").is_file():
             continue
-        todo.append(task.remote(config.model_dump(mode="json"), seed, dates[k % len(dates)],
-                                str(d)))
-    for k, ref in enumerate(todo):
-        ray.get(ref)
+        todo[task.remote(config.model_dump(mode="json"), seed, dates[k % len(dates)])] = d
+    for k, (ref, d) in enumerate(todo.items()):
+        files = ray.get(ref)
+        d.mkdir(parents=True, exist_ok=True)
+        for name in sorted(files, key=lambda n: n == "stream.npz"):  # the stream last:
+            (d / name).write_bytes(files[name])  # it marks a complete recording
         if progress:
             print(f"recorded {k + 1}/{len(todo)} training nights", flush=True)
     return dirs
 
 
-def _record_task(config_data, seed, start, out_dir):
-    record(config_from_dict(config_data), seed, start, 1, Path(out_dir), survey_metrics=False)
-    return out_dir
+def _record_task(config_data, seed, start) -> dict[str, bytes]:
+    """Record one night into a scratch directory of the node; return its files."""
+    with tempfile.TemporaryDirectory(prefix="sitian-record-") as tmp:
+        record(config_from_dict(config_data), seed, start, 1, Path(tmp),
+               survey_metrics=False)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
 def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
-                 seeds=TRAIN_SEEDS, progress: bool = True, seed: int = 0) -> dict:
-    """Record the training nights, train PPO, export the network; returns the report."""
+                 seeds=TRAIN_SEEDS, progress: bool = True, seed: int = 0,
+                 ray_address: str | None = None) -> dict:
+    """Record the training nights, train PPO, export the network; returns the report.
+    With ``ray_address``, on that cluster: the recording spreads over its nodes."""
+    ray = connect(ray_address)  # first: a cluster that cannot be joined is refused at once
     import torch  # lazy: heavy optional library
     from ray.rllib.algorithms.ppo import PPOConfig  # lazy: heavy optional library
 
     t0 = time.time()
     dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress)
     t_record = time.time() - t0
-    connect()
+    # The env runner reads the streams from this machine's disk: it stays here.
+    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
     torch.manual_seed(seed)
     algo_config = (
         PPOConfig()
         .environment(FollowupEnv, env_config={"make_loop": StreamLoops(dirs)})
         .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
-                     rollout_fragment_length="auto")
+                     rollout_fragment_length="auto", custom_resources_per_env_runner=here)
         .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=3000,
                   minibatch_size=300, num_epochs=8, entropy_coeff=0.005, clip_param=0.2,
                   vf_clip_param=100.0)
@@ -239,24 +270,26 @@ def _layer_index(key: str):
 def write_evaluation(out_dir: Path, rows: list[dict]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "evaluation.csv"
+    columns = (*EVALUATION_COLUMNS, *NODE_COLUMNS)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(EVALUATION_COLUMNS)
+        w.writerow(columns)
         for r in rows:
-            w.writerow([r[c] if not isinstance(r[c], float) else f"{r[c]:.6g}"
-                        for c in EVALUATION_COLUMNS])
+            values = [r.get(c, "") for c in columns]
+            w.writerow([v if not isinstance(v, float) else f"{v:.6g}" for v in values])
     (out_dir / "evaluation.json").write_text(json.dumps(rows, indent=1) + "\n")
     return path
 
 
 def evaluate_many(config, seeds, start: str, nights: int, policies: list[str],
-                  progress: bool = True) -> list[dict]:
-    """Every seed as a Ray task (each simulates once and replays every policy)."""
+                  progress: bool = True, ray_address: str | None = None) -> list[dict]:
+    """Every seed as a Ray task (each simulates once and replays every policy), spread
+    over the nodes of the cluster at ``ray_address`` (default: a local Ray)."""
     import ray  # lazy: heavy optional library
 
     check_seeds(seeds)
-    connect()
-    task = ray.remote(num_cpus=1)(evaluate_seed)
+    connect(ray_address)
+    task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(evaluate_seed)
     data = config.model_dump(mode="json")
     refs = {task.remote(data, s, start, nights, list(policies)): s for s in seeds}
     rows, pending = [], list(refs)

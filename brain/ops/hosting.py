@@ -8,13 +8,15 @@ same ``predict`` signature, so ``BrainCore`` cannot tell the two apart.
 
 Ray is started locally unless an address is given (``connect``): no dashboard, no
 usage reporting, temporary files in ``$BRAIN_RAY_TMP`` (default ``/tmp/sitian-ray``,
-short enough for Ray's socket paths).
+short enough for Ray's socket paths). An address that nothing answers is refused at
+once (``RayUnreachable``) instead of Ray's retrying for minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -23,6 +25,34 @@ import numpy as np
 from observatory.taxonomy import CLASSES
 from policies.classifier import ARTIFACT_DIR, TransientClassifier
 from policies.followup import make_policy
+
+
+class RayUnreachable(ConnectionError):
+    """No Ray cluster could be joined at the address given; the message is one line."""
+
+
+RAY_CLIENT_PORT = 10001  # a ray:// address without a port
+
+
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse (``RayUnreachable``) an address of the form HOST:PORT or ray://HOST[:PORT]
+    where nothing accepts a connection: Ray would retry for minutes. ``auto`` (the
+    cluster this machine is part of) is left to Ray, which fails at once without one."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep and address.startswith("ray://"):
+        host, port = hostport, str(RAY_CLIENT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RayUnreachable(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT "
+                             "or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise RayUnreachable(f"no Ray cluster at {address} ({reason}); start one with "
+                             "`ray start --head` or give its head's address") from None
 
 
 def connect(address: str | None = None, num_cpus: int | None = None,
@@ -37,7 +67,14 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     kwargs = {"include_dashboard": False, "log_to_driver": False,
               "configure_logging": False}
     if address:
-        ray.init(address=address, **kwargs)
+        probe_address(address)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            # e.g. `auto` with no cluster here, or a token the cluster refuses
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RayUnreachable(f"cannot join the Ray cluster at {address}: "
+                                 f"{first}") from None
     else:
         tmp = Path(temp_dir or os.environ.get("BRAIN_RAY_TMP", "/tmp/sitian-ray"))
         tmp.mkdir(parents=True, exist_ok=True)
