@@ -74,6 +74,7 @@ def test_nights_close_into_the_store_and_a_restart_reads_the_window(tmp_path):
         # Whole light curves come from the store on demand.
         obj, mjd, *_ = a.history(np.arange(3))
         assert np.bincount(obj).tolist() == [3 * 9 + 6] * 3
+        assert np.all(np.diff(mjd[obj == 0]) >= 0)  # in time order
         # Tonight goes on with the same objects.
         _night(d, 3, visits=1, first=2)
         assert a.n_objects == N_SRC
