@@ -21,6 +21,7 @@ from brain.core.store import (
     empty_catalogue,
     open_store,
     pack,
+    quantize,
     unpack,
 )
 from observatory.taxonomy import CLASSES
@@ -59,6 +60,8 @@ def _detections(seed: int = 11, n_obj: int = 40):
             band = rng.integers(0, 3, n).astype(np.int8)
             mag = rng.uniform(14, 22, n).astype(np.float32)
             err = rng.uniform(0.005, 0.4, n).astype(np.float32)
+            # at the store's precision, as the associator hands them over
+            mjd, mag, err = quantize(mjd, mag, err)
             order = rng.permutation(n)  # written in no particular order
             flushes.append(tuple(a[order] for a in (obj, mjd, band, mag, err)))
     every = tuple(np.concatenate(parts) for parts in zip(*flushes, strict=True))
@@ -92,20 +95,26 @@ def _write_all(store, flushes) -> int:
 
 def test_packed_records_are_the_documented_format():
     rng = np.random.default_rng(1)
-    mjd = NIGHT0 + rng.random(7)
+    mjd, mag, err = quantize(NIGHT0 + np.sort(rng.random(7)),
+                             rng.uniform(14, 22, 7), rng.uniform(0.005, 0.4, 7))
     band = rng.integers(0, 3, 7).astype(np.int8)
-    mag, err = rng.random(7).astype(np.float32), rng.random(7).astype(np.float32)
     blob = pack(mjd, band, mag, err)
     raw = zlib.decompress(blob)
-    assert LC_DTYPE.itemsize == 17 and len(raw) == 7 * 17  # packed: no padding
-    first = np.frombuffer(raw[:17], dtype=LC_DTYPE)[0]
-    assert raw[:8] == mjd[:1].astype("<f8").tobytes() and raw[8:9] == band[:1].tobytes()
-    assert raw[9:13] == mag[:1].astype("<f4").tobytes()
-    assert raw[13:17] == err[:1].astype("<f4").tobytes()
-    assert first["mjd"] == mjd[0]
+    assert len(raw) == 8 + 4 * 6 + 7 + 2 * 7 + 2 * 7  # column after column, no padding
+    t = np.round(mjd / 1e-8).astype(np.int64)
+    assert np.frombuffer(raw[:8], "<i8")[0] == t[0]
+    assert np.frombuffer(raw[8:32], "<u4").tolist() == np.diff(t).tolist()
+    assert raw[32:39] == band.tobytes()
+    assert np.frombuffer(raw[39:53], "<i2").tolist() == np.round(mag * 1000.0).tolist()
+    assert np.frombuffer(raw[53:67], "<u2").tolist() == np.round(err * 1e4).tolist()
     back = unpack(blob)
+    assert back.dtype == LC_DTYPE
     assert back["mjd"].tobytes() == mjd.tobytes()
-    assert back["mag"].tobytes() == mag.tobytes()
+    assert back["mag"].tobytes() == mag.tobytes() and back["err"].tobytes() == err.tobytes()
+    # Unrounded input comes back at the store's precision: what quantize gives.
+    raw_t = NIGHT0 + np.sort(rng.random(5))
+    assert unpack(pack(raw_t, band[:5], mag[:5], err[:5]))["mjd"].tobytes() == quantize(
+        raw_t, mag[:5], err[:5])[0].tobytes()
 
 
 def test_light_curves_round_trip_exactly(url):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from brain.core.store import ObjectStore, empty_catalogue
+from brain.core.store import ObjectStore, empty_catalogue, quantize
 from observatory.sky import unit_vectors
 
 
@@ -251,13 +251,15 @@ class Associator:
             self.next_id += len(members)
             self.n_objects = need
             self._reindex()
-        self._update_catalogue(row, batch.mjd)
+        # At the store's precision from the start: memory and store hold the same numbers.
+        mjd, mag, err = quantize(batch.mjd, batch.mag, batch.mag_err)
+        self._update_catalogue(row, mjd)
         d = self.det
         d["obj"].extend(self.cat["object_id"][row])
-        d["mjd"].extend(batch.mjd)
+        d["mjd"].extend(mjd)
         d["band"].extend(batch.band)
-        d["mag"].extend(batch.mag)
-        d["err"].extend(batch.mag_err)
+        d["mag"].extend(mag)
+        d["err"].extend(err)
         d["truth"].extend(truth)
         real = truth[truth >= 0]
         if real.size:
@@ -266,7 +268,7 @@ class Associator:
                 grown[:self.sources_seen.size] = self.sources_seen
                 self.sources_seen = grown
             self.sources_seen[real] = True
-        self.window_mjd0 = min(self.window_mjd0, float(np.min(batch.mjd)))
+        self.window_mjd0 = min(self.window_mjd0, float(np.min(mjd)))
         return row
 
     def _update_catalogue(self, row: np.ndarray, mjd: np.ndarray) -> None:
