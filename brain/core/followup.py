@@ -486,13 +486,38 @@ class Stream:
     ticks: list[tuple[float, str, tuple[bool, ...]]] = field(default_factory=list)
 
     def _arrays(self) -> dict[str, np.ndarray]:
+        """Ticks, and snapshots as changes: each snapshot stores the rows that are new or
+        differ from the previous snapshot's row of the same object, and the ids that
+        left (snapshots are in object-id order, so :meth:`load` rebuilds them exactly)."""
         arrays = {"tick_t": np.array([x[0] for x in self.ticks], dtype=np.float64),
                   "tick_date": np.array([x[1] for x in self.ticks], dtype="<U10"),
                   "tick_open": np.array([x[2] for x in self.ticks], dtype=bool),
-                  "snap_t": np.array([s.t for s in self.snapshots], dtype=np.float64),
-                  "snap_n": np.array([s.n for s in self.snapshots], dtype=np.int64)}
+                  "snap_t": np.array([s.t for s in self.snapshots], dtype=np.float64)}
+        kept, removed, n_kept, n_removed = [], [], [], []
+        prev = None
+        for snap in self.snapshots:
+            keep = np.ones(snap.n, dtype=bool)
+            gone = np.zeros(0, dtype=np.int64)
+            if prev is not None and prev.n:
+                idx = np.minimum(np.searchsorted(prev.object_id, snap.object_id), prev.n - 1)
+                same = prev.object_id[idx] == snap.object_id
+                for f in Snapshot.FIELDS[1:]:
+                    new, old = getattr(snap, f), getattr(prev, f)[idx]
+                    eq = new == old
+                    same &= eq.all(axis=1) if eq.ndim == 2 else eq
+                keep = ~same
+                gone = prev.object_id[~np.isin(prev.object_id, snap.object_id)]
+            kept.append(keep)
+            removed.append(gone)
+            n_kept.append(int(keep.sum()))
+            n_removed.append(gone.size)
+            prev = snap
+        arrays["snap_n"] = np.array(n_kept, dtype=np.int64)
+        arrays["snap_removed_n"] = np.array(n_removed, dtype=np.int64)
+        arrays["snap_removed"] = (np.concatenate(removed) if removed
+                                  else np.zeros(0, dtype=np.int64))
         for f in Snapshot.FIELDS:
-            parts = [getattr(s, f) for s in self.snapshots]
+            parts = [getattr(s, f)[k] for s, k in zip(self.snapshots, kept, strict=True)]
             arrays[f"snap_{f}"] = (np.concatenate(parts) if parts else
                                    getattr(Snapshot.empty(0.0), f))
         return arrays
@@ -526,10 +551,23 @@ class Stream:
                               zip(z[f"{pre}tick_t"], z[f"{pre}tick_date"],
                                   z[f"{pre}tick_open"], strict=True)]
                 bounds = np.concatenate([[0], np.cumsum(z[f"{pre}snap_n"])])
+                delta = f"{pre}snap_removed_n" in names
+                if delta:
+                    gone_at = np.concatenate([[0], np.cumsum(z[f"{pre}snap_removed_n"])])
+                    gone_ids = z[f"{pre}snap_removed"]
+                prev = None
                 for k, t in enumerate(z[f"{pre}snap_t"]):
                     a, b = bounds[k], bounds[k + 1]
-                    out.snapshots.append(Snapshot(float(t), *(cols[f][a:b] for f in
-                                                              Snapshot.FIELDS)))
+                    rows = {f: cols[f][a:b] for f in Snapshot.FIELDS}
+                    if delta and prev is not None:
+                        gone = gone_ids[gone_at[k]:gone_at[k + 1]]
+                        stay = ~np.isin(prev.object_id, np.r_[gone, rows["object_id"]])
+                        merged = {f: np.concatenate([getattr(prev, f)[stay], rows[f]])
+                                  for f in Snapshot.FIELDS}
+                        order = np.argsort(merged["object_id"], kind="stable")
+                        rows = {f: v[order] for f, v in merged.items()}
+                    prev = Snapshot(float(t), *(rows[f] for f in Snapshot.FIELDS))
+                    out.snapshots.append(prev)
         return out
 
 
