@@ -3,15 +3,16 @@ wait for a model).
 
 ``run_daemon`` binds the device link and starts its loop as soon as the core has
 tonight's ephemerides and the journal is read back; a device's HELLO is answered from
-then on. What is slow and not needed to run the survey loads meanwhile, each on a
-:class:`Background` thread of stages, which the loop takes up as they finish (on its own
-thread, between two turns):
+then on. What is slow and not needed to run the survey loads meanwhile, in
+:class:`Background` stages (a thread each, a stage waiting for those it needs), which the
+loop takes up as they finish (on its own thread, between two turns):
 
-* ``models`` (in this order): ``classifier`` (hosting ``ray``: Ray is started or joined
-  first, then the classifier actor), ``policy`` (the follow-up policy; follow-up is held
-  until it is ready), ``desk`` (the operator desk: the daemon pushes its state there),
-  ``api`` (the operators' HTTP API; it answers, and says the planner is loading) and
-  ``planner`` (the vLLM engine, about a minute on 2 cores);
+* ``models``: hosting ``ray``: ``ray`` (Ray started or joined), then side by side
+  ``classifier`` (the classifier actor), ``policy`` (the follow-up policy actor;
+  follow-up is held until it is ready) and ``desk`` (the operator desk: the daemon pushes
+  its state there), then ``api`` (the operators' HTTP API; it answers, and says the
+  planner is loading) and last ``planner`` (the vLLM engine: a minute or more on 2
+  cores). Hosting ``local``: ``classifier`` and ``policy`` in the daemon's process.
 * ``night_jobs``: tomorrow's ephemerides (seconds), then the night jobs start.
 
 Meanwhile a :class:`PendingClassifier` stands in for the classifier: a classification
@@ -43,26 +44,30 @@ from policies.followup import make_policy
 
 log = logging.getLogger("brain.shells.daemon")
 
-Stage = tuple[str, Callable[[], Any]]
+# (name, load, the stages it needs first)
+Stage = tuple[str, Callable[[], Any], tuple[str, ...]]
 
 
 class Background:
-    """Stages run one after the other on a thread of their own; each result is handed to
-    the loop by :meth:`apply` (its ``on_ready`` callbacks run there, not on this thread).
+    """Each stage on a thread of its own, started together; a stage waits for the
+    stages it needs (and fails if one of them did). Each result is handed to the loop by
+    :meth:`apply` (its ``on_ready`` callbacks run there, not on the stage's thread).
 
     ``status[name]``: ``loading``, ``ready`` or ``failed: <one line>``."""
 
     def __init__(self, name: str, stages: list[Stage]):
         self.name = name
         self.stages = list(stages)
-        self.status = {n: "loading" for n, _ in self.stages}
+        self.status = {n: "loading" for n, _, _ in self.stages}
         self.results: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}  # from start() to ready
-        self._events = {n: threading.Event() for n, _ in self.stages}
+        self._events = {n: threading.Event() for n, _, _ in self.stages}
         self._finished: queue.SimpleQueue = queue.SimpleQueue()
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=stage,
+                                          name=f"{name}-{stage[0]}", daemon=True)
+                         for stage in self.stages]
         self._t0 = time.monotonic()
 
     def __contains__(self, name: str) -> bool:
@@ -74,25 +79,30 @@ class Background:
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
-    def _run(self) -> None:
-        for name, load in self.stages:
-            if self._stop.is_set():
-                break
-            try:
-                value = load()
-            except Exception as exc:  # one line in the log; the daemon goes on without it
-                first = (str(exc).strip().splitlines() or [""])[0][:200]
-                self.status[name] = f"failed: {type(exc).__name__}" + (
-                    f": {first}" if first else "")
-                log.error("%s did not load (%s); the daemon goes on without it", name,
-                          self.status[name][len("failed: "):])
-            else:
-                self.results[name] = value
-                self.seconds[name] = time.monotonic() - self._t0
-                self.status[name] = "ready"
-                log.info("%s ready after %.1f s", name, self.seconds[name])
+    def _run(self, name: str, load: Callable[[], Any], after: tuple[str, ...]) -> None:
+        try:
+            for need in after:
+                self._events[need].wait()
+                if self._stop.is_set():
+                    return
+                if need not in self.results:
+                    raise RuntimeError(f"needs {need}, which did not load")
+            value = load()
+        except Exception as exc:  # one line in the log; the daemon goes on without it
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            self.status[name] = f"failed: {type(exc).__name__}" + (
+                f": {first}" if first else "")
+            log.error("%s did not load (%s); the daemon goes on without it", name,
+                      self.status[name][len("failed: "):])
+        else:
+            self.results[name] = value
+            self.seconds[name] = time.monotonic() - self._t0
+            self.status[name] = "ready"
+            log.info("%s ready after %.1f s", name, self.seconds[name])
+        finally:
             self._events[name].set()
             self._finished.put(name)
 
@@ -168,16 +178,48 @@ def model_stages(config, hosting: str, model_dir: Path, policy=None, policy_seed
     unless ``api_port`` is 0."""
     stages: list[Stage] = []
     if hosting == "ray":
-        stages.append(("classifier", lambda: (connect(ray_address),
-                                              start_classifier(str(model_dir)))[1]))
+        stages += [("ray", lambda: start_ray(ray_address), ()),
+                   ("classifier", lambda: start_classifier(str(model_dir)), ("ray",))]
         if isinstance(policy, str):
-            stages.append(("policy", lambda: start_policy(policy, policy_seed)))
+            stages.append(("policy", lambda: start_policy(policy, policy_seed), ("ray",)))
         if api_port != 0:
-            stages += [("desk", lambda: desk(create=True)),
-                       ("api", lambda: start_api(config, api_port, planner=False)),
-                       ("planner", lambda: start_planner(config))]
+            stages += [("desk", _ready_desk, ("ray",)),
+                       ("api", lambda: start_api(config, api_port, planner=False),
+                        ("desk",)),
+                       ("planner", lambda: start_planner(config), ("api",))]
     else:
-        stages.append(("classifier", lambda: TransientClassifier.load(model_dir)))
+        stages.append(("classifier", lambda: TransientClassifier.load(model_dir), ()))
         if isinstance(policy, str):
-            stages.append(("policy", lambda: make_policy(policy, policy_seed)))
+            stages.append(("policy", lambda: make_policy(policy, policy_seed), ()))
     return stages
+
+
+def start_ray(address: str | None = None):
+    """:func:`~brain.ops.hosting.connect` on a thread that lives as long as the process.
+    A local Ray's own processes (GCS, raylet) are started with ``PR_SET_PDEATHSIG``,
+    which kills them when the *thread* that started them ends: started on a stage's
+    thread, they died with it, and every actor with them."""
+    answer: queue.SimpleQueue = queue.SimpleQueue()
+
+    def own() -> None:
+        try:
+            answer.put(connect(address))
+        except BaseException as exc:  # handed to the stage, which reports it
+            answer.put(exc)
+            return
+        threading.Event().wait()  # never set: the thread ends with the process
+
+    threading.Thread(target=own, name="ray-owner", daemon=True).start()
+    out = answer.get()
+    if isinstance(out, BaseException):
+        raise out
+    return out
+
+
+def _ready_desk():
+    """The operator desk, once its actor answers (the loop asks it with a 2 s timeout)."""
+    import ray  # lazy: heavy optional library
+
+    handle = desk(create=True)
+    ray.get(handle.planner_status.remote(), timeout=120)
+    return handle

@@ -192,6 +192,6 @@ def _night_jobs(d: Daemon, directory: Path) -> Background:
         d.nightjobs.start()
 
     bg = Background("night-jobs", [("night_jobs", lambda: [(n, nights.compute(n))
-                                                           for n in wanted])])
+                                                           for n in wanted], ())])
     bg.on_ready("night_jobs", start)
     return bg
