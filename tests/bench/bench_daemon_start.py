@@ -13,9 +13,11 @@ before the brain is started, and heartbeats after its WELCOME. Measured from the
   the target is under 20 s with default hosting, far inside the devices' 60 s fail-safe);
 * ``planner_ready_s`` (``--planner``): the operators' API reports the planner ready.
 
-Runs: ``--hosting ray`` (the default: Ray, the model actors, Ray Serve and the vLLM
-planner) and, as the in-run baseline, ``--hosting local --policy none`` (no Ray, no
-policy, no planner: the start with nothing but the brain itself). Prints one JSON line.
+Runs, with the default hosting (Ray, the model actors, Ray Serve and the vLLM planner):
+this tree's ``brain run``, and as the in-run baseline the same start at ``--baseline``
+(default ``BASELINE_REV``, the start before issue 19's part 5, which brought the loop up
+only after the planner's engine), checked out in a temporary git worktree. Prints one
+JSON line, with the load average: on a shared 2-core machine other work slows both.
 
     PYTHONPATH=. .venv/bin/python tests/bench/bench_daemon_start.py [--planner] [--runs N]
 """
@@ -51,6 +53,7 @@ START = "2026-12-15T12:00:00"  # the README's rehearsal
 SPEED = "60"
 PROBE = "xl.spec"
 TIMEOUT_S = 240.0
+BASELINE_REV = "1390f35"
 
 
 def _port() -> int:
@@ -121,27 +124,29 @@ class Probe:
         self.s.close(0)
 
 
-def one_start(hosting: list[str], planner: bool, tmp: Path) -> dict:
+def one_start(label: str, tree: Path, planner: bool, tmp: Path) -> dict:
     router, pub = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
     metrics_port, api_port = _port(), _port()
     config = load_config()
     others = sorted(d for d in device_specs(config) if d != PROBE)
     link = ["--start", START, "--speed", SPEED, "--router", router, "--pub", pub]
-    env = dict(os.environ, BRAIN_RAY_TMP=tempfile.mkdtemp(prefix="sr-", dir="/tmp"))
-    log = (tmp / f"run-{hosting[1]}.log").open("w")
+    env = dict(os.environ, BRAIN_RAY_TMP=tempfile.mkdtemp(prefix="sr-", dir="/tmp"),
+               PYTHONPATH=str(tree))
+    log = (tmp / f"run-{label}.log").open("a")
     drivers = subprocess.Popen([sys.executable, "-m", "brain", "sim-drivers", *link,
                                 "--only", ",".join(others)], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=log, text=True)
     drivers.stdout.readline()  # "serving 59 simulated devices ...": the drivers are up
     ctx = zmq.Context()
     probe = Probe(ctx, router, PROBE.split(".")[0])
-    api = ["--api-port", str(api_port)] if hosting[1] == "ray" else []
+    load0 = os.getloadavg()[0]
     t0 = time.monotonic()
-    daemon = subprocess.Popen([sys.executable, "-m", "brain", "run", *link, *hosting, *api,
-                               "--journal", str(tmp / hosting[1] / "journal.sqlite"),
+    daemon = subprocess.Popen([sys.executable, "-m", "brain", "run", *link, "--api-port",
+                               str(api_port), "--journal",
+                               str(tmp / f"{label}-{time.time_ns()}" / "journal.sqlite"),
                                "--metrics-port", str(metrics_port)],
-                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    out = {"hosting": hosting[1], "router_bound_s": None, "first_welcome_s": None,
+                              cwd=tree, stdout=log, stderr=subprocess.STDOUT, env=env)
+    out = {"run": label, "router_bound_s": None, "first_welcome_s": None,
            "all_up_s": None}
     if planner:
         out["planner_ready_s"] = None
@@ -176,6 +181,7 @@ def one_start(hosting: list[str], planner: bool, tmp: Path) -> dict:
     out["first_welcome_s"] = None if probe.welcomed is None else round(probe.welcomed, 2)
     if probe.connected is not None and probe.welcomed is not None:
         out["welcome_after_bind_s"] = round(probe.welcomed - probe.connected, 2)
+    out["load_avg_1min"] = [round(load0, 1), round(os.getloadavg()[0], 1)]
     return out
 
 
@@ -184,23 +190,34 @@ def main() -> None:
     ap.add_argument("--planner", action="store_true",
                     help="also wait for the API to report the planner ready")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--baseline", default=BASELINE_REV,
+                    help="git revision of the baseline start ('none': no baseline)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-start-"))
+    old = None
+    if args.baseline != "none":
+        old = tmp / "baseline-tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline],
+                       cwd=REPO, check=True, capture_output=True)
     runs = []
-    for _ in range(args.runs):
-        runs.append(one_start(["--hosting", "ray"], args.planner, tmp))
-        runs.append(one_start(["--hosting", "local", "--policy", "none"], False, tmp))
-    ray_runs = [r for r in runs if r["hosting"] == "ray"]
-    base = [r for r in runs if r["hosting"] == "local"]
-    worst = lambda rs, k: max((r[k] for r in rs if r[k] is not None), default=None)  # noqa: E731
+    try:
+        for _ in range(args.runs):
+            runs.append(one_start("this", REPO, args.planner, tmp))
+            if old is not None:
+                runs.append(one_start("baseline", old, args.planner, tmp))
+    finally:
+        if old is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,
+                           check=False, capture_output=True)
+    worst = lambda label, k: max((r[k] for r in runs if r["run"] == label  # noqa: E731
+                                  and r.get(k) is not None), default=None)
+    keys = ("router_bound_s", "first_welcome_s", "welcome_after_bind_s", "all_up_s",
+            *(("planner_ready_s",) if args.planner else ()))
     print(json.dumps({
         "bench": "daemon_start", "cpus": os.cpu_count(), "runs": runs,
-        "default_hosting": {"first_welcome_s_max": worst(ray_runs, "first_welcome_s"),
-                            "all_up_s_max": worst(ray_runs, "all_up_s"),
-                            "welcome_after_bind_s_max": worst(ray_runs,
-                                                              "welcome_after_bind_s")},
-        "baseline_local_no_models": {"first_welcome_s_max": worst(base, "first_welcome_s"),
-                                     "all_up_s_max": worst(base, "all_up_s")},
+        "this_max": {k: worst("this", k) for k in keys},
+        "baseline": args.baseline,
+        "baseline_max": {k: worst("baseline", k) for k in keys},
         "targets": {"all_up_s": 20.0, "welcome_after_bind_s": 1.0, "device_failsafe_s": 60.0},
         "logs": str(tmp),
     }), flush=True)
