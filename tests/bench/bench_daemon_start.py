@@ -76,7 +76,8 @@ def _devices_up(metrics_port: int) -> int | None:
 def _planner_ready(api_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/status", timeout=2) as r:
-            return json.loads(r.read()).get("planner") == "ready"
+            # the baseline's API has no "planner": it answered once the planner was up
+            return json.loads(r.read()).get("planner", "ready") == "ready"
     except (OSError, ValueError, urllib.error.URLError):
         return False
 
