@@ -217,11 +217,12 @@ class BrainLink:
                  clock: WorldClock | None = None, heartbeat_s: float = 1.0,
                  failsafe_s: float = 60.0, security: str = "none",
                  keys_dir: str | os.PathLike | None = None, registry=None,
-                 context: zmq.Context | None = None, hwm: int = 10_000):
+                 context: zmq.Context | None = None, hwm: int = 10_000,
+                 session: str | None = None):
         self._lookup = devices.get if isinstance(devices, dict) else devices
         self.clock = clock or WorldClock()
         self.heartbeat_s, self.failsafe_s = float(heartbeat_s), float(failsafe_s)
-        self.session = os.urandom(8).hex()
+        self.session = session or os.urandom(8).hex()
         self.ctx = context or zmq.Context.instance()
         self.metrics = LinkMetrics(registry, list(devices) if isinstance(devices, dict) else [],
                                    link=self)

@@ -90,8 +90,19 @@ class NightCache:
 
     def get(self, date: str):
         if date not in self._nights:
-            night = NightEphemeris.compute(self.config, date)
-            self._nights[date] = (night, FieldSky(self.grid, night))
-            while len(self._nights) > self.keep:
-                self._nights.pop(next(iter(self._nights)))
+            self.put(date, self.compute(date))
         return self._nights[date]
+
+    def compute(self, date: str):
+        """A night's entry, computed and not stored: safe on another thread (the daemon
+        computes tomorrow's off its loop, then :meth:`put` s it there)."""
+        night = NightEphemeris.compute(self.config, date)
+        return night, FieldSky(self.grid, night)
+
+    def put(self, date: str, entry) -> None:
+        self._nights[date] = entry
+        while len(self._nights) > self.keep:
+            self._nights.pop(next(iter(self._nights)))
+
+    def __contains__(self, date: str) -> bool:
+        return date in self._nights

@@ -9,6 +9,11 @@ counted (``sitian_safety_vetoes_total{rule}``), and comes back to the core as ``
 unsafe``. Safety is reviewed every ``SAFETY_EVERY_S`` of world time as well as on each
 weather report, and the clock ticks each minute of world time as in the fast shell.
 
+The device link is bound last, once the core has tonight's ephemerides and the journal
+is read back, so the loop answers a HELLO from the moment the router listens; the models
+load in the background meanwhile (:mod:`brain.shells.daemon_models`). With
+``policy_pending`` follow-up is held, its state restored, until :meth:`start_followup`.
+
 On start the daemon recovers the journal: commands left in flight are marked ``unknown``
 (non-idempotent, never resent) or ``lost``; the scheduler's visits, the detections and the
 exposure counter are read back, so the night continues where it stopped. It comes up
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import deque
@@ -70,6 +76,7 @@ RESTORE_VISITS_S = 2 * 86400.0  # the survey's cadence state: the last two days'
 TICK_S = 60.0
 SAFETY_EVERY_S = 5.0
 ALERTS_PER_TURN = 10
+FOLLOWUP_TOOLS = ("request_followup", "cancel_followup")
 
 
 def device_specs(config: BrainConfig) -> dict[str, DeviceSpec]:
@@ -90,15 +97,14 @@ class Daemon:
                  router: str = "tcp://127.0.0.1:5550", pub: str | None = "tcp://127.0.0.1:5551",
                  security: str = "none", keys_dir: str | None = None, policy=None,
                  classifier=None, registry=None, heartbeat_s: float = 1.0,
-                 failsafe_s: float = 60.0, seed: int = 0):
+                 failsafe_s: float = 60.0, seed: int = 0, policy_pending: bool = False):
         self.config = config
         self.clock = clock or WorldClock()
         self.registry = registry
-        self.link = BrainLink(device_specs(config), router, pub, self.clock, heartbeat_s,
-                              failsafe_s, security, keys_dir, registry)
-        set_command_prefix(f"{self.link.session[:8]}-")
+        session = os.urandom(8).hex()
+        set_command_prefix(f"{session[:8]}-")
         followup = None
-        if policy is not None and config.spectrographs:
+        if (policy is not None or policy_pending) and config.spectrographs:
             followup = FollowupManager(config, policy, seed)
         # The object store: beside the journal unless the config names one (docs/store.md).
         self.store = open_store(config.store.url or
@@ -118,8 +124,12 @@ class Daemon:
         self.core.offload = lambda t, job: self._classifying.append(
             (t, self._pool.submit(job)))
         self.journal = Journal(journal)
-        self.recovered = self.journal.start_session(self.link.session, self.clock.now())
+        self.recovered = self.journal.start_session(session, self.clock.now())
         self._restore()
+        # Follow-up whose policy is still loading: restored, then held off the core.
+        self._held_followup = None
+        if policy_pending and followup is not None:
+            self._held_followup, self.core.followup = followup, None
         self._next_tick = -math.inf
         self._next_safety = -math.inf
         self._cmds: dict[str, Command] = {}  # in flight, for journalling the results
@@ -136,6 +146,16 @@ class Daemon:
         self.alerts = None  # brain.ops.alerts.AlertSink
         self.metrics_server = None  # brain.ops.prometheus.MetricsServer, started by run_daemon
         self._alert_queue: deque = deque()
+        self.background: list = []  # brain.shells.daemon_models.Background, by run_daemon
+        self.planner_status = None  # callable: the planner's status, pushed to the desk
+        # The device link last (see the module's docstring).
+        try:
+            self.link = BrainLink(device_specs(config), router, pub, self.clock,
+                                  heartbeat_s, failsafe_s, security, keys_dir, registry,
+                                  session=session)
+        except BaseException:
+            self.journal.close()
+            raise
         self.metrics = None
         if registry is not None:
             self.metrics = DaemonMetrics(registry, self)
@@ -264,6 +284,8 @@ class Daemon:
             busy = True
         if self._alert_queue and self._drain_alerts():
             busy = True
+        for bg in self.background:  # models and night jobs that finished loading
+            busy = bg.apply() or busy
         if self.desk is not None and time.monotonic() >= self._next_desk:
             self.serve_desk()
         while self._classifying and self._classifying[0][1].done():
@@ -283,6 +305,19 @@ class Daemon:
         if self.metrics is not None and busy:  # the turn, less the wait for the sockets
             self.metrics.loop_lag.observe(max(0.0, time.perf_counter() - turn0
                                               - self.link.last_wait_s))
+
+    def start_followup(self, policy) -> None:
+        """Follow-up starts: its policy has loaded. The manager held since the start
+        takes it, with the candidates classified so far."""
+        fu, self._held_followup = self._held_followup, None
+        if fu is None:
+            return
+        fu.policy = policy
+        self.core.followup = fu
+        if self.core.obj_prob.size:  # else the first classification gives the snapshot
+            self.core.finish_classification(self.clock.now(), np.zeros(0, dtype=np.int64),
+                                            np.zeros((0, self.core.obj_prob.shape[1])))
+        log.info("follow-up started (policy %s)", getattr(policy, "name", type(policy)))
 
     # Operators -------------------------------------------------------------------
     def attach_desk(self, desk) -> None:
@@ -307,6 +342,8 @@ class Daemon:
             parsed, err = parse_call(tool, args)
             problems = ([err] if err else [f"{tool} is not an action"]
                         if not TOOLS[tool].moves_hardware else
+                        ["follow-up has not started: its policy is still loading"]
+                        if self._held_followup is not None and tool in FOLLOWUP_TOOLS else
                         self._validator.check(tool, parsed, state, None))
             if not problems:
                 args = parsed.model_dump()
@@ -331,7 +368,8 @@ class Daemon:
             state = self.core.plan_state(self.clock.now())
         if state is not None:
             self._next_push = wall + 2.0
-            self.desk.put_state.remote(state.to_dict())
+            self.desk.put_state.remote(state.to_dict(), self.planner_status and
+                                       self.planner_status())
 
     # Alerts (brain.ops.alerts) ----------------------------------------------------------
     def _predicted(self, cand: np.ndarray) -> np.ndarray:
@@ -397,6 +435,8 @@ class Daemon:
                 log.info("session %s: /metrics answered %d scrapes in %.3f s CPU",
                          self.link.session, self.metrics_server.scrapes,
                          self.metrics_server.cpu_s)
+        for bg in self.background:  # a classification waiting for its model gives up
+            bg.close()
         if self.nightjobs is not None:
             self.nightjobs.close()
         # Everything associated so far goes to the store: a restart replays nothing.

@@ -1,6 +1,10 @@
-"""Starting the daemon (brain run): the metrics port first, then the models (Ray actors or
-in-process), the journal's world time for a restarted rehearsal, the night jobs'
-ephemerides before the clock runs, alerts, night jobs and the operators' API."""
+"""Starting the daemon (brain run), in this order: the metrics port; the journal's world
+time for a restarted rehearsal; the core with tonight's ephemerides and the journal read
+back; then the device link is bound and the loop starts at once, so the devices are
+welcomed from then on. What is slow loads on background threads meanwhile
+(:mod:`brain.shells.daemon_models`): the models (Ray, the classifier, the follow-up
+policy, the operator desk and API, the planner) and tomorrow's ephemerides, after which
+the night jobs start. Alerts start with the loop."""
 
 from __future__ import annotations
 
@@ -13,15 +17,18 @@ from prometheus_client import CollectorRegistry
 
 from brain.config import BrainConfig
 from brain.ops.alerts import AlertSink
-from brain.ops.hosting import connect, start_classifier, start_policy
 from brain.ops.nightjobs import NightJobs, current_classifier
 from brain.ops.prometheus import MetricsServer
-from brain.planner.api import desk, start_api
 from brain.shells.daemon import Daemon
+from brain.shells.daemon_models import (
+    Background,
+    PendingClassifier,
+    Stage,
+    StartupCollector,
+    model_stages,
+)
 from brain.shells.journal import Journal
 from drivers.clock import WorldClock
-from policies.classifier import TransientClassifier
-from policies.followup import make_policy
 
 log = logging.getLogger("brain.shells.daemon")
 
@@ -55,8 +62,28 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                security: str = "none", keys_dir: str | None = None,
                hosting: str = "ray", ray_address: str | None = None,
                api_port: int | None = None, policy_seed: int = 0,
-               failsafe_s: float = 60.0) -> Daemon:
-    """``policy``: a policy name (``hosting="ray"``: served by a Ray actor) or object."""
+               failsafe_s: float = 60.0, stages: list[Stage] | None = None) -> Daemon:
+    """Start the daemon (:func:`start_daemon`) and run its loop until ``until``, a signal,
+    or ``.stopping``."""
+    d = start_daemon(config, journal, start, speed, metrics_port, until, policy, router,
+                     pub, security, keys_dir, hosting, ray_address, api_port, policy_seed,
+                     failsafe_s, stages)
+    d.run(until=until)
+    return d
+
+
+def start_daemon(config: BrainConfig, journal: str, start: float | None, speed: float,
+                 metrics_port: int, until: float | None = None, policy=None,
+                 router: str = "tcp://127.0.0.1:5550", pub: str = "tcp://127.0.0.1:5551",
+                 security: str = "none", keys_dir: str | None = None,
+                 hosting: str = "ray", ray_address: str | None = None,
+                 api_port: int | None = None, policy_seed: int = 0,
+                 failsafe_s: float = 60.0, stages: list[Stage] | None = None) -> Daemon:
+    """The daemon, its link bound and its background loading started: call ``run`` next,
+    at once (the devices' HELLOs wait in the socket until it turns). ``policy``: a
+    policy name (loaded in the background: by a Ray actor with ``hosting="ray"``) or an
+    object. ``stages``: the models' background stages (default
+    :func:`~brain.shells.daemon_models.model_stages`; tests: a model that loads slowly)."""
 
     # metrics_port 0: no metrics at all (nothing collected, nothing served). The port is
     # taken first: a busy one stops the start before the journal or Ray is touched.
@@ -96,45 +123,38 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
     # short switch interval gets an arriving DONE handled within a millisecond.
     sys.setswitchinterval(0.0002)
     clock = WorldClock(begin if start is not None else None, speed)
-    classifier = None
-    # The classifier the night jobs promoted last (brain.ops.nightjobs), else the shipped one.
-
+    # The classifier the night jobs promoted last (brain.ops.nightjobs), else the shipped
+    # one; it and the policy load in the background, started once the link is bound (on
+    # 2 cores, Ray's start would slow tonight's ephemerides, which the link waits for).
     model_dir = current_classifier(Path(journal).parent)
-    if hosting == "ray":
-        # The models as Ray actors (restarted by Ray; each holds nothing but its model),
-        # on a local Ray or the cluster at ray_address.
-
-        connect(ray_address)
-        classifier = start_classifier(str(model_dir))
-        if isinstance(policy, str):
-            policy = start_policy(policy, policy_seed)
-    else:
-        classifier = TransientClassifier.load(model_dir)
-        if isinstance(policy, str):
-            policy = make_policy(policy, policy_seed)
-    log.info("classifier from %s", model_dir)
+    if stages is None:
+        stages = model_stages(config, hosting, model_dir, policy, policy_seed,
+                              ray_address, api_port)
+    models = Background("models", stages)
+    pending_policy = "policy" in models
     try:
-        d = Daemon(config, journal, clock, router, pub, security, keys_dir, policy=policy,
-                   classifier=classifier, registry=registry, failsafe_s=failsafe_s)
+        d = Daemon(config, journal, clock, router, pub, security, keys_dir,
+                   policy=None if pending_policy else policy,
+                   classifier=PendingClassifier(models) if "classifier" in models else None,
+                   registry=registry, failsafe_s=failsafe_s, policy_pending=pending_policy)
     except BaseException:
         if server is not None:
             server.close()
         raise
     d.metrics_server = server
-    if hosting == "ray" and api_port != 0:
-        d.attach_desk(desk(create=True))
-        d.serve_desk()  # a first state before the API answers
-        start_api(config, api_port)
-        log.info("operators' API on http://127.0.0.1:%d (planner loading)",
-                 api_port or config.planner.api_port)
+    log.info("classifier from %s (loading: %s)", model_dir,
+             ", ".join(models.status) or "nothing")
+    if pending_policy:
+        models.on_ready("policy", d.start_followup)
+    if "desk" in models:
+        models.on_ready("desk", lambda desk: (d.attach_desk(desk), d.serve_desk()))
+    if "planner" in models:
+        d.planner_status = lambda: models.status["planner"]
+        models.on_ready("api", lambda _: log.info(
+            "operators' API on http://127.0.0.1:%d (planner %s)",
+            api_port or config.planner.api_port, models.status["planner"]))
+    d.background.append(models)
     if start is not None:
-        if config.ops.night_jobs:
-            # The ephemerides the night jobs plan from take seconds: computed now, the
-            # rehearsal's clock does not run through them (at 100x, 7 s of setup cost
-            # the first 12 world minutes).
-
-            for night in NightJobs.nights_for(config, begin):
-                d.core.nights.get(night)
         # A rehearsal's world time begins once the brain is ready: at --start, or where
         # the journal left it plus the whole time the brain was down, this start included.
         clock.sync(begin + (time.time() - t_decided) * speed if resumed else begin)
@@ -147,10 +167,31 @@ def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: fl
                              role="test" if clock.simulated else "observation",
                              sites={s.id: s for s in config.sites})
     if config.ops.night_jobs:
-        d.nightjobs = NightJobs(d, Path(journal).parent)
-        d.nightjobs.start()
+        d.background.append(_night_jobs(d, Path(journal).parent))
+    if registry is not None:
+        registry.register(StartupCollector(d.background))
+    for bg in d.background:
+        bg.start()
     log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,
              d.link.router_endpoint, getattr(d.link, "pub_endpoint", "-"), speed,
              _iso(clock.now()))
-    d.run(until=until)
     return d
+
+
+def _night_jobs(d: Daemon, directory: Path) -> Background:
+    """The night jobs, started on the loop once the ephemerides of the nights they plan
+    (tonight's and tomorrow's: seconds each) are computed off it."""
+    nights = d.core.nights
+    wanted = [n for n in NightJobs.nights_for(d.config, d.clock.now()) if n not in nights]
+
+    def start(entries) -> None:
+        for night, entry in entries:
+            if night not in nights:
+                nights.put(night, entry)
+        d.nightjobs = NightJobs(d, directory)
+        d.nightjobs.start()
+
+    bg = Background("night-jobs", [("night_jobs", lambda: [(n, nights.compute(n))
+                                                           for n in wanted], ())])
+    bg.on_ready("night_jobs", start)
+    return bg
