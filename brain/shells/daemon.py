@@ -53,6 +53,7 @@ from brain.core.store import open_store
 from brain.ops.alerts import classification_alerts, followup_alert
 from brain.ops.prometheus import DaemonMetrics
 from brain.planner.tools import TOOLS, Validator, parse_call
+from brain.shells.daemon_store import NightStore
 from brain.shells.journal import Journal
 from drivers.clock import WorldClock
 from drivers.link import (
@@ -92,7 +93,7 @@ def device_specs(config: BrainConfig) -> dict[str, DeviceSpec]:
     return specs
 
 
-class Daemon:
+class Daemon(NightStore):
     def __init__(self, config: BrainConfig, journal: str | Path, clock: WorldClock | None = None,
                  router: str = "tcp://127.0.0.1:5550", pub: str | None = "tcp://127.0.0.1:5551",
                  security: str = "none", keys_dir: str | None = None, policy=None,
@@ -159,30 +160,6 @@ class Daemon:
         self.metrics = None
         if registry is not None:
             self.metrics = DaemonMetrics(registry, self)
-
-    # The store -------------------------------------------------------------------
-    def _on_flush(self, t: float) -> None:
-        """The store has every detection the journal holds so far."""
-        self.store.set_meta("journal_detections", str(self.journal.last_detection()))
-        self.store.commit()
-
-    def close_night(self, t: float) -> dict:
-        """The night's end (the last dawn job): classifications in flight are applied
-        (rows move when a night closes), the night goes to the store, and the journal
-        drops the detection messages the store now holds."""
-        for t_asked, fut in self._classifying:
-            try:
-                cand, prob = fut.result()
-                self.core.finish_classification(t, cand, prob)
-            except Exception as e:  # a broken model must not take the night down
-                log.error("classification asked at %.0f failed: %s", t_asked, e)
-        self._classifying.clear()
-        done = self.core.close_night(t)
-        self._on_flush(t)
-        done["journal_pruned"] = self.journal.prune_detections(
-            int(self.store.get_meta("journal_detections")))
-        log.info("night closed in the store: %s", done)
-        return done
 
     # Recovery --------------------------------------------------------------------
     def _restore(self) -> None:
