@@ -250,7 +250,7 @@ def _dates(metrics):
 
 
 def _bar_axes(plt, n):
-    fig, ax = plt.subplots(figsize=(max(8.0, min(14.0, 0.45 * n + 4)), 3.6))
+    fig, ax = plt.subplots(figsize=(max(10.0, min(14.0, 0.45 * n + 4)), 3.6))
     return fig, ax
 
 
@@ -318,7 +318,7 @@ def depth_map(path: Path, grid, obs, bands) -> None:
     ra = np.radians(((grid.ra_deg + 180) % 360) - 180)
     dec = np.radians(grid.dec_deg)
     seen = counts > 0
-    fig = plt.figure(figsize=(10, 10.5))
+    fig = plt.figure(figsize=(12, 13))
     for k, (vals, label, cmap) in enumerate((
             (counts, f"visits per field over the season ({bands[0]} exposures)", "viridis"),
             (depth, f"median {bands[0]} limiting magnitude per field", "magma"))):
@@ -330,7 +330,8 @@ def depth_map(path: Path, grid, obs, bands) -> None:
                      label=label)
         ax.set_xticklabels([f"{h}h" for h in (10, 8, 6, 4, 2, 0, 22, 20, 18, 16, 14)])
         ax.grid(True, alpha=0.3)
-    fig.suptitle("The season's coverage and depth (RA increases to the left)")
+        if k == 0:
+            ax.set_title("The season's coverage and depth (RA increases to the left)")
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
