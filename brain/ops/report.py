@@ -257,8 +257,6 @@ def _coverage_goal(config, metrics: dict, meas: Measured | None) -> list[tuple]:
     was dark and safe throughout; the excluded windows are counted per site."""
     goal = config.ops.coverage_goal_deg2
     what = "3-band area per 30 min (median, windows with every site dark and safe)"
-    n = metrics["survey"]["coverage_deg2_per_30min"].get("windows", len(meas.windows)
-                                                         if meas else 0)
     if meas is None or meas.sites_open is None:
         cov = metrics["survey"]["coverage_deg2_per_30min"]["median"]
         return [(what, _num(cov, "{:,.0f} deg²"), f"{goal:,.0f} deg²",
@@ -266,6 +264,7 @@ def _coverage_goal(config, metrics: dict, meas: Measured | None) -> list[tuple]:
     if not meas.windows:
         return [(what, "n/a", f"{goal:,.0f} deg²",
                  "not measured (no 30-minute window with every site dark)")]
+    n = len(meas.windows)
     good = [w["covered_deg2"] for w, ok in zip(meas.windows, meas.valid(), strict=True) if ok]
     med = float(np.median(good)) if good else None
     rows = [(what, _num(med, "{:,.0f} deg²"), f"{goal:,.0f} deg²",
@@ -275,7 +274,8 @@ def _coverage_goal(config, metrics: dict, meas: Measured | None) -> list[tuple]:
     if shut:
         rows.append(("  … windows left out: a site closed or unsafe in them",
                      f"{n - len(good)} of {n}", "-",
-                     "; ".join(f"{s}: {k} windows ({_lost_text(meas, s) or 'dark part'})"
+                     "; ".join(f"{s}: {k} windows (lost over the run: "
+                               f"{_lost_text(meas, s) or 'under a minute'})"
                                for s, k in shut.items())))
     return rows
 
