@@ -237,7 +237,7 @@ def write_night(out: Path, snap: NightSnapshot) -> dict:
     figures = write_report(out, ReportInputs(
         config=config, grid=snap.grid, core=snap.core, nights=[snap.eph], metrics=metrics,
         windows=windows, obs=obs, objects=snap.objects, followups=snap.followups,
-        title=f"{config.name}, night of {snap.night} (daemon)"))
+        title=f"{config.name}, night of {snap.night} (daemon)", weathers=[weathers]))
     s = metrics["survey"]
     return {"dir": str(out), "figures": len(figures), "exposures": s["exposures"],
             "visits": s["visits"], "coverage_median_deg2": s["coverage_deg2_per_30min"]

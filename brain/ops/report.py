@@ -1,6 +1,8 @@
 """report.html and its PNG figures: sky coverage (Mollweide), coverage per window,
 open-shutter timeline per group, follow-up timeline, a page of light curves with their
-class probabilities, and the night's numbers against the goals.
+class probabilities, the numbers against the goals (each measured only where it can be:
+brain.ops.season_report) and each night's conditions; for runs of two nights or more,
+the season section (brain.ops.season_report).
 
 Both shells write it: the fast shell from its result (``brain simulate``/``replay``),
 the daemon shell from its journal and core at the end of each night
@@ -16,6 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from brain.ops.season_report import (
+    SEASON_FIGURES,
+    Measured,
+    conditions_html,
+    measure,
+    season_html,
+)
 from observatory.bands import BANDS
 from observatory.taxonomy import TRANSIENTS
 
@@ -31,7 +40,9 @@ class ReportInputs:
     (brain.ops.survey_metrics.observations_array); ``windows``:
     brain.ops.survey_metrics.coverage_windows;
     ``objects``: objects.csv rows; ``followups``: followups.csv rows (dicts);
-    ``metrics``: metrics.json's keys (what a shell cannot know is None)."""
+    ``metrics``: metrics.json's keys (what a shell cannot know is None); ``weathers``:
+    per night, site -> weather series (``at(t)``), what the goals are measured against
+    (None: not known, no goal is checked against the weather)."""
 
     config: object
     grid: object
@@ -43,6 +54,7 @@ class ReportInputs:
     objects: list = field(default_factory=list)
     followups: list = field(default_factory=list)
     title: str = ""
+    weathers: list | None = None
 
 
 def _plt():
@@ -120,18 +132,20 @@ def _timeline(path: Path, config, obs, t_ref: float, nights) -> None:
 
 
 def _light_curves(path: Path, core, objects, labels: dict[str, str],
-                 per_page: int = 12) -> bool:
+                 per_page: int = 12) -> list:
     """A page of candidates (spectroscopically labelled first, then predicted
-    transients, then the most detected) with their g, r, i points and the classifier's
-    three most likely classes."""
+    transients, then those seen on the most nights, the most detected) with their g, r,
+    i points over their whole history (weeks, in a season: the time axis is in days when
+    a light curve spans more than two) and the classifier's three most likely classes.
+    Returns the rows shown ([] and no figure without candidates)."""
 
     if not objects:
-        return False
+        return []
     plt = _plt()
     classes = core.classifier.classes
     rows = sorted(objects, key=lambda r: (labels.get(r[0]) not in TRANSIENTS,
                                           r[4] not in TRANSIENTS, r[0] not in labels,
-                                          -r[3]))[:per_page]
+                                          -_n_nights(r), -r[3]))[:per_page]
     ids = np.array([int(r[0][1:]) for r in rows])
     obj, mjd, band, mag, err = core.associator.history_by_id(ids)
     cols = 4
@@ -140,9 +154,11 @@ def _light_curves(path: Path, core, objects, labels: dict[str, str],
     for ax, oid, row in zip(axes.ravel(), ids, rows, strict=False):
         sel = obj == oid
         t0 = mjd[sel].min() if sel.any() else 0.0
+        days = sel.any() and mjd[sel].max() - t0 > 2.0  # weeks of a season: in days
+        scale, unit = (1.0, "days") if days else (24.0, "hours")
         for b, colour in enumerate(("#2ca02c", "#d62728", "#4b0082")):
             m = sel & (band == b)
-            ax.errorbar((mjd[m] - t0) * 24, mag[m], err[m], fmt=".", ms=3, color=colour,
+            ax.errorbar((mjd[m] - t0) * scale, mag[m], err[m], fmt=".", ms=3, color=colour,
                         lw=0.6, label=BANDS[b])
         ax.invert_yaxis()
         p = core.associator.prob_by_id(int(oid))
@@ -151,16 +167,38 @@ def _light_curves(path: Path, core, objects, labels: dict[str, str],
         known = [f"spectrum {labels[row[0]]}"] if row[0] in labels else []
         if len(row) > 6 and row[6]:
             known.append(f"true {row[6]}")
+        if _n_nights(row) > 1:
+            known.append(f"{_n_nights(row)} nights")
         ax.set_title(f"{row[0]} {' '.join(known)}\n{probs}", fontsize=7)
         ax.tick_params(labelsize=6)
-        ax.set_xlabel("hours since first detection", fontsize=6)
+        ax.set_xlabel(f"{unit} since first detection", fontsize=6)
     axes.ravel()[0].legend(fontsize=6, loc="best")
     for ax in axes.ravel()[len(rows):]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=85)
     plt.close(fig)
-    return True
+    return rows
+
+
+def _n_nights(row) -> int:
+    """An objects row's nights seen (0 where the row does not say)."""
+    try:
+        return int(row[9]) if len(row) > 9 else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def _shown_text(rows, labels: dict[str, str]) -> str:
+    """The light curves on the page, in words: id, spectrum, nights seen and span."""
+    parts = []
+    for r in rows:
+        bits = [f"spectrum {labels[r[0]]}"] if r[0] in labels else []
+        if _n_nights(r):
+            span = float(r[8]) - float(r[7])
+            bits.append(f"{_n_nights(r)} night{'s' * (_n_nights(r) > 1)} over {span:.1f} d")
+        parts.append(r[0] + (f" ({', '.join(bits)})" if bits else ""))
+    return "Shown: " + "; ".join(parts) + "."
 
 
 def _followup_timeline(path: Path, config, rows: list[dict], t_ref: float, nights) -> None:
@@ -200,33 +238,91 @@ def _followup_timeline(path: Path, config, rows: list[dict], t_ref: float, night
     plt.close(fig)
 
 
-def goal_rows(config, metrics: dict) -> list[tuple[str, str, str, str]]:
-    """The night's numbers against the goals: (what, value, goal, verdict)."""
-    s, f = metrics["survey"], metrics["followup"]
+def _verdict(x, target, higher=True) -> str:
+    if x is None:
+        return "not measured"
+    return "met" if (x >= target if higher else x <= target) else "below"
+
+
+def _lost_text(meas: Measured, site: str) -> str:
+    lost: dict[str, float] = {}
+    for n in meas.nights:
+        for k, v in (n[site].reasons if site in n else {}).items():
+            lost[k] = lost.get(k, 0.0) + v
+    return ", ".join(f"{k} {v:.1f} h" for k, v in sorted(lost.items(), key=lambda kv: -kv[1]))
+
+
+def _coverage_goal(config, metrics: dict, meas: Measured | None) -> list[tuple]:
+    """The 30-minute coverage goal, measured only over the windows in which every site
+    was dark and safe throughout; the excluded windows are counted per site."""
     goal = config.ops.coverage_goal_deg2
-    cov = s["coverage_deg2_per_30min"]["median"]
+    what = "3-band area per 30 min (median, windows with every site dark and safe)"
+    if meas is None or meas.sites_open is None:
+        cov = metrics["survey"]["coverage_deg2_per_30min"]["median"]
+        return [(what, _num(cov, "{:,.0f} deg²"), f"{goal:,.0f} deg²",
+                 "not measured (the sites' weather is not known)")]
+    if not meas.windows:
+        return [(what, "n/a", f"{goal:,.0f} deg²",
+                 "not measured (no 30-minute window with every site dark)")]
+    n = len(meas.windows)
+    good = [w["covered_deg2"] for w, ok in zip(meas.windows, meas.valid(), strict=True) if ok]
+    med = float(np.median(good)) if good else None
+    rows = [(what, _num(med, "{:,.0f} deg²"), f"{goal:,.0f} deg²",
+             _verdict(med, goal) + ("" if good else
+                                    " (no window with every site dark and safe)"))]
+    shut = meas.excluded_by_site()
+    if shut:
+        rows.append(("  … windows left out: a site closed or unsafe in them",
+                     f"{n - len(good)} of {n}", "-",
+                     "; ".join(f"{s}: {k} windows (lost over the run: "
+                               f"{_lost_text(meas, s) or 'under a minute'})"
+                               for s, k in shut.items())))
+    return rows
+
+
+def goal_rows(config, metrics: dict, meas: Measured | None = None
+              ) -> list[tuple[str, str, str, str]]:
+    """The run's numbers against the goals: (what, value, goal, verdict). A goal reads
+    "met" or "below" only where it was measured against it: the coverage goal over the
+    windows with every site dark and safe, the open-shutter and spectroscopic goals per
+    site over its dark and safe hours; elsewhere "not measured", saying why. ``meas``
+    (:func:`brain.ops.season_report.measure`): without it nothing is checked against
+    the weather."""
+    s, f = metrics["survey"], metrics["followup"]
+    rows = _coverage_goal(config, metrics, meas)
     frac = s.get("coverage_fraction_of_bound")
-    osf = s.get("open_shutter_fraction")
-    rows = []
-
-    def verdict(x, target, higher=True):
-        if x is None:
-            return "no data"
-        return "met" if (x >= target if higher else x <= target) else "below"
-
-    rows.append(("3-band area per 30 min (median)", _num(cov, "{:,.0f} deg²"),
-                 f"{goal:,.0f} deg²", verdict(cov, goal)))
     rows.append(("  … of what sky and weather allowed (bound)", _num(frac, "{:.1%}"),
                  f"{config.ops.coverage_of_bound_goal:.0%}",
-                 verdict(frac, config.ops.coverage_of_bound_goal)))
-    rows.append(("Open-shutter fraction", _num(osf, "{:.1%}"),
-                 f"{config.ops.open_shutter_goal:.0%}",
-                 verdict(osf, config.ops.open_shutter_goal)))
+                 _verdict(frac, config.ops.coverage_of_bound_goal)))
+    osf_goal, use_goal = config.ops.open_shutter_goal, config.ops.spectro_use_goal
+    bands = len(config.camera.bands)
+    osf = s.get("open_shutter_fraction")
     open_h = f.get("open_hours")
     used = f["hours"] / open_h if open_h else None
-    rows.append(("Spectroscopic time used of dark time", _num(used, "{:.1%}"),
-                 f"{config.ops.spectro_use_goal:.0%}",
-                 verdict(used, config.ops.spectro_use_goal)))
+    if meas is not None and meas.sites_open is not None:
+        open_cam = sum(meas.site_total(x.id, "open_h") * x.groups * bands
+                       for x in config.sites)
+        osf = sum(meas.shutter_h.values()) / open_cam if open_cam > 0 else None
+        open_sp = sum(meas.site_total(sp.site, "open_h") for sp in config.spectrographs)
+        used = f["hours"] / open_sp if open_sp > 0 else None
+    rows.append(("Open-shutter fraction (of dark and safe hours)", _num(osf, "{:.1%}"),
+                 f"{osf_goal:.0%}", _verdict(osf, osf_goal)))
+    if meas is not None and meas.sites_open is not None and len(config.sites) > 1:
+        for x in config.sites:
+            oh = meas.site_total(x.id, "open_h")
+            v = meas.shutter_h[x.id] / (oh * x.groups * bands) if oh > 0 else None
+            why = "" if oh > 0 else f" (no dark and safe hour: {_lost_text(meas, x.id)})"
+            rows.append((f"  {x.id}: {oh:.1f} dark and safe h", _num(v, "{:.1%}"),
+                         f"{osf_goal:.0%}", _verdict(v, osf_goal) + why))
+    rows.append(("Spectroscopic time used of dark and safe time", _num(used, "{:.1%}"),
+                 f"{use_goal:.0%}", _verdict(used, use_goal)))
+    if meas is not None and meas.sites_open is not None and len(config.spectrographs) > 1:
+        for sp in config.spectrographs:
+            oh = meas.site_total(sp.site, "open_h")
+            v = meas.spectro_h.get(sp.site, 0.0) / oh if oh > 0 else None
+            why = "" if oh > 0 else f" (no dark and safe hour: {_lost_text(meas, sp.site)})"
+            rows.append((f"  {sp.site}.spec: {oh:.1f} dark and safe h", _num(v, "{:.1%}"),
+                         f"{use_goal:.0%}", _verdict(v, use_goal) + why))
     rows.append(("Science reward per spectroscopic hour", _num(f.get("reward_per_hour"),
                                                                 "{:.2f}"), "-", "-"))
     return rows
@@ -264,8 +360,11 @@ def write_report(out_dir: Path, inp: ReportInputs) -> list[Path]:
                    config.ops.coverage_goal_deg2)
     _timeline(out_dir / "open_shutter.png", config, inp.obs, t_ref, nights)
     _followup_timeline(out_dir / "followups.png", config, inp.followups, t_ref, nights)
+    meas = measure(config, nights, inp.weathers, inp.windows, inp.obs, inp.followups)
+    season = season_html(out_dir, inp, meas)
     labels = {r["object_id"]: r["label"] for r in inp.followups if r.get("label")}
-    has_lc = _light_curves(out_dir / "light_curves.png", inp.core, list(inp.objects), labels)
+    shown = _light_curves(out_dir / "light_curves.png", inp.core, list(inp.objects), labels)
+    has_lc = bool(shown)
     if not has_lc:
         (out_dir / "light_curves.png").unlink(missing_ok=True)
     s, f = metrics["survey"], metrics["followup"]
@@ -294,32 +393,50 @@ def write_report(out_dir: Path, inp: ReportInputs) -> list[Path]:
             f"<{'th' if k == 0 else 'td'}>{html.escape(str(v))}</{'th' if k == 0 else 'td'}>"
             for k, v in enumerate(r)) + "</tr>" for r in rs)
 
-    goals = goal_rows(config, metrics)
+    goals = goal_rows(config, metrics, meas)
+    n_nights = len(nights)
+    kind = "season" if n_nights > 1 else "night"
+    measured = ("" if inp.weathers is None else
+                "The coverage goal is measured over the 30-minute windows in which every "
+                "site was dark and safe throughout (windows with a site closed or unsafe "
+                "are counted and left out); the open-shutter and spectroscopic goals over "
+                "each site's dark and safe hours. \u201cnot measured\u201d: no valid "
+                "measurement exists.")
+    conditions = conditions_html(config, nights, meas, inp.obs, inp.followups,
+                                 str(metrics.get("policy") or "-"))
     tr = metrics["transients"]
     macro = metrics["classifier"].get("macro_f1")
     truth = ("" if macro is None else
              f"; classifier macro-F1 against the simulator's truth: {macro:.3f}")
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>SiTian night report</title>
+<html lang="en"><head><meta charset="utf-8"><title>SiTian {kind} report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 th{{text-align:left;padding-right:2em;font-weight:normal;color:#555}}
 td{{padding-right:2em}} .met{{color:#1a7f37}} img{{max-width:100%}}
-.note{{color:#777}}</style></head><body>
-<h1>SiTian night report: {html.escape(inp.title or str(metrics['config']))}</h1>
+.note{{color:#777}} table.season{{border-collapse:collapse;font-size:85%}}
+table.season td,table.season th{{border-bottom:1px solid #ddd;padding:2px 8px 2px 0;
+vertical-align:top}}</style></head><body>
+<h1>SiTian {kind} report: {html.escape(inp.title or str(metrics['config']))}</h1>
 <h2>Against the goals</h2>
-<table><tr><th>what</th><th>tonight</th><th>goal</th><th></th></tr>{table(goals)}</table>
-<h2>The night in numbers</h2>
+<table><tr><th>what</th><th>{'this run' if n_nights > 1 else 'tonight'}</th><th>goal</th>
+<th></th></tr>{table(goals)}</table>
+<p class="note">{html.escape(measured)}</p>
+<h2>The {kind} in numbers</h2>
 <table>{table(rows)}</table>
+<h2>Each night's conditions</h2>{conditions}
+{season}
 <h2>Sky coverage</h2><img src="sky_coverage.png" alt="sky coverage map">
 <h2>Coverage per 30-minute window</h2><img src="coverage_windows.png" alt="coverage">
 <h2>Open shutter per group</h2><img src="open_shutter.png" alt="open-shutter timeline">
 <h2>Follow-up</h2><p>{html.escape(followup_sentence(f))}</p>
 <img src="followups.png" alt="follow-up timeline">
 <h2>Light curves</h2><p>Candidates: {tr['candidates']:,}{html.escape(truth)}.</p>
+{f'<p class="note">{html.escape(_shown_text(shown, labels))}</p>' if has_lc else ''}
 {'<img src="light_curves.png" alt="light curves">' if has_lc else
  '<p class="note">No candidates yet.</p>'}
 <h2>Metrics</h2><pre>{html.escape(json.dumps(metrics, indent=1, default=str))}</pre>
 </body></html>
 """
     (out_dir / "report.html").write_text(page)
-    return [out_dir / name for name in FIGURES if (out_dir / name).exists()]
+    return [out_dir / name for name in (*FIGURES, *SEASON_FIGURES)
+            if (out_dir / name).exists()]

@@ -92,7 +92,9 @@ def write_run(out_dir: Path, result, metrics: dict, windows, obs, objects) -> No
     write_report(out_dir, ReportInputs(
         config=result.config, grid=result.grid, core=result.core,
         nights=[n.night for n in result.nights], metrics=metrics, windows=windows, obs=obs,
-        objects=list(objects), followups=_followup_rows(result)))
+        objects=list(objects), followups=_followup_rows(result),
+        weathers=[{s.id: result.env.weather[(k, s.id)] for s in result.config.sites}
+                  for k in range(len(result.nights))]))
 
 
 def _followup_rows(result) -> list[dict]:
