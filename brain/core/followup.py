@@ -484,6 +484,11 @@ class Stream:
 
     snapshots: list[Snapshot] = field(default_factory=list)
     ticks: list[tuple[float, str, tuple[bool, ...]]] = field(default_factory=list)
+    spilled_open_minutes: int = 0  # site-minutes open in the ticks already written out
+
+    def open_hours(self) -> float:
+        """Site-hours open over the whole stream, written out or not."""
+        return (self.spilled_open_minutes + sum(sum(o) for _t, _d, o in self.ticks)) / 60.0
 
     def _arrays(self) -> dict[str, np.ndarray]:
         """Ticks, and snapshots as changes: each snapshot stores the rows that are new or
@@ -532,6 +537,7 @@ class Stream:
                 with z.open(f"p{k:04d}_{name}.npy", "w", force_zip64=True) as fh:
                     np.lib.format.write_array(fh, np.ascontiguousarray(arr),
                                               allow_pickle=False)
+        self.spilled_open_minutes += sum(sum(o) for _t, _d, o in self.ticks)
         self.snapshots.clear()
         self.ticks.clear()
 
@@ -602,8 +608,8 @@ def followup_summary(manager: FollowupManager, rows: list[dict], ticks=None) -> 
         (rec.t_end - rec.t_cmd) / 3600.0 for rec in manager.records.values()
         if rec.status == "aborted")
     reward = float(sum(r["reward"] for r in rows))
-    ticks = manager.stream.ticks if ticks is None else ticks
-    dark_h = sum(sum(o) for _t, _d, o in ticks) / 60.0
+    dark_h = (manager.stream.open_hours() if ticks is None
+              else sum(sum(o) for _t, _d, o in ticks) / 60.0)
     # Confirmed as predicted: the spectrum's label is the class the brain predicted. Apart
     # from it, labels matching the simulator's truth (the rows carry it here): that is
     # the simulated spectrograph's identification, not the classifier's (docs/safety.md).
