@@ -15,6 +15,7 @@ from brain.cli.common import (
     output_file,
 )
 from brain.config import load_config
+from brain.core.store import StoreError
 from brain.shells.daemon_start import StartRefused, run_daemon
 from drivers.keys import create_keys
 from drivers.link import SecurityError
@@ -40,7 +41,7 @@ def cmd_run(args) -> int:
                    args.ray_address, args.api_port, args.seed, args.failsafe_s)
     except zmq.ZMQError as exc:  # binding the device link or the feed
         raise UsageError(f"{exc} ({args.router}, {args.pub})".splitlines()[0]) from None
-    except (SecurityError, OSError, StartRefused) as exc:  # these name what they refuse
+    except (SecurityError, OSError, StartRefused, StoreError) as exc:  # these name it
         raise UsageError(str(exc).splitlines()[0]) from None
     print(f"stopped; journal {args.journal}")
     return 0

@@ -267,8 +267,13 @@ def followup_by_night(path: Path, metrics: dict) -> None:
              label="reward, cumulative")
     ax2.set_ylim(bottom=0)
     ax2.set_ylabel("science reward")
-    ax.set_xticks(x, _dates(metrics), rotation=60 if len(rows) > 10 else 0, fontsize=8)
-    ax.set_title("Follow-up yield by night")
+    _finish(plt, fig, ax, ax2, x, metrics, "Follow-up yield by night", path)
+
+
+def _finish(plt, fig, ax, ax2, x, metrics: dict, title: str, path: Path) -> None:
+    """Dates under the bars, the title, one legend for both axes; saved and closed."""
+    ax.set_xticks(x, _dates(metrics), rotation=60 if len(x) > 10 else 0, fontsize=8)
+    ax.set_title(title)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
@@ -292,13 +297,7 @@ def candidates_by_night(path: Path, metrics: dict) -> None:
         ax2.plot(x, y, style, color="#2ca02c", label=lab)
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("macro-F1 (simulator's truth)")
-    ax.set_xticks(x, _dates(metrics), rotation=60 if len(rows) > 10 else 0, fontsize=8)
-    ax.set_title("Candidates and classification by night")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    _finish(plt, fig, ax, ax2, x, metrics, "Candidates and classification by night", path)
 
 
 def depth_map(path: Path, grid, obs, bands) -> None:

@@ -56,19 +56,11 @@ def journal_world_time(journal: str | Path) -> tuple[float, float] | None:
     return None if last is None or wall is None else (last, wall)
 
 
-def run_daemon(config: BrainConfig, journal: str, start: float | None, speed: float,
-               metrics_port: int, until: float | None = None, policy=None,
-               router: str = "tcp://127.0.0.1:5550", pub: str = "tcp://127.0.0.1:5551",
-               security: str = "none", keys_dir: str | None = None,
-               hosting: str = "ray", ray_address: str | None = None,
-               api_port: int | None = None, policy_seed: int = 0,
-               failsafe_s: float = 60.0, stages: list[Stage] | None = None) -> Daemon:
-    """Start the daemon (:func:`start_daemon`) and run its loop until ``until``, a signal,
-    or ``.stopping``."""
-    d = start_daemon(config, journal, start, speed, metrics_port, until, policy, router,
-                     pub, security, keys_dir, hosting, ray_address, api_port, policy_seed,
-                     failsafe_s, stages)
-    d.run(until=until)
+def run_daemon(*args, **kwargs) -> Daemon:
+    """Start the daemon (:func:`start_daemon`, same arguments) and run its loop until
+    ``until``, a signal, or ``.stopping``."""
+    d = start_daemon(*args, **kwargs)
+    d.run(until=d.until)
     return d
 
 
@@ -175,6 +167,7 @@ def start_daemon(config: BrainConfig, journal: str, start: float | None, speed: 
     log.info("brain %s on %s, feed %s, world clock x%g from %s", d.link.session,
              d.link.router_endpoint, getattr(d.link, "pub_endpoint", "-"), speed,
              _iso(clock.now()))
+    d.until = until
     return d
 
 
