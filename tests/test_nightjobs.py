@@ -319,7 +319,7 @@ def test_retrain_job_trains_on_the_stores_labels_and_gates_promotion(config, tmp
     d = start_daemon(cfg, tmp_path, times[f"retrain:{NIGHT}"] - 30.0, SLOW)
     try:
         run_until(d, lambda: rows(d).get(f"retrain:{NIGHT}", {}).get("status")
-                  not in (None, "started"), max_wall_s=120.0)
+                  not in (None, "started"), max_wall_s=300.0)
         r = rows(d)[f"retrain:{NIGHT}"]
         assert r["status"] == "done", r
         detail = json.loads(r["detail"])
