@@ -81,8 +81,8 @@ def take_snapshot(t: float, associator, cand: np.ndarray, recent_days: float,
     last_r = np.full(n, -1)
     np.maximum.at(last_r, local[is_r], order[is_r])
     pick = np.where(last_r >= 0, last_r, last_any)
-    latest = np.where(pick >= 0, mag[np.maximum(pick, 0)].astype(float) if len(obj)
-                      else np.nan, np.nan)
+    latest = np.full(n, np.nan)  # NaN: nothing in the window (dropped below)
+    latest[pick >= 0] = mag[pick[pick >= 0]]
     # Trend over the last day of r (or any band) detections: least-squares slope.
     win_last = np.full(n, -np.inf)
     np.maximum.at(win_last, local, mjd)
