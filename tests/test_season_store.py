@@ -69,7 +69,7 @@ def test_memory_is_bounded_over_a_month(tmp_path):
     assert store.counts()["detections"] == 30 * per_night
     rows = a.rows_of(a.ids[a.truth >= 0])
     assert rows.size == N_VAR and np.all(a.n_nights[rows] == 30)
-    obj, mjd, band, mag, err = a.history(rows[:5])
+    obj, mjd, _band, _mag, _err = a.history(rows[:5])
     assert np.bincount(obj, minlength=rows[4] + 1)[rows[:5]].tolist() == [360] * 5
     assert np.all(np.diff(mjd[obj == rows[0]]) >= 0)
     store.close()

@@ -56,9 +56,10 @@ def cmd_classify(args) -> int:
 
 
 def cmd_train(args) -> int:
-    only = {"policy": ("--from-runs", "--n-per-class"), "classifier": ("--iterations",)}
+    only = {"policy": ("--from-runs", "--n-per-class"),
+            "classifier": ("--iterations", "--nights")}
     given = {"--from-runs": bool(args.from_runs), "--n-per-class": args.n_per_class != 8000,
-             "--iterations": args.iterations != 40}
+             "--iterations": args.iterations != 40, "--nights": args.nights != 7}
     for flag in only[args.what]:
         if given[flag]:
             raise UsageError(f"{flag} does not apply to `train {args.what}`")
@@ -105,8 +106,9 @@ def _train_policy(args) -> int:
     out = (output_dir(args.out, marks=ARTIFACT_MARKS) if args.out is not None
            else POLICY_ARTIFACT_DIR)
     report = train_policy(load_config(), out, Path("out/policy-train"),
-                          iterations=args.iterations, seed=args.seed)
+                          iterations=args.iterations, seed=args.seed, nights=args.nights)
     print(json.dumps({"artifact": str(out), **{k: report[k] for k in
-                                               ("iterations", "seconds", "record_seconds")},
+                                               ("iterations", "nights", "seconds",
+                                                "record_seconds")},
                       "final_episode_return_mean": report["episode_return_mean"][-1]}))
     return 0

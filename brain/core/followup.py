@@ -13,64 +13,32 @@ The manager only sees what the brain knows (positions, photometry, probabilities
 labels); the reward is scored outside, by the shell, from the simulator's truth.
 
 ``FollowupLoop`` (brain/evaluation/followup_replay.py) re-runs the manager alone over a
-recorded ``Stream`` of snapshots and site states. The survey does not depend on the
-follow-up (the spectroscopic telescopes are separate devices), so a policy evaluated on
-a stream faces exactly the candidates, weather and sky it would face inside the full
-fast shell, in a small fraction of the time; tests check that both give the same
-follow-ups.
+recorded ``Stream`` (brain/core/followup_stream.py) of snapshots and site states. The
+survey does not depend on the follow-up (the spectroscopic telescopes are separate
+devices), so a policy evaluated on a stream faces exactly the candidates, weather and
+sky it would face inside the full fast shell, in a small fraction of the time; tests
+check that both give the same follow-ups.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from brain.core.events import Command, Done, Failed
+from brain.core.followup_stream import Snapshot, Stream
 from observatory.mount import move_time_s
 from observatory.sky import unit_vectors
 from observatory.spectra import SPEC_MOUNT, exposure_s, science_reward
 from observatory.taxonomy import CLASSES
 from observatory.times import unix_to_mjd
 from observatory.visibility import target_alt_deg
-from policies.candidates import WAIT, CandidateTable, label_probability
+from policies.candidates import WAIT, CandidateTable, label_probability, peak_passed
 
-BAND_R = 1
 SIDEREAL_DEG_S = 360.0 / 86164.0905
-
-
-@dataclass
-class Snapshot:
-    """The candidates known at ``t`` (unix s) after a classification (one row each)."""
-
-    t: float
-    object_id: np.ndarray
-    ra_deg: np.ndarray
-    dec_deg: np.ndarray
-    mag: np.ndarray
-    slope_mag_per_day: np.ndarray
-    first_mjd: np.ndarray
-    n_det: np.ndarray
-    n_nights: np.ndarray
-    prob: np.ndarray
-
-    FIELDS = ("object_id", "ra_deg", "dec_deg", "mag", "slope_mag_per_day", "first_mjd",
-              "n_det", "n_nights", "prob")
-
-    @classmethod
-    def empty(cls, t: float) -> Snapshot:
-        z = np.zeros(0)
-        return cls(t, z.astype(np.int64), z, z, z.astype(np.float32), z.astype(np.float32), z,
-                   z.astype(np.int32), z.astype(np.int16), np.zeros((0, len(CLASSES)),
-                                                                    dtype=np.float16))
-
-    @property
-    def n(self) -> int:
-        return len(self.object_id)
 
 
 def candidate_ids(associator, min_detections: int, now_mjd: float, new_days: float,
@@ -90,57 +58,6 @@ def candidate_ids(associator, min_detections: int, now_mjd: float, new_days: flo
     return np.flatnonzero(ok)
 
 
-def take_snapshot(t: float, associator, cand: np.ndarray, recent_days: float,
-                  max_mag: float) -> Snapshot:
-    """Of the candidates ``cand`` (catalogue rows, :func:`candidate_ids`), those with a
-    detection in the last ``recent_days`` and a latest magnitude brighter than
-    ``max_mag``, with their recent photometry (the active window) and their whole
-    history's first time, detections and nights (the catalogue). Ids, not rows."""
-    if cand.size == 0:
-        return Snapshot.empty(t)
-    cand = np.asarray(cand, dtype=np.int64)
-    obj, mjd, band, mag, _err = associator.light_curves(cand)
-    local = np.searchsorted(cand, obj)
-    n = cand.size
-    last = associator.last_mjd[cand].astype(float)
-    now_mjd = float(unix_to_mjd(t))
-    # Latest magnitude: the last r detection, else the last detection of any band.
-    order = np.arange(len(obj))
-    last_any = np.full(n, -1)
-    np.maximum.at(last_any, local, order)
-    is_r = band == BAND_R
-    last_r = np.full(n, -1)
-    np.maximum.at(last_r, local[is_r], order[is_r])
-    pick = np.where(last_r >= 0, last_r, last_any)
-    latest = np.where(pick >= 0, mag[np.maximum(pick, 0)].astype(float) if len(obj)
-                      else np.nan, np.nan)
-    # Trend over the last day of r (or any band) detections: least-squares slope.
-    win_last = np.full(n, -np.inf)
-    np.maximum.at(win_last, local, mjd)
-    recent = mjd > win_last[local] - 1.0
-    use = recent & np.where(last_r[local] >= 0, is_r, True)
-    k, x, y = local[use], mjd[use], mag[use].astype(float)
-    cnt = np.bincount(k, minlength=n).astype(float)
-    mx = np.bincount(k, x, minlength=n) / np.maximum(cnt, 1)
-    my = np.bincount(k, y, minlength=n) / np.maximum(cnt, 1)
-    dx = x - mx[k]
-    sxx = np.bincount(k, dx * dx, minlength=n)
-    sxy = np.bincount(k, dx * (y - my[k]), minlength=n)
-    slope = np.where(sxx > (0.02 ** 2) * np.maximum(cnt, 1), sxy / np.maximum(sxx, 1e-12), 0.0)
-    with np.errstate(invalid="ignore"):
-        keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
-    rows = cand[keep]
-    # Compact types (the stream of a season is written to disk): float32 photometry,
-    # float16 probabilities; the manager decides on exactly what a replay reads back.
-    return Snapshot(t, associator.ids[rows].astype(np.int64), associator.ra[rows].copy(),
-                    associator.dec[rows].copy(), latest[keep].astype(np.float32),
-                    np.clip(slope[keep], -5, 5).astype(np.float32),
-                    associator.first_mjd[rows].astype(float),
-                    associator.n_detections()[rows].astype(np.int32),
-                    np.minimum(associator.n_nights[rows], 32767).astype(np.int16),
-                    associator.prob[rows].astype(np.float16))
-
-
 @dataclass
 class SpecState:
     device: str
@@ -152,6 +69,7 @@ class SpecState:
     dec_deg: float | None = None
     next_decision: float = -math.inf
     used_s: float = 0.0  # tonight
+    season_used_s: float = 0.0  # since the manager started (or the journal's spectra)
 
 
 @dataclass
@@ -216,8 +134,11 @@ class FollowupManager:
             st = self.specs.get(sp["device"])
             status = {"done": "done", "failed": "failed", "refused": "failed"}.get(
                 sp["status"], "unknown")
-            if st is not None and sp["night"] == date and status != "failed":
-                st.used_s += max(0.0, float(sp["t_end"] or sp["t_sent"]) - sp["t_sent"])
+            spent = max(0.0, float(sp["t_end"] or sp["t_sent"]) - sp["t_sent"])
+            if st is not None and status != "failed":
+                st.season_used_s += spent
+                if sp["night"] == date:
+                    st.used_s += spent
             if oid < 0:
                 continue
             rec = FollowupRecord(sp["target_id"], int(oid), sp["device"], sp["t_sent"],
@@ -270,6 +191,7 @@ class FollowupManager:
             # object is not offered again.
             rec.status, rec.t_end = "failed", ev.t
             st.used_s -= max(0.0, planned_end - ev.t)
+            st.season_used_s -= max(0.0, planned_end - ev.t)
             st.next_decision = ev.t
 
     # Every minute -------------------------------------------------------------------
@@ -319,6 +241,7 @@ class FollowupManager:
                     rec = self.records[st.busy["target_id"]]
                     rec.status, rec.t_end = "aborted", t
                     st.used_s -= max(0.0, st.busy["t_end"] - t)
+                    st.season_used_s -= max(0.0, st.busy["t_end"] - t)
                     self._cmd_target.pop(st.busy["cmd_id"], None)
                     self.taken.discard(rec.object_id)  # may be tried again
                     st.busy = None
@@ -327,10 +250,16 @@ class FollowupManager:
         return cmds
 
     def ready(self, t: float) -> list[str]:
-        budget = self.settings.max_hours_per_night
         return [d for d, st in self.specs.items()
                 if st.is_open and st.busy is None and t >= st.next_decision
-                and (budget is None or st.used_s < budget * 3600)]
+                and min(self._budget_left(st)) > 0]
+
+    def _budget_left(self, st) -> tuple[float, float]:
+        """Seconds left of the telescope's budget tonight and of its season's (inf:
+        no such budget)."""
+        night, season = self.settings.max_hours_per_night, self.settings.max_hours_per_season
+        return (math.inf if night is None else night * 3600 - st.used_s,
+                math.inf if season is None else season * 3600 - st.season_used_s)
 
     def candidates_for(self, device: str, t: float, night):
         """The CandidateTable of ``device`` at ``t`` and the snapshot rows behind it.
@@ -342,10 +271,12 @@ class FollowupManager:
         eph = night.sites[st.site]
         snap = self.snapshot
         night_left = eph.dark_left_s(t, self.config.limits.max_sun_alt_deg)
-        budget = self.settings.max_hours_per_night
-        budget_left = (math.inf if budget is None else budget * 3600 - st.used_s)
+        budget_left, season_left = self._budget_left(st)
         if snap is None or snap.n == 0:
-            return empty_table(night_left, budget_left), np.zeros(0, dtype=np.int64)
+            return (empty_table(night_left, budget_left, season_left),
+                    np.zeros(0, dtype=np.int64))
+        # Observable means finished within both budgets.
+        budget_left = min(budget_left, season_left)
         limit = getattr(self.policy, "max_candidates", None)
         order = self._priority_order(st.spec) if limit else np.arange(snap.n)
         if self.taken or self.vetoed:
@@ -367,7 +298,7 @@ class FollowupManager:
             rows = np.concatenate(found)[:limit] if found else order[:0]
         else:
             rows = self._observable(st, eph, t, order, night_left, budget_left)
-        return self._table(st, eph, t, rows, night_left, budget_left), rows
+        return self._table(st, eph, t, rows, night_left, self._budget_left(st)), rows
 
     def _priority_order(self, spec) -> np.ndarray:
         snap = self.snapshot
@@ -411,23 +342,31 @@ class FollowupManager:
                 >= self.config.limits.min_moon_sep_deg
         return rows[ok]
 
-    def _table(self, st, eph, t, rows, night_left, budget_left) -> CandidateTable:
+    def _table(self, st, eph, t, rows, night_left, budgets) -> CandidateTable:
+        budget_left, season_left = budgets
         if rows.size == 0:
-            return empty_table(night_left, budget_left)
+            return empty_table(night_left, budget_left, season_left)
         snap = self.snapshot
         ra, dec, mag = snap.ra_deg[rows], snap.dec_deg[rows], snap.mag[rows]
         prob = snap.prob[rows]
+        now_mjd = float(unix_to_mjd(t))
+        first = snap.first_mjd[rows]
+        fade = np.maximum(mag.astype(float) - snap.peak_mag[rows], 0.0)
         return CandidateTable(
             object_id=snap.object_id[rows], ra_deg=ra, dec_deg=dec, mag=mag,
             slope_mag_per_day=snap.slope_mag_per_day[rows],
-            age_days=np.maximum(float(unix_to_mjd(t)) - snap.first_mjd[rows], 0.0),
+            age_days=np.maximum(now_mjd - first, 0.0),
             n_det=snap.n_det[rows], n_nights=snap.n_nights[rows], prob=prob,
             alt_deg=target_alt_deg(eph, ra, dec, t), move_s=self._move_s(st, eph, t, ra, dec),
             exposure_s=exposure_s(st.spec, mag), window_s=self._window(eph, ra, dec, t,
                                                                        night_left),
             p_label=label_probability(mag, st.spec.label_limit_mag),
             expected_reward=prob @ self._reward, night_left_s=night_left,
-            budget_left_s=budget_left)
+            budget_left_s=budget_left,
+            nights_since_first=np.maximum(local_night(now_mjd, eph.site.lon_deg)
+                                          - local_night(first, eph.site.lon_deg), 0),
+            fade_mag=fade, peak_passed=peak_passed(fade, snap.fade_err[rows]),
+            season_left_s=season_left)
 
     def act(self, device: str, t: float, table: CandidateTable, rows, choice: int
             ) -> list[Command]:
@@ -453,6 +392,7 @@ class FollowupManager:
         self._cmd_target[cmd.cmd_id] = tid
         st.busy = {"target_id": tid, "cmd_id": cmd.cmd_id, "t_end": t_end}
         st.used_s += t_end - t
+        st.season_used_s += t_end - t
         st.ra_deg, st.dec_deg = float(snap.ra_deg[row]), float(snap.dec_deg[row])
         self.taken.add(oid)
         return [cmd]
@@ -471,66 +411,18 @@ class FollowupManager:
         return np.clip(left, 0.0, night_left)
 
 
-def empty_table(night_left: float, budget_left: float) -> CandidateTable:
+def empty_table(night_left: float, budget_left: float,
+                season_left: float = math.inf) -> CandidateTable:
     z = np.zeros(0)
     return CandidateTable(z.astype(np.int64), z, z, z, z, z, z, z, np.zeros((0, len(CLASSES))),
-                          z, z, z, z, z, z, night_left, budget_left)
+                          z, z, z, z, z, z, night_left, budget_left,
+                          season_left_s=season_left)
 
 
-@dataclass
-class Stream:
-    """What the follow-up manager heard during a run: every snapshot and, every minute,
-    the date and which sites were open. Enough to re-run the manager alone."""
-
-    snapshots: list[Snapshot] = field(default_factory=list)
-    ticks: list[tuple[float, str, tuple[bool, ...]]] = field(default_factory=list)
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"tick_t": np.array([x[0] for x in self.ticks], dtype=np.float64),
-                  "tick_date": np.array([x[1] for x in self.ticks], dtype="<U10"),
-                  "tick_open": np.array([x[2] for x in self.ticks], dtype=bool),
-                  "snap_t": np.array([s.t for s in self.snapshots], dtype=np.float64),
-                  "snap_n": np.array([s.n for s in self.snapshots], dtype=np.int64)}
-        for f in Snapshot.FIELDS:
-            parts = [getattr(s, f) for s in self.snapshots]
-            arrays[f"snap_{f}"] = (np.concatenate(parts) if parts else
-                                   getattr(Snapshot.empty(0.0), f))
-        return arrays
-
-    def spill(self, path) -> None:
-        """Append what was heard since the last spill to ``path`` (a zip of .npy
-        members, as ``np.savez_compressed`` writes, one part per spill) and forget it:
-        a season's stream is written night by night, not held in memory."""
-        with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z:
-            k = sum(1 for n in z.namelist() if n.endswith("tick_t.npy"))
-            for name, arr in self._arrays().items():
-                with z.open(f"p{k:04d}_{name}.npy", "w", force_zip64=True) as fh:
-                    np.lib.format.write_array(fh, np.ascontiguousarray(arr),
-                                              allow_pickle=False)
-        self.snapshots.clear()
-        self.ticks.clear()
-
-    def save(self, path) -> None:
-        Path(path).unlink(missing_ok=True)
-        self.spill(path)
-
-    @classmethod
-    def load(cls, path) -> Stream:
-        out = cls()
-        with np.load(path) as z:
-            names = set(z.files)
-            prefixes = sorted({n[:6] for n in names if n.startswith("p") and n[5] == "_"})
-            for pre in prefixes or [""]:
-                cols = {f: z[f"{pre}snap_{f}"] for f in Snapshot.FIELDS}
-                out.ticks += [(float(t), str(d), tuple(bool(x) for x in o)) for t, d, o in
-                              zip(z[f"{pre}tick_t"], z[f"{pre}tick_date"],
-                                  z[f"{pre}tick_open"], strict=True)]
-                bounds = np.concatenate([[0], np.cumsum(z[f"{pre}snap_n"])])
-                for k, t in enumerate(z[f"{pre}snap_t"]):
-                    a, b = bounds[k], bounds[k + 1]
-                    out.snapshots.append(Snapshot(float(t), *(cols[f][a:b] for f in
-                                                              Snapshot.FIELDS)))
-        return out
+def local_night(mjd, lon_deg: float) -> np.ndarray:
+    """The local night an MJD belongs to, as a day number (noon to noon, local mean
+    solar time): two times on the same night share it."""
+    return np.floor(np.asarray(mjd, dtype=float) + lon_deg / 360.0 - 0.5).astype(np.int64)
 
 
 def followup_rows(manager: FollowupManager, log: list[dict]) -> list[dict]:

@@ -41,6 +41,7 @@ from simulator.environment import Environment, make_environment
 TRAIN_SEEDS = tuple(range(1001, 1009))
 VALID_SEEDS = tuple(range(2001, 2005))
 TRAIN_DATES = ("2026-11-20", "2026-12-05", "2027-01-10", "2027-02-08")
+TRAIN_NIGHTS = 7  # nights per training episode (one stream per seed)
 
 
 def check_seeds(seeds) -> None:
@@ -141,40 +142,46 @@ class _Shortlist:
         self.max_candidates = k
 
 
-def record_streams(config, seeds, dates, out_root: Path, progress: bool = True) -> list[Path]:
-    """Record one single-night stream per seed (dates cycled) as Ray tasks."""
+def record_streams(config, seeds, dates, out_root: Path, progress: bool = True,
+                   nights: int = 1) -> list[Path]:
+    """Record one stream of ``nights`` nights per seed (start dates cycled) as Ray tasks
+    (kept in ``out_root/seed-S`` or ``out_root/n{nights}-seed-S``)."""
     import ray  # lazy: heavy optional library
 
     connect()
     todo, dirs = [], []
     task = ray.remote(num_cpus=1)(_record_task)
     for k, seed in enumerate(seeds):
-        d = out_root / f"seed-{seed}"
+        d = out_root / (f"seed-{seed}" if nights == 1 else f"n{nights}-seed-{seed}")
         dirs.append(d)
         if (d / "stream.npz").is_file():
             continue
         todo.append(task.remote(config.model_dump(mode="json"), seed, dates[k % len(dates)],
-                                str(d)))
+                                str(d), nights))
     for k, ref in enumerate(todo):
         ray.get(ref)
         if progress:
-            print(f"recorded {k + 1}/{len(todo)} training nights", flush=True)
+            print(f"recorded {k + 1}/{len(todo)} training streams ({nights} night(s) each)",
+                  flush=True)
     return dirs
 
 
-def _record_task(config_data, seed, start, out_dir):
-    record(config_from_dict(config_data), seed, start, 1, Path(out_dir), survey_metrics=False)
+def _record_task(config_data, seed, start, out_dir, nights=1):
+    record(config_from_dict(config_data), seed, start, nights, Path(out_dir),
+           survey_metrics=False)
     return out_dir
 
 
 def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
-                 seeds=TRAIN_SEEDS, progress: bool = True, seed: int = 0) -> dict:
-    """Record the training nights, train PPO, export the network; returns the report."""
+                 seeds=TRAIN_SEEDS, progress: bool = True, seed: int = 0,
+                 nights: int = TRAIN_NIGHTS) -> dict:
+    """Record the training streams (``nights`` nights per seed: an episode is a week of
+    the season by default), train PPO, export the network; returns the report."""
     import torch  # lazy: heavy optional library
     from ray.rllib.algorithms.ppo import PPOConfig  # lazy: heavy optional library
 
     t0 = time.time()
-    dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress)
+    dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress, nights)
     t_record = time.time() - t0
     connect()
     torch.manual_seed(seed)
@@ -202,7 +209,7 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
     module = algo.get_module()
     policy = export_module(module)
     algo.stop()
-    report = {"iterations": iterations, "train_seeds": list(seeds),
+    report = {"iterations": iterations, "train_seeds": list(seeds), "nights": nights,
               "train_dates": list(TRAIN_DATES), "episode_return_mean": history,
               "record_seconds": round(t_record), "seconds": round(time.time() - t0)}
     policy.save(out_dir, report)
