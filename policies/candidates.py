@@ -69,7 +69,7 @@ class CandidateTable:
         return self.expected_reward * self.p_label / (self.total_s / 3600.0)
 
     def entropy(self) -> np.ndarray:
-        p = np.clip(self.prob, 1e-12, 1.0)
+        p = np.clip(np.asarray(self.prob, dtype=float), 1e-12, 1.0)
         return -(p * np.log(p)).sum(axis=1)
 
 

@@ -44,7 +44,7 @@ def encode(table: CandidateTable) -> np.ndarray:
     f = np.zeros((SHORTLIST, N_FEATURES), dtype=np.float32)
     if n:
         s = slice(0, n)
-        p = table.prob[s]
+        p = np.asarray(table.prob[s], dtype=np.float64)
         score = table.greedy_score()[s]
         ent = -(np.clip(p, 1e-12, 1) * np.log(np.clip(p, 1e-12, 1))).sum(axis=1)
         cols = [

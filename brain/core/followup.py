@@ -308,9 +308,14 @@ class FollowupManager:
                spec.max_exposure_s, spec.acquisition_s, spec.label_limit_mag)
         if key not in self._orders:
             cost = exposure_s(spec, snap.mag) + spec.acquisition_s
-            prio = (snap.prob @ self._reward) * label_probability(
+            prio = (snap.prob.astype(np.float64) @ self._reward) * label_probability(
                 snap.mag, spec.label_limit_mag) / cost
-            self._orders[key] = np.argsort(-prio, kind="stable")
+            # As np.argsort(-prio, kind="stable"), sorting only the rows worth anything
+            # (most are too faint for a label): zeros, then NaNs, keep their order.
+            pos = np.flatnonzero(prio > 0)
+            self._orders[key] = np.concatenate([pos[np.argsort(-prio[pos], kind="stable")],
+                                                np.flatnonzero(prio == 0),
+                                                np.flatnonzero(np.isnan(prio))])
         return self._orders[key]
 
     def _move_s(self, st, eph, t, ra, dec) -> np.ndarray:
@@ -348,7 +353,7 @@ class FollowupManager:
             return empty_table(night_left, budget_left, season_left)
         snap = self.snapshot
         ra, dec, mag = snap.ra_deg[rows], snap.dec_deg[rows], snap.mag[rows]
-        prob = snap.prob[rows]
+        prob = snap.prob[rows].astype(float)  # stored as float16 (log(1e-12) is not)
         now_mjd = float(unix_to_mjd(t))
         first = snap.first_mjd[rows]
         fade = np.maximum(mag.astype(float) - snap.peak_mag[rows], 0.0)

@@ -42,6 +42,11 @@ TRAIN_SEEDS = tuple(range(1001, 1009))
 VALID_SEEDS = tuple(range(2001, 2005))
 TRAIN_DATES = ("2026-11-20", "2026-12-05", "2027-01-10", "2027-02-08")
 TRAIN_NIGHTS = 7  # nights per training episode (one stream per seed)
+MULTI_NIGHT_SEEDS = 2  # streams of several nights: the first seeds only (2 cores: ~minutes a night)
+# Each spectrum costs this much reward per hour of telescope time in training (the 4-m
+# telescopes' time is worth something elsewhere): the policy learns to leave a telescope
+# idle rather than spend an hour on a spectrum expected to earn less.
+TIME_COST_PER_HOUR = 2.0
 
 
 def check_seeds(seeds) -> None:
@@ -113,8 +118,9 @@ class StreamLoops:
     """Builds a ``FollowupLoop`` over one of the recorded streams (chosen by the env's
     random generator); loads streams and ephemerides lazily, once per worker process."""
 
-    def __init__(self, dirs: list[str]):
+    def __init__(self, dirs: list[str], time_cost_per_hour: float = 0.0):
         self.dirs = [str(d) for d in dirs]
+        self.time_cost_per_hour = time_cost_per_hour
         self._cache = {}
 
     def _load(self, d: str):
@@ -130,7 +136,8 @@ class StreamLoops:
         d = self.dirs[int(rng.integers(len(self.dirs)))]
         config, env, stream = self._load(d)
         loop = FollowupLoop(config, stream, env.population, env.seed,
-                            self._cache["night_cache"], credit_at_decision=True)
+                            self._cache["night_cache"], credit_at_decision=True,
+                            time_cost_per_hour=self.time_cost_per_hour)
         loop.manager.policy = _Shortlist(RLPolicy.max_candidates)
         return loop
 
@@ -173,10 +180,15 @@ def _record_task(config_data, seed, start, out_dir, nights=1):
 
 
 def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
-                 seeds=TRAIN_SEEDS, progress: bool = True, seed: int = 0,
-                 nights: int = TRAIN_NIGHTS) -> dict:
+                 seeds=None, progress: bool = True, seed: int = 0,
+                 nights: int = TRAIN_NIGHTS,
+                 time_cost_per_hour: float = TIME_COST_PER_HOUR) -> dict:
     """Record the training streams (``nights`` nights per seed: an episode is a week of
-    the season by default), train PPO, export the network; returns the report."""
+    the season by default; seeds: 1001-1008 for single nights, the first
+    ``MULTI_NIGHT_SEEDS`` of them for longer streams), train PPO, export the network;
+    returns the report."""
+    if seeds is None:
+        seeds = TRAIN_SEEDS if nights == 1 else TRAIN_SEEDS[:MULTI_NIGHT_SEEDS]
     import torch  # lazy: heavy optional library
     from ray.rllib.algorithms.ppo import PPOConfig  # lazy: heavy optional library
 
@@ -187,7 +199,8 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
     torch.manual_seed(seed)
     algo_config = (
         PPOConfig()
-        .environment(FollowupEnv, env_config={"make_loop": StreamLoops(dirs)})
+        .environment(FollowupEnv, env_config={"make_loop": StreamLoops(
+            dirs, time_cost_per_hour)})
         .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
                      rollout_fragment_length="auto")
         .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=3000,
@@ -210,6 +223,7 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
     policy = export_module(module)
     algo.stop()
     report = {"iterations": iterations, "train_seeds": list(seeds), "nights": nights,
+              "time_cost_per_hour": time_cost_per_hour,
               "train_dates": list(TRAIN_DATES), "episode_return_mean": history,
               "record_seconds": round(t_record), "seconds": round(time.time() - t0)}
     policy.save(out_dir, report)
