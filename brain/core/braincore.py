@@ -29,8 +29,7 @@ from brain.core.events import (
     Tick,
     Weather,
 )
-from brain.core.followup import candidate_ids
-from brain.core.followup_stream import take_snapshot
+from brain.core.followup import candidate_ids, take_snapshot
 from brain.core.operator import PlanState, SurveyRegion, region_mask
 from brain.core.safety import Verdict, out_of_range, weather_verdict
 from brain.core.survey import SurveyScheduler

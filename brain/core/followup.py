@@ -30,6 +30,7 @@ import numpy as np
 
 from brain.core.events import Command, Done, Failed
 from brain.core.followup_stream import Snapshot, Stream
+from brain.core.followup_stream import take_snapshot as take_snapshot  # the core's import
 from observatory.mount import move_time_s
 from observatory.sky import unit_vectors
 from observatory.spectra import SPEC_MOUNT, exposure_s, science_reward
