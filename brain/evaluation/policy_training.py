@@ -42,7 +42,8 @@ TRAIN_SEEDS = tuple(range(1001, 1009))
 VALID_SEEDS = tuple(range(2001, 2005))
 TRAIN_DATES = ("2026-11-20", "2026-12-05", "2027-01-10", "2027-02-08")
 TRAIN_NIGHTS = 7  # nights per training episode (one stream per seed)
-MULTI_NIGHT_SEEDS = 2  # streams of several nights: the first seeds only (2 cores: ~minutes a night)
+# Streams of several nights: two seeds only (a night of the full array costs minutes of a CPU).
+MULTI_NIGHT_SEEDS = (1001, 1003)
 # Each spectrum costs this much reward per hour of telescope time in training (the 4-m
 # telescopes' time is worth something elsewhere): the policy learns to leave a telescope
 # idle rather than spend an hour on a spectrum expected to earn less.
@@ -151,20 +152,21 @@ class _Shortlist:
 
 def record_streams(config, seeds, dates, out_root: Path, progress: bool = True,
                    nights: int = 1) -> list[Path]:
-    """Record one stream of ``nights`` nights per seed (start dates cycled) as Ray tasks
-    (kept in ``out_root/seed-S`` or ``out_root/n{nights}-seed-S``)."""
+    """Record one stream of ``nights`` nights per seed as Ray tasks (training seed
+    1001 + k starts on ``dates[k mod len(dates)]``; kept in ``out_root/seed-S`` or
+    ``out_root/n{nights}-seed-S``)."""
     import ray  # lazy: heavy optional library
 
     connect()
     todo, dirs = [], []
     task = ray.remote(num_cpus=1)(_record_task)
-    for k, seed in enumerate(seeds):
+    for seed in seeds:
         d = out_root / (f"seed-{seed}" if nights == 1 else f"n{nights}-seed-{seed}")
         dirs.append(d)
         if (d / "stream.npz").is_file():
             continue
-        todo.append(task.remote(config.model_dump(mode="json"), seed, dates[k % len(dates)],
-                                str(d), nights))
+        start = dates[(seed - TRAIN_SEEDS[0]) % len(dates)]
+        todo.append(task.remote(config.model_dump(mode="json"), seed, start, str(d), nights))
     for k, ref in enumerate(todo):
         ray.get(ref)
         if progress:
@@ -182,13 +184,13 @@ def _record_task(config_data, seed, start, out_dir, nights=1):
 def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
                  seeds=None, progress: bool = True, seed: int = 0,
                  nights: int = TRAIN_NIGHTS,
-                 time_cost_per_hour: float = TIME_COST_PER_HOUR) -> dict:
+                 time_cost_per_hour: float = TIME_COST_PER_HOUR, env_runners: int = 2) -> dict:
     """Record the training streams (``nights`` nights per seed: an episode is a week of
     the season by default; seeds: 1001-1008 for single nights, the first
-    ``MULTI_NIGHT_SEEDS`` of them for longer streams), train PPO, export the network;
-    returns the report."""
+    ``MULTI_NIGHT_SEEDS`` for longer streams), train PPO with ``env_runners`` workers,
+    export the network; returns the report."""
     if seeds is None:
-        seeds = TRAIN_SEEDS if nights == 1 else TRAIN_SEEDS[:MULTI_NIGHT_SEEDS]
+        seeds = TRAIN_SEEDS if nights == 1 else MULTI_NIGHT_SEEDS
     import torch  # lazy: heavy optional library
     from ray.rllib.algorithms.ppo import PPOConfig  # lazy: heavy optional library
 
@@ -201,10 +203,10 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
         PPOConfig()
         .environment(FollowupEnv, env_config={"make_loop": StreamLoops(
             dirs, time_cost_per_hour)})
-        .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
-                     rollout_fragment_length="auto")
-        .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=3000,
-                  minibatch_size=300, num_epochs=8, entropy_coeff=0.005, clip_param=0.2,
+        .env_runners(num_env_runners=env_runners, num_envs_per_env_runner=1,
+                     rollout_fragment_length="auto", sample_timeout_s=1800)
+        .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=1500,
+                  minibatch_size=250, num_epochs=8, entropy_coeff=0.005, clip_param=0.2,
                   vf_clip_param=100.0)
         .rl_module(model_config={"fcnet_hiddens": [64, 64], "fcnet_activation": "tanh",
                                  "vf_share_layers": False})
