@@ -79,6 +79,10 @@ class FollowupSettings(Strict):
     max_hours_per_night: float | None = Field(
         default=None, gt=0, le=24,
         description="spectroscopic hours per telescope per night (default: all dark time)")
+    max_hours_per_season: float | None = Field(
+        default=None, gt=0, le=10_000,
+        description="spectroscopic hours per telescope over the season, i.e. since the "
+        "brain started (default: no limit beyond the nightly one)")
     wait_s: float = Field(default=600.0, ge=60, le=7200,
                           description="how long a telescope stays idle when the policy waits")
     recent_days: float = Field(default=1.5, gt=0, le=30,

@@ -5,9 +5,12 @@ The policy is offered the ``SHORTLIST`` observable candidates of highest static 
 Each candidate is described by ``N_FEATURES`` numbers: what greedy knows (expected
 reward, chance of a label, cost in telescope time) plus what greedy ignores (the
 brightness trend -- a brightening transient is before its peak and earns twice --, age,
-nights seen, the classifier's confidence, how long the target stays up) and the night's
-state. The network, trained with RLlib PPO (``brain train policy``), is exported to a
-small ``.npz`` of weights and evaluated here with numpy: no RLlib, no torch at run time.
+nights seen and nights since the first detection, how far it has faded from its
+brightest and whether its peak has passed by the brain's photometry, the classifier's
+confidence, how long the target stays up) and the telescope's state (dark time, the
+night's and the season's budget left). The network, trained with RLlib PPO on episodes
+of several nights (``brain train policy``), is exported to a small ``.npz`` of weights
+and evaluated here with numpy: no RLlib, no torch at run time.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts" / "policy"
 _GROUPS = (("KN",), ("TDE",), ("SLSN",), ("uLens",), ("SNIbc",), ("SNIa", "SNII"),
            ("CV", "Flare", "AGN"), ("RRL", "EB", "DSCT", "LPV"))
 _GROUP_MATRIX = np.array([[c in g for g in _GROUPS] for c in CLASSES], dtype=float)
-N_FEATURES = 14 + len(_GROUPS)
-N_GLOBAL = 3
+N_BASE = 17
+N_FEATURES = N_BASE + len(_GROUPS)
+N_GLOBAL = 4
+SEASON_SCALE_S = 100 * 3600.0  # season budgets beyond 100 h look unlimited
 OBS_SIZE = SHORTLIST * N_FEATURES + N_GLOBAL
 N_ACTIONS = SHORTLIST + 1  # the last one waits
 
@@ -39,7 +44,7 @@ def encode(table: CandidateTable) -> np.ndarray:
     f = np.zeros((SHORTLIST, N_FEATURES), dtype=np.float32)
     if n:
         s = slice(0, n)
-        p = table.prob[s]
+        p = np.asarray(table.prob[s], dtype=np.float64)
         score = table.greedy_score()[s]
         ent = -(np.clip(p, 1e-12, 1) * np.log(np.clip(p, 1e-12, 1))).sum(axis=1)
         cols = [
@@ -57,12 +62,17 @@ def encode(table: CandidateTable) -> np.ndarray:
             np.minimum(table.window_s[s], 8 * 3600) / (8 * 3600),
             p.max(axis=1),
             ent / np.log(len(CLASSES)),
+            np.log1p(table.nights_since_first[s]) / 2.0,
+            np.tanh(table.fade_mag[s]),
+            table.peak_passed[s].astype(float),
         ]
-        f[:n, :14] = np.stack(cols, axis=1)
-        f[:n, 14:] = p @ _GROUP_MATRIX
+        f[:n, :N_BASE] = np.stack(cols, axis=1)
+        f[:n, N_BASE:] = p @ _GROUP_MATRIX
     g = np.array([min(table.night_left_s, 14 * 3600) / (14 * 3600),
                   min(table.budget_left_s, 14 * 3600) / (14 * 3600),
-                  n / SHORTLIST], dtype=np.float32)
+                  n / SHORTLIST,
+                  min(table.season_left_s, SEASON_SCALE_S) / SEASON_SCALE_S],
+                 dtype=np.float32)
     return np.concatenate([f.ravel(), g])
 
 

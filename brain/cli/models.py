@@ -58,9 +58,10 @@ def cmd_classify(args) -> int:
 
 def cmd_train(args) -> int:
     only = {"policy": ("--from-runs", "--n-per-class"),
-            "classifier": ("--iterations", "--ray-address")}
+            "classifier": ("--iterations", "--ray-address", "--nights")}
     given = {"--from-runs": bool(args.from_runs), "--n-per-class": args.n_per_class != 8000,
-             "--iterations": args.iterations != 40, "--ray-address": bool(args.ray_address)}
+             "--iterations": args.iterations != 40, "--ray-address": bool(args.ray_address),
+             "--nights": args.nights != 7}
     for flag in only[args.what]:
         if given[flag]:
             raise UsageError(f"{flag} does not apply to `train {args.what}`")
@@ -109,10 +110,11 @@ def _train_policy(args) -> int:
     try:
         report = train_policy(load_config(), out, Path("out/policy-train"),
                               iterations=args.iterations, seed=args.seed,
-                              ray_address=args.ray_address)
+                              ray_address=args.ray_address, nights=args.nights)
     except RayUnreachable as exc:
         raise UsageError(str(exc)) from None
     print(json.dumps({"artifact": str(out), **{k: report[k] for k in
-                                               ("iterations", "seconds", "record_seconds")},
+                                               ("iterations", "nights", "seconds",
+                                                "record_seconds")},
                       "final_episode_return_mean": report["episode_return_mean"][-1]}))
     return 0

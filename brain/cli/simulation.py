@@ -129,7 +129,7 @@ def cmd_evaluate(args) -> int:
     print(f"{len(args.seeds)} seeds x {args.nights} night(s); survey coverage median "
           f"{np.median([r['coverage_deg2_per_30min'] or 0 for r in rows]):,.0f} deg2 per 30 min")
     print(f"{'policy':<12} {'reward/h median':>15} {'p25..p75':>14} {'reward median':>13} "
-          f"{'spectra':>8} {'hours':>6}")
+          f"{'spectra':>8} {'hours':>6} {'reward/open h':>13}")
     for name in args.policies:
         mine = [r for r in rows if r["policy"] == name]
         rph = np.array([r["reward_per_hour"] or 0.0 for r in mine])
@@ -137,6 +137,7 @@ def cmd_evaluate(args) -> int:
         print(f"{name:<12} {np.median(rph):>15.2f} "
               f"{np.percentile(rph, 25):>6.2f}..{np.percentile(rph, 75):<6.2f} "
               f"{np.median(rew):>13.1f} {np.median([r['spectra'] for r in mine]):>8.0f} "
-              f"{np.median([r['hours'] for r in mine]):>6.1f}")
+              f"{np.median([r['hours'] for r in mine]):>6.1f} "
+              f"{np.median([r['reward_per_open_hour'] or 0.0 for r in mine]):>13.2f}")
     print(f"wrote {path}")
     return 0

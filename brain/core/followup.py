@@ -13,11 +13,11 @@ The manager only sees what the brain knows (positions, photometry, probabilities
 labels); the reward is scored outside, by the shell, from the simulator's truth.
 
 ``FollowupLoop`` (brain/evaluation/followup_replay.py) re-runs the manager alone over a
-recorded ``Stream`` of snapshots and site states. The survey does not depend on the
-follow-up (the spectroscopic telescopes are separate devices), so a policy evaluated on
-a stream faces exactly the candidates, weather and sky it would face inside the full
-fast shell, in a small fraction of the time; tests check that both give the same
-follow-ups.
+recorded ``Stream`` (brain/core/stream.py) of snapshots and site states. The
+survey does not depend on the follow-up (the spectroscopic telescopes are separate
+devices), so a policy evaluated on a stream faces exactly the candidates, weather and
+sky it would face inside the full fast shell, in a small fraction of the time; tests
+check that both give the same follow-ups.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import numpy as np
 
 from brain.core.events import Command, Done, Failed
 from brain.core.stream import Snapshot, Stream
+from brain.core.stream import take_snapshot as take_snapshot  # the core's import
 from observatory.mount import move_time_s
 from observatory.sky import unit_vectors
 from observatory.spectra import SPEC_MOUNT, exposure_s, science_reward
 from observatory.taxonomy import CLASSES
 from observatory.times import unix_to_mjd
 from observatory.visibility import target_alt_deg
-from policies.candidates import WAIT, CandidateTable, label_probability
+from policies.candidates import WAIT, CandidateTable, label_probability, peak_passed
 
-BAND_R = 1
 SIDEREAL_DEG_S = 360.0 / 86164.0905
 
 
@@ -59,57 +59,6 @@ def candidate_ids(associator, min_detections: int, now_mjd: float, new_days: flo
     return np.flatnonzero(ok)
 
 
-def take_snapshot(t: float, associator, cand: np.ndarray, recent_days: float,
-                  max_mag: float) -> Snapshot:
-    """Of the candidates ``cand`` (catalogue rows, :func:`candidate_ids`), those with a
-    detection in the last ``recent_days`` and a latest magnitude brighter than
-    ``max_mag``, with their recent photometry (the active window) and their whole
-    history's first time, detections and nights (the catalogue). Ids, not rows."""
-    if cand.size == 0:
-        return Snapshot.empty(t)
-    cand = np.asarray(cand, dtype=np.int64)
-    obj, mjd, band, mag, _err = associator.light_curves(cand)
-    local = np.searchsorted(cand, obj)
-    n = cand.size
-    last = associator.last_mjd[cand].astype(float)
-    now_mjd = float(unix_to_mjd(t))
-    # Latest magnitude: the last r detection, else the last detection of any band.
-    order = np.arange(len(obj))
-    last_any = np.full(n, -1)
-    np.maximum.at(last_any, local, order)
-    is_r = band == BAND_R
-    last_r = np.full(n, -1)
-    np.maximum.at(last_r, local[is_r], order[is_r])
-    pick = np.where(last_r >= 0, last_r, last_any)
-    latest = np.full(n, np.nan)  # NaN: nothing in the window (dropped below)
-    latest[pick >= 0] = mag[pick[pick >= 0]]
-    # Trend over the last day of r (or any band) detections: least-squares slope.
-    win_last = np.full(n, -np.inf)
-    np.maximum.at(win_last, local, mjd)
-    recent = mjd > win_last[local] - 1.0
-    use = recent & np.where(last_r[local] >= 0, is_r, True)
-    k, x, y = local[use], mjd[use], mag[use].astype(float)
-    cnt = np.bincount(k, minlength=n).astype(float)
-    mx = np.bincount(k, x, minlength=n) / np.maximum(cnt, 1)
-    my = np.bincount(k, y, minlength=n) / np.maximum(cnt, 1)
-    dx = x - mx[k]
-    sxx = np.bincount(k, dx * dx, minlength=n)
-    sxy = np.bincount(k, dx * (y - my[k]), minlength=n)
-    slope = np.where(sxx > (0.02 ** 2) * np.maximum(cnt, 1), sxy / np.maximum(sxx, 1e-12), 0.0)
-    with np.errstate(invalid="ignore"):
-        keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
-    rows = cand[keep]
-    # Compact types (the stream of a season is written to disk): float32 photometry,
-    # float16 probabilities; the manager decides on exactly what a replay reads back.
-    return Snapshot(t, associator.ids[rows].astype(np.int64), associator.ra[rows].copy(),
-                    associator.dec[rows].copy(), latest[keep].astype(np.float32),
-                    np.clip(slope[keep], -5, 5).astype(np.float32),
-                    associator.first_mjd[rows].astype(float),
-                    associator.n_detections()[rows].astype(np.int32),
-                    np.minimum(associator.n_nights[rows], 32767).astype(np.int16),
-                    associator.prob[rows].astype(np.float16))
-
-
 @dataclass
 class SpecState:
     device: str
@@ -121,6 +70,7 @@ class SpecState:
     dec_deg: float | None = None
     next_decision: float = -math.inf
     used_s: float = 0.0  # tonight
+    season_used_s: float = 0.0  # since the manager started (or the journal's spectra)
 
 
 @dataclass
@@ -185,8 +135,11 @@ class FollowupManager:
             st = self.specs.get(sp["device"])
             status = {"done": "done", "failed": "failed", "refused": "failed"}.get(
                 sp["status"], "unknown")
-            if st is not None and sp["night"] == date and status != "failed":
-                st.used_s += max(0.0, float(sp["t_end"] or sp["t_sent"]) - sp["t_sent"])
+            spent = max(0.0, float(sp["t_end"] or sp["t_sent"]) - sp["t_sent"])
+            if st is not None and status != "failed":
+                st.season_used_s += spent
+                if sp["night"] == date:
+                    st.used_s += spent
             if oid < 0:
                 continue
             rec = FollowupRecord(sp["target_id"], int(oid), sp["device"], sp["t_sent"],
@@ -239,6 +192,7 @@ class FollowupManager:
             # object is not offered again.
             rec.status, rec.t_end = "failed", ev.t
             st.used_s -= max(0.0, planned_end - ev.t)
+            st.season_used_s -= max(0.0, planned_end - ev.t)
             st.next_decision = ev.t
 
     # Every minute -------------------------------------------------------------------
@@ -288,6 +242,7 @@ class FollowupManager:
                     rec = self.records[st.busy["target_id"]]
                     rec.status, rec.t_end = "aborted", t
                     st.used_s -= max(0.0, st.busy["t_end"] - t)
+                    st.season_used_s -= max(0.0, st.busy["t_end"] - t)
                     self._cmd_target.pop(st.busy["cmd_id"], None)
                     self.taken.discard(rec.object_id)  # may be tried again
                     st.busy = None
@@ -296,10 +251,16 @@ class FollowupManager:
         return cmds
 
     def ready(self, t: float) -> list[str]:
-        budget = self.settings.max_hours_per_night
         return [d for d, st in self.specs.items()
                 if st.is_open and st.busy is None and t >= st.next_decision
-                and (budget is None or st.used_s < budget * 3600)]
+                and min(self._budget_left(st)) > 0]
+
+    def _budget_left(self, st) -> tuple[float, float]:
+        """Seconds left of the telescope's budget tonight and of its season's (inf:
+        no such budget)."""
+        night, season = self.settings.max_hours_per_night, self.settings.max_hours_per_season
+        return (math.inf if night is None else night * 3600 - st.used_s,
+                math.inf if season is None else season * 3600 - st.season_used_s)
 
     def candidates_for(self, device: str, t: float, night):
         """The CandidateTable of ``device`` at ``t`` and the snapshot rows behind it.
@@ -311,10 +272,12 @@ class FollowupManager:
         eph = night.sites[st.site]
         snap = self.snapshot
         night_left = eph.dark_left_s(t, self.config.limits.max_sun_alt_deg)
-        budget = self.settings.max_hours_per_night
-        budget_left = (math.inf if budget is None else budget * 3600 - st.used_s)
+        budget_left, season_left = self._budget_left(st)
         if snap is None or snap.n == 0:
-            return empty_table(night_left, budget_left), np.zeros(0, dtype=np.int64)
+            return (empty_table(night_left, budget_left, season_left),
+                    np.zeros(0, dtype=np.int64))
+        # Observable means finished within both budgets.
+        budget_left = min(budget_left, season_left)
         limit = getattr(self.policy, "max_candidates", None)
         order = self._priority_order(st.spec) if limit else np.arange(snap.n)
         if self.taken or self.vetoed:
@@ -336,7 +299,7 @@ class FollowupManager:
             rows = np.concatenate(found)[:limit] if found else order[:0]
         else:
             rows = self._observable(st, eph, t, order, night_left, budget_left)
-        return self._table(st, eph, t, rows, night_left, budget_left), rows
+        return self._table(st, eph, t, rows, night_left, self._budget_left(st)), rows
 
     def _priority_order(self, spec) -> np.ndarray:
         snap = self.snapshot
@@ -346,9 +309,14 @@ class FollowupManager:
                spec.max_exposure_s, spec.acquisition_s, spec.label_limit_mag)
         if key not in self._orders:
             cost = exposure_s(spec, snap.mag) + spec.acquisition_s
-            prio = (snap.prob @ self._reward) * label_probability(
+            prio = (snap.prob.astype(np.float64) @ self._reward) * label_probability(
                 snap.mag, spec.label_limit_mag) / cost
-            self._orders[key] = np.argsort(-prio, kind="stable")
+            # As np.argsort(-prio, kind="stable"), sorting only the rows worth anything
+            # (most are too faint for a label): zeros, then NaNs, keep their order.
+            pos = np.flatnonzero(prio > 0)
+            self._orders[key] = np.concatenate([pos[np.argsort(-prio[pos], kind="stable")],
+                                                np.flatnonzero(prio == 0),
+                                                np.flatnonzero(np.isnan(prio))])
         return self._orders[key]
 
     def _move_s(self, st, eph, t, ra, dec) -> np.ndarray:
@@ -380,23 +348,31 @@ class FollowupManager:
                 >= self.config.limits.min_moon_sep_deg
         return rows[ok]
 
-    def _table(self, st, eph, t, rows, night_left, budget_left) -> CandidateTable:
+    def _table(self, st, eph, t, rows, night_left, budgets) -> CandidateTable:
+        budget_left, season_left = budgets
         if rows.size == 0:
-            return empty_table(night_left, budget_left)
+            return empty_table(night_left, budget_left, season_left)
         snap = self.snapshot
         ra, dec, mag = snap.ra_deg[rows], snap.dec_deg[rows], snap.mag[rows]
-        prob = snap.prob[rows]
+        prob = snap.prob[rows].astype(float)  # stored as float16 (log(1e-12) is not)
+        now_mjd = float(unix_to_mjd(t))
+        first = snap.first_mjd[rows]
+        fade = np.maximum(mag.astype(float) - snap.peak_mag[rows], 0.0)
         return CandidateTable(
             object_id=snap.object_id[rows], ra_deg=ra, dec_deg=dec, mag=mag,
             slope_mag_per_day=snap.slope_mag_per_day[rows],
-            age_days=np.maximum(float(unix_to_mjd(t)) - snap.first_mjd[rows], 0.0),
+            age_days=np.maximum(now_mjd - first, 0.0),
             n_det=snap.n_det[rows], n_nights=snap.n_nights[rows], prob=prob,
             alt_deg=target_alt_deg(eph, ra, dec, t), move_s=self._move_s(st, eph, t, ra, dec),
             exposure_s=exposure_s(st.spec, mag), window_s=self._window(eph, ra, dec, t,
                                                                        night_left),
             p_label=label_probability(mag, st.spec.label_limit_mag),
             expected_reward=prob @ self._reward, night_left_s=night_left,
-            budget_left_s=budget_left)
+            budget_left_s=budget_left,
+            nights_since_first=np.maximum(local_night(now_mjd, eph.site.lon_deg)
+                                          - local_night(first, eph.site.lon_deg), 0),
+            fade_mag=fade, peak_passed=peak_passed(fade, snap.fade_err[rows]),
+            season_left_s=season_left)
 
     def act(self, device: str, t: float, table: CandidateTable, rows, choice: int
             ) -> list[Command]:
@@ -422,6 +398,7 @@ class FollowupManager:
         self._cmd_target[cmd.cmd_id] = tid
         st.busy = {"target_id": tid, "cmd_id": cmd.cmd_id, "t_end": t_end}
         st.used_s += t_end - t
+        st.season_used_s += t_end - t
         st.ra_deg, st.dec_deg = float(snap.ra_deg[row]), float(snap.dec_deg[row])
         self.taken.add(oid)
         return [cmd]
@@ -440,10 +417,18 @@ class FollowupManager:
         return np.clip(left, 0.0, night_left)
 
 
-def empty_table(night_left: float, budget_left: float) -> CandidateTable:
+def empty_table(night_left: float, budget_left: float,
+                season_left: float = math.inf) -> CandidateTable:
     z = np.zeros(0)
     return CandidateTable(z.astype(np.int64), z, z, z, z, z, z, z, np.zeros((0, len(CLASSES))),
-                          z, z, z, z, z, z, night_left, budget_left)
+                          z, z, z, z, z, z, night_left, budget_left,
+                          season_left_s=season_left)
+
+
+def local_night(mjd, lon_deg: float) -> np.ndarray:
+    """The local night an MJD belongs to, as a day number (noon to noon, local mean
+    solar time): two times on the same night share it."""
+    return np.floor(np.asarray(mjd, dtype=float) + lon_deg / 360.0 - 0.5).astype(np.int64)
 
 
 def followup_rows(manager: FollowupManager, log: list[dict]) -> list[dict]:

@@ -1,5 +1,6 @@
-"""What the follow-up hears: the candidates' snapshots and the sites' minutes, and the
-stream that records them for replay (brain/evaluation/followup_replay.py)."""
+"""What the follow-up hears: the candidates' snapshots (``take_snapshot``, from the
+association's photometry and catalogue) and the sites' minutes, and the stream that
+records them night by night for replay (brain/evaluation/followup_replay.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from observatory.taxonomy import CLASSES
+from observatory.times import unix_to_mjd
+
+BAND_R = 1
 
 
 @dataclass
@@ -26,20 +30,111 @@ class Snapshot:
     n_det: np.ndarray
     n_nights: np.ndarray
     prob: np.ndarray
+    # The brightest magnitude seen in the band of ``mag`` (the whole history) and the
+    # error of ``mag`` minus it: the brain's own evidence that the peak has passed.
+    # Streams recorded before these existed read back as "never faded" (peak = latest).
+    peak_mag: np.ndarray | None = None
+    fade_err: np.ndarray | None = None
 
     FIELDS = ("object_id", "ra_deg", "dec_deg", "mag", "slope_mag_per_day", "first_mjd",
-              "n_det", "n_nights", "prob")
+              "n_det", "n_nights", "prob", "peak_mag", "fade_err")
+
+    def __post_init__(self):
+        if self.peak_mag is None:
+            self.peak_mag = np.asarray(self.mag, dtype=np.float32).copy()
+        if self.fade_err is None:
+            self.fade_err = np.zeros(len(self.object_id), dtype=np.float32)
 
     @classmethod
     def empty(cls, t: float) -> Snapshot:
         z = np.zeros(0)
         return cls(t, z.astype(np.int64), z, z, z.astype(np.float32), z.astype(np.float32), z,
                    z.astype(np.int32), z.astype(np.int16), np.zeros((0, len(CLASSES)),
-                                                                    dtype=np.float16))
+                                                                    dtype=np.float16),
+                   z.astype(np.float32), z.astype(np.float32))
 
     @property
     def n(self) -> int:
         return len(self.object_id)
+
+
+def take_snapshot(t: float, associator, cand: np.ndarray, recent_days: float,
+                  max_mag: float) -> Snapshot:
+    """Of the candidates ``cand`` (catalogue rows, :func:`candidate_ids`), those with a
+    detection in the last ``recent_days`` and a latest magnitude brighter than
+    ``max_mag``, with their recent photometry (the active window) and their whole
+    history's first time, detections and nights (the catalogue). Ids, not rows."""
+    if cand.size == 0:
+        return Snapshot.empty(t)
+    cand = np.asarray(cand, dtype=np.int64)
+    obj, mjd, band, mag, err = associator.light_curves(cand)
+    local = np.searchsorted(cand, obj)
+    n = cand.size
+    last = associator.last_mjd[cand].astype(float)
+    now_mjd = float(unix_to_mjd(t))
+    # Latest magnitude: the last r detection, else the last detection of any band.
+    order = np.arange(len(obj))
+    last_any = np.full(n, -1)
+    np.maximum.at(last_any, local, order)
+    is_r = band == BAND_R
+    last_r = np.full(n, -1)
+    np.maximum.at(last_r, local[is_r], order[is_r])
+    pick = np.where(last_r >= 0, last_r, last_any)
+    latest = np.where(pick >= 0, mag[np.maximum(pick, 0)].astype(float) if len(obj)
+                      else np.nan, np.nan)
+    peak, fade_err = _peak(associator, cand, local, band, mag, err, pick, latest)
+    # Trend over the last day of r (or any band) detections: least-squares slope.
+    win_last = np.full(n, -np.inf)
+    np.maximum.at(win_last, local, mjd)
+    recent = mjd > win_last[local] - 1.0
+    use = recent & np.where(last_r[local] >= 0, is_r, True)
+    k, x, y = local[use], mjd[use], mag[use].astype(float)
+    cnt = np.bincount(k, minlength=n).astype(float)
+    mx = np.bincount(k, x, minlength=n) / np.maximum(cnt, 1)
+    my = np.bincount(k, y, minlength=n) / np.maximum(cnt, 1)
+    dx = x - mx[k]
+    sxx = np.bincount(k, dx * dx, minlength=n)
+    sxy = np.bincount(k, dx * (y - my[k]), minlength=n)
+    slope = np.where(sxx > (0.02 ** 2) * np.maximum(cnt, 1), sxy / np.maximum(sxx, 1e-12), 0.0)
+    with np.errstate(invalid="ignore"):
+        keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
+    rows = cand[keep]
+    # Compact types (the stream of a season is written to disk): float32 photometry,
+    # float16 probabilities; the manager decides on exactly what a replay reads back.
+    return Snapshot(t, associator.ids[rows].astype(np.int64), associator.ra[rows].copy(),
+                    associator.dec[rows].copy(), latest[keep].astype(np.float32),
+                    np.clip(slope[keep], -5, 5).astype(np.float32),
+                    associator.first_mjd[rows].astype(float),
+                    associator.n_detections()[rows].astype(np.int32),
+                    np.minimum(associator.n_nights[rows], 32767).astype(np.int16),
+                    associator.prob[rows].astype(np.float16),
+                    peak[keep].astype(np.float32), fade_err[keep].astype(np.float32))
+
+
+def _peak(associator, cand, local, band, mag, err, pick, latest):
+    """The brightest magnitude in the band of the latest one, over the active window's
+    detections and the catalogue's history of closed nights, and the error of the fade
+    (latest minus brightest): both magnitudes' errors in quadrature (the history keeps
+    no errors: a peak from it counts with the latest's error)."""
+    n = cand.size
+    if local.size == 0:
+        return latest.copy(), np.zeros(n)
+    p = np.maximum(pick, 0)
+    lband = np.where(pick >= 0, band[p], BAND_R).astype(np.int64)
+    lerr = np.where(pick >= 0, err[p].astype(float), 0.0)
+    same = band == lband[local]
+    wpeak = np.full(n, np.inf)
+    np.minimum.at(wpeak, local[same], mag[same].astype(float))
+    # The error of the window's brightest detection (ties: any of them).
+    at_peak = same & (mag.astype(float) == wpeak[local])
+    perr = lerr.copy()
+    perr[local[at_peak]] = err[at_peak].astype(float)
+    hpeak = associator.cat["hist"][cand, lband, 3].astype(float)
+    from_hist = hpeak < wpeak
+    peak = np.where(from_hist, hpeak, wpeak)
+    perr = np.where(from_hist, lerr, perr)
+    peak = np.where(np.isfinite(peak), peak, latest)
+    return np.minimum(peak, latest), np.hypot(lerr, perr)
 
 
 @dataclass
@@ -117,7 +212,9 @@ class Stream:
             names = set(z.files)
             prefixes = sorted({n[:6] for n in names if n.startswith("p") and n[5] == "_"})
             for pre in prefixes or [""]:
-                cols = {f: z[f"{pre}snap_{f}"] for f in Snapshot.FIELDS}
+                # Older streams lack the later fields: they read back as their defaults.
+                cols = {f: z[f"{pre}snap_{f}"] for f in Snapshot.FIELDS
+                        if f"{pre}snap_{f}" in names}
                 out.ticks += [(float(t), str(d), tuple(bool(x) for x in o)) for t, d, o in
                               zip(z[f"{pre}tick_t"], z[f"{pre}tick_date"],
                                   z[f"{pre}tick_open"], strict=True)]
@@ -129,7 +226,7 @@ class Stream:
                 prev = None
                 for k, t in enumerate(z[f"{pre}snap_t"]):
                     a, b = bounds[k], bounds[k + 1]
-                    rows = {f: cols[f][a:b] for f in Snapshot.FIELDS}
+                    rows = _defaults({f: c[a:b] for f, c in cols.items()})
                     if delta and prev is not None:
                         gone = gone_ids[gone_at[k]:gone_at[k + 1]]
                         stay = ~np.isin(prev.object_id, np.r_[gone, rows["object_id"]])
@@ -140,3 +237,13 @@ class Stream:
                     prev = Snapshot(float(t), *(rows[f] for f in Snapshot.FIELDS))
                     out.snapshots.append(prev)
         return out
+
+
+def _defaults(rows: dict) -> dict:
+    """A snapshot's columns with the fields older streams lack filled in: never faded
+    (the peak is the latest magnitude)."""
+    if "peak_mag" not in rows:
+        rows["peak_mag"] = np.asarray(rows["mag"], dtype=np.float32).copy()
+    if "fade_err" not in rows:
+        rows["fade_err"] = np.zeros(len(rows["object_id"]), dtype=np.float32)
+    return rows

@@ -24,7 +24,7 @@ class FollowupLoop:
     next (device, table) needing a decision and the reward earned since the last one."""
 
     def __init__(self, config, stream: Stream, population, seed: int, cache, policy=None,
-                 credit_at_decision: bool = False):
+                 credit_at_decision: bool = False, time_cost_per_hour: float = 0.0):
 
         self.config = config
         self.stream = stream
@@ -38,6 +38,10 @@ class FollowupLoop:
         # Training: credit a spectrum's reward to the decision that took it (its outcome
         # is fixed when the command is accepted; only a later closure could void it).
         self.credit_at_decision = credit_at_decision
+        # Training: each spectrum also costs this much per hour of telescope time it
+        # takes (slew, acquisition, exposure), charged at the decision: the other
+        # programmes' use of the 4-m telescopes, so that time is not spent for little.
+        self.time_cost_per_hour = time_cost_per_hour
         self.done = False
         self._gen = None
 
@@ -103,3 +107,5 @@ class FollowupLoop:
                     self._earned += science_reward(truth["true_class"], r.result["label"],
                                                    truth["before_peak"], self.reward_table,
                                                    self.factor)
+                if r.ok and c.name == "spectrum" and self.time_cost_per_hour:
+                    self._earned -= self.time_cost_per_hour * max(0.0, r.t - t) / 3600.0

@@ -49,6 +49,13 @@ VALID_SEEDS = tuple(range(2001, 2005))
 TRAIN_DATES = ("2026-11-20", "2026-12-05", "2027-01-10", "2027-02-08")
 # evaluation.csv: the contract's columns, then where each seed ran (an extension).
 NODE_COLUMNS = ("node", "node_id")
+TRAIN_NIGHTS = 7  # nights per training episode (one stream per seed)
+# Streams of several nights: two seeds only (a night of the full array costs minutes of a CPU).
+MULTI_NIGHT_SEEDS = (1001, 1003)
+# Each spectrum costs this much reward per hour of telescope time in training (the 4-m
+# telescopes' time is worth something elsewhere): the policy learns to leave a telescope
+# idle rather than spend an hour on a spectrum expected to earn less.
+TIME_COST_PER_HOUR = 2.0
 
 
 def check_seeds(seeds) -> None:
@@ -131,8 +138,9 @@ class StreamLoops:
     """Builds a ``FollowupLoop`` over one of the recorded streams (chosen by the env's
     random generator); loads streams and ephemerides lazily, once per worker process."""
 
-    def __init__(self, dirs: list[str]):
+    def __init__(self, dirs: list[str], time_cost_per_hour: float = 0.0):
         self.dirs = [str(d) for d in dirs]
+        self.time_cost_per_hour = time_cost_per_hour
         self._cache = {}
 
     def _load(self, d: str):
@@ -148,7 +156,8 @@ class StreamLoops:
         d = self.dirs[int(rng.integers(len(self.dirs)))]
         config, env, stream = self._load(d)
         loop = FollowupLoop(config, stream, env.population, env.seed,
-                            self._cache["night_cache"], credit_at_decision=True)
+                            self._cache["night_cache"], credit_at_decision=True,
+                            time_cost_per_hour=self.time_cost_per_hour)
         loop.manager.policy = _Shortlist(RLPolicy.max_candidates)
         return loop
 
@@ -161,61 +170,73 @@ class _Shortlist:
 
 
 def record_streams(config, seeds, dates, out_root: Path, progress: bool = True,
-                   ray_address: str | None = None) -> list[Path]:
-    """Record one single-night stream per seed (dates cycled) as Ray tasks, spread over
-    the cluster's nodes; each task returns its files, written here under ``out_root``
-    (a node's own disk is not the driver's)."""
+                   ray_address: str | None = None, nights: int = 1) -> list[Path]:
+    """Record one stream of ``nights`` nights per seed (training seed 1001 + k starts on
+    ``dates[k mod len(dates)]``; kept in ``out_root/seed-S`` or ``out_root/n{nights}-seed-S``)
+    as Ray tasks, spread over the cluster's nodes; each task returns its files, written
+    here under ``out_root`` (a node's own disk is not the driver's)."""
     import ray  # lazy: heavy optional library
 
     connect(ray_address)
     todo, dirs = {}, []
     task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_record_task)
-    for k, seed in enumerate(seeds):
-        d = out_root / f"seed-{seed}"
+    for seed in seeds:
+        d = out_root / (f"seed-{seed}" if nights == 1 else f"n{nights}-seed-{seed}")
         dirs.append(d)
         if (d / "stream.npz").is_file():
             continue
-        todo[task.remote(config.model_dump(mode="json"), seed, dates[k % len(dates)])] = d
+        start = dates[(seed - TRAIN_SEEDS[0]) % len(dates)]
+        todo[task.remote(config.model_dump(mode="json"), seed, start, nights)] = d
     for k, (ref, d) in enumerate(todo.items()):
         files = ray.get(ref)
         d.mkdir(parents=True, exist_ok=True)
         for name in sorted(files, key=lambda n: n == "stream.npz"):  # the stream last:
             (d / name).write_bytes(files[name])  # it marks a complete recording
         if progress:
-            print(f"recorded {k + 1}/{len(todo)} training nights", flush=True)
+            print(f"recorded {k + 1}/{len(todo)} training streams ({nights} night(s) each)",
+                  flush=True)
     return dirs
 
 
-def _record_task(config_data, seed, start) -> dict[str, bytes]:
-    """Record one night into a scratch directory of the node; return its files."""
+def _record_task(config_data, seed, start, nights=1) -> dict[str, bytes]:
+    """Record ``nights`` nights into a scratch directory of the node; return its files."""
     with tempfile.TemporaryDirectory(prefix="sitian-record-") as tmp:
-        record(config_from_dict(config_data), seed, start, 1, Path(tmp),
+        record(config_from_dict(config_data), seed, start, nights, Path(tmp),
                survey_metrics=False)
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
 def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
-                 seeds=TRAIN_SEEDS, progress: bool = True, seed: int = 0,
-                 ray_address: str | None = None) -> dict:
-    """Record the training nights, train PPO, export the network; returns the report.
-    With ``ray_address``, on that cluster: the recording spreads over its nodes."""
+                 seeds=None, progress: bool = True, seed: int = 0,
+                 ray_address: str | None = None, nights: int = TRAIN_NIGHTS,
+                 time_cost_per_hour: float = TIME_COST_PER_HOUR, env_runners: int = 2) -> dict:
+    """Record the training streams (``nights`` nights per seed: an episode is a week of
+    the season by default; seeds: 1001-1008 for single nights, the first
+    ``MULTI_NIGHT_SEEDS`` for longer streams), train PPO with ``env_runners`` workers,
+    export the network; returns the report. With ``ray_address``, on that cluster: the
+    recording spreads over its nodes."""
     ray = connect(ray_address)  # first: a cluster that cannot be joined is refused at once
+    if seeds is None:
+        seeds = TRAIN_SEEDS if nights == 1 else MULTI_NIGHT_SEEDS
     import torch  # lazy: heavy optional library
     from ray.rllib.algorithms.ppo import PPOConfig  # lazy: heavy optional library
 
     t0 = time.time()
-    dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress)
+    dirs = record_streams(config, seeds, TRAIN_DATES, work_dir / "streams", progress,
+                          ray_address=ray_address, nights=nights)
     t_record = time.time() - t0
     # The env runner reads the streams from this machine's disk: it stays here.
     here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
     torch.manual_seed(seed)
     algo_config = (
         PPOConfig()
-        .environment(FollowupEnv, env_config={"make_loop": StreamLoops(dirs)})
-        .env_runners(num_env_runners=1, num_envs_per_env_runner=1,
-                     rollout_fragment_length="auto", custom_resources_per_env_runner=here)
-        .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=3000,
-                  minibatch_size=300, num_epochs=8, entropy_coeff=0.005, clip_param=0.2,
+        .environment(FollowupEnv, env_config={"make_loop": StreamLoops(
+            dirs, time_cost_per_hour)})
+        .env_runners(num_env_runners=env_runners, num_envs_per_env_runner=1,
+                     rollout_fragment_length="auto", sample_timeout_s=1800,
+                     custom_resources_per_env_runner=here)
+        .training(lr=1e-3, gamma=0.9, lambda_=0.9, train_batch_size_per_learner=1500,
+                  minibatch_size=250, num_epochs=8, entropy_coeff=0.005, clip_param=0.2,
                   vf_clip_param=100.0)
         .rl_module(model_config={"fcnet_hiddens": [64, 64], "fcnet_activation": "tanh",
                                  "vf_share_layers": False})
@@ -233,7 +254,8 @@ def train_policy(config, out_dir: Path, work_dir: Path, iterations: int = 60,
     module = algo.get_module()
     policy = export_module(module)
     algo.stop()
-    report = {"iterations": iterations, "train_seeds": list(seeds),
+    report = {"iterations": iterations, "train_seeds": list(seeds), "nights": nights,
+              "time_cost_per_hour": time_cost_per_hour,
               "train_dates": list(TRAIN_DATES), "episode_return_mean": history,
               "record_seconds": round(t_record), "seconds": round(time.time() - t0)}
     policy.save(out_dir, report)
