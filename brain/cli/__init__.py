@@ -99,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=bounded_int(1, 10_000), default=40,
                        help="policy: PPO iterations")
     train.add_argument("--nights", type=bounded_int(1, 30), default=7,
-                       help="policy: nights per training episode (one recorded stream per "
-                            "training seed; default: %(default)s, a week of the season)")
+                       help="policy: nights per training episode, one recorded stream per "
+                            "training seed (default: %(default)s, a week of the season)")
     train.add_argument("--n-per-class", type=bounded_int(100, 100_000), default=8000,
                        help="training light curves per class (default: %(default)s, as "
                             "shipped)")
