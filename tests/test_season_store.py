@@ -137,3 +137,43 @@ def test_restart_reads_the_catalogue_and_the_window_only(tmp_path):
     var = b2.rows_of(b2.ids[b2.truth >= 0])
     assert np.all(b2.cat["hist"][var][:, :, 0].sum(axis=1) == 11 * 12)
     store.close()
+
+
+def test_a_closed_night_is_one_row_per_object_with_every_detection(tmp_path):
+    """Flushes during the night write small rows; closing the night rewrites them as one
+    row per object, losing and duplicating nothing, also after a restart mid-night."""
+    rng, ra, dec, base = _sky(6)
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    store = open_store(url)
+    a = Associator(RADIUS, store=store, memory_nights=2)
+    for night in range(2):
+        for b in _night(rng, ra, dec, base, night):
+            a.add(b)
+            a.flush()  # four flushes a night: four rows per variable
+        if night == 0:
+            assert store.counts()["light_curve_rows"] == 4 * (N_VAR + 300)
+        a.close_night(MJD0 + night + 0.9)
+        assert store.counts()["light_curve_rows"] == (night + 1) * (N_VAR + 4 * 300)
+    # Tonight: two visits flushed, then the brain stops and a new one goes on.
+    batches = _night(rng, ra, dec, base, 2)
+    for b in batches[:2]:
+        a.add(b)
+        a.flush()
+    store.close()
+    store = open_store(url)
+    b2 = Associator(RADIUS, store=store, memory_nights=2)
+    b2.load(min_detections=3, now_mjd=MJD0 + 2.2)
+    for b in batches[2:]:
+        b2.add(b)
+        b2.flush()
+    b2.close_night(MJD0 + 2.9)
+    per_night = 4 * (3 * N_VAR + 300)
+    counts = store.counts()
+    assert (counts["light_curve_rows"], counts["detections"]) == (3 * (N_VAR + 4 * 300),
+                                                                 3 * per_night)
+    var = b2.rows_of(b2.ids[b2.truth >= 0])
+    obj, mjd, band, _mag, _err = store.light_curves(b2.ids[var])
+    assert obj.size == 3 * 12 * N_VAR and np.all(np.diff(mjd[obj == obj[0]]) >= 0)
+    assert np.unique(np.c_[obj, mjd, band], axis=0).shape[0] == obj.size  # no twice
+    assert np.all(np.bincount(np.searchsorted(b2.ids[var], obj)) == 36)
+    store.close()

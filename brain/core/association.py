@@ -410,9 +410,22 @@ class Associator:
         np.maximum.at(h, (r, band, 4), mag)
         self._dirty[np.unique(r)] = True
         self._closed = d["obj"].n
+        written = d["obj"].n - self._flushed
+        night = slice(s, self._closed)
+        since = float(d["mjd"].view[night].min()) if self._closed > s else np.inf
+        if (self.store is not None and self._closed > s
+                and since > d["mjd"].view[:s].max(initial=-np.inf)):
+            # The night's flushes become one row per object: fewer, larger rows that
+            # compress better (docs/store.md). Every detection of the night is still in
+            # memory here, and the store's rows of the night are those that start at or
+            # after its first (none of an earlier night does: checked just above).
+            self.store.rewrite_night(since, d["obj"].view[night],
+                                     d["mjd"].view[night], d["band"].view[night],
+                                     d["mag"].view[night], d["err"].view[night])
+            self._flushed = self._closed
         if self.store is not None:
             self.store.set_meta("closed_mjd", repr(float(now_mjd)))
-        written = self.flush()
+        self.flush()
         # Forget objects seen once, long enough ago (they stay in the store).
         n = self.n_objects
         forget = ((self.cat["n_det"][:n] <= 1)

@@ -232,6 +232,15 @@ class ObjectStore:
                           f"VALUES ({m}, {m}, {m}, {m}, {m})", rows)
         return len(rows)
 
+    def rewrite_night(self, since_mjd: float, obj_ids, mjd, band, mag, err) -> int:
+        """Replace the rows of a night (every row with ``mjd_first >= since_mjd``) by one
+        row per object of the detections given, in one transaction with the caller's
+        commit: the night's flushes, which are small, become one row each (docs/store.md:
+        a night's rows). Returns rows written."""
+        self._execute(f"DELETE FROM light_curves WHERE mjd_first >= {self.mark}",
+                      (float(since_mjd),))
+        return self.write_detections(obj_ids, mjd, band, mag, err)
+
     def write_objects(self, cat: np.ndarray) -> None:
         """Insert or replace the catalogue rows given."""
         if cat.size == 0:

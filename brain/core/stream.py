@@ -16,6 +16,23 @@ from observatory.times import unix_to_mjd
 BAND_R = 1
 
 
+# Probabilities in steps of 1/255: what the stream stores (one byte each) and so what
+# the manager decides on, in the run and in its replay alike.
+PROB_STEPS = 255
+
+
+def prob_code(prob) -> np.ndarray:
+    """Probabilities as the stream stores them: uint8, in steps of 1/255."""
+    p = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
+    return np.round(np.clip(p, 0, 1) * PROB_STEPS).astype(np.uint8)
+
+
+def quantize_prob(prob) -> np.ndarray:
+    """Probabilities in steps of 1/255, as float16 (decoding :func:`prob_code`; already
+    quantized values come back unchanged)."""
+    return (prob_code(prob).astype(np.float32) / PROB_STEPS).astype(np.float16)
+
+
 @dataclass
 class Snapshot:
     """The candidates known at ``t`` (unix s) after a classification (one row each)."""
@@ -40,6 +57,7 @@ class Snapshot:
               "n_det", "n_nights", "prob", "peak_mag", "fade_err")
 
     def __post_init__(self):
+        self.prob = quantize_prob(self.prob)
         if self.peak_mag is None:
             self.peak_mag = np.asarray(self.mag, dtype=np.float32).copy()
         if self.fade_err is None:
@@ -100,15 +118,22 @@ def take_snapshot(t: float, associator, cand: np.ndarray, recent_days: float,
         keep = (last >= now_mjd - recent_days) & (latest <= max_mag)
     rows = cand[keep]
     # Compact types (the stream of a season is written to disk): float32 photometry,
-    # float16 probabilities; the manager decides on exactly what a replay reads back.
+    # probabilities in steps of 1/255, trends and errors to float16 precision; the
+    # manager decides on exactly what a replay reads back.
     return Snapshot(t, associator.ids[rows].astype(np.int64), associator.ra[rows].copy(),
                     associator.dec[rows].copy(), latest[keep].astype(np.float32),
-                    np.clip(slope[keep], -5, 5).astype(np.float32),
+                    _half(np.clip(slope[keep], -5, 5)),
                     associator.first_mjd[rows].astype(float),
                     associator.n_detections()[rows].astype(np.int32),
                     np.minimum(associator.n_nights[rows], 32767).astype(np.int16),
                     associator.prob[rows].astype(np.float16),
-                    peak[keep].astype(np.float32), fade_err[keep].astype(np.float32))
+                    peak[keep].astype(np.float32), _half(fade_err[keep]))
+
+
+def _half(x) -> np.ndarray:
+    """float32 holding float16's precision (1 part in 2,000): a trend or an error needs
+    no more, and the stream compresses it to about half."""
+    return np.asarray(x).astype(np.float16).astype(np.float32)
 
 
 def _peak(associator, cand, local, band, mag, err, pick, latest):
@@ -151,40 +176,53 @@ class Stream:
         return (self.spilled_open_minutes + sum(sum(o) for _t, _d, o in self.ticks)) / 60.0
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        """Ticks, and snapshots as changes: each snapshot stores the rows that are new or
-        differ from the previous snapshot's row of the same object, and the ids that
-        left (snapshots are in object-id order, so :meth:`load` rebuilds them exactly)."""
+        """Ticks, and snapshots as changes: each snapshot stores the ids of the rows that
+        are new or differ from the previous snapshot's row of the same object, the ids
+        that left, and per field a bit per stored row (``snap_{f}_changed``, packed) and
+        the values of the rows whose field changed (a position is stored once, when its
+        object first appears). Snapshots are in object-id order, so :meth:`load`
+        rebuilds them exactly. Probabilities are stored as uint8 (:func:`prob_code`)."""
         arrays = {"tick_t": np.array([x[0] for x in self.ticks], dtype=np.float64),
                   "tick_date": np.array([x[1] for x in self.ticks], dtype="<U10"),
                   "tick_open": np.array([x[2] for x in self.ticks], dtype=bool),
                   "snap_t": np.array([s.t for s in self.snapshots], dtype=np.float64)}
-        kept, removed, n_kept, n_removed = [], [], [], []
+        fields = Snapshot.FIELDS[1:]
+        kept, removed = [], []
+        changed = {f: [] for f in fields}
         prev = None
         for snap in self.snapshots:
             keep = np.ones(snap.n, dtype=bool)
             gone = np.zeros(0, dtype=np.int64)
+            diff = {f: np.ones(snap.n, dtype=bool) for f in fields}
             if prev is not None and prev.n:
                 idx = np.minimum(np.searchsorted(prev.object_id, snap.object_id), prev.n - 1)
-                same = prev.object_id[idx] == snap.object_id
-                for f in Snapshot.FIELDS[1:]:
-                    new, old = getattr(snap, f), getattr(prev, f)[idx]
-                    eq = new == old
-                    same &= eq.all(axis=1) if eq.ndim == 2 else eq
-                keep = ~same
+                known = prev.object_id[idx] == snap.object_id
+                for f in fields:
+                    eq = getattr(snap, f) == getattr(prev, f)[idx]
+                    diff[f] = ~(known & (eq.all(axis=1) if eq.ndim == 2 else eq))
+                keep = np.logical_or.reduce([diff[f] for f in fields])
                 gone = prev.object_id[~np.isin(prev.object_id, snap.object_id)]
             kept.append(keep)
             removed.append(gone)
-            n_kept.append(int(keep.sum()))
-            n_removed.append(gone.size)
+            for f in fields:
+                changed[f].append(diff[f][keep])
             prev = snap
-        arrays["snap_n"] = np.array(n_kept, dtype=np.int64)
-        arrays["snap_removed_n"] = np.array(n_removed, dtype=np.int64)
+        arrays["snap_n"] = np.array([k.sum() for k in kept], dtype=np.int64)
+        arrays["snap_removed_n"] = np.array([g.size for g in removed], dtype=np.int64)
         arrays["snap_removed"] = (np.concatenate(removed) if removed
                                   else np.zeros(0, dtype=np.int64))
+        empty = Snapshot.empty(0.0)
         for f in Snapshot.FIELDS:
-            parts = [getattr(s, f)[k] for s, k in zip(self.snapshots, kept, strict=True)]
-            arrays[f"snap_{f}"] = (np.concatenate(parts) if parts else
-                                   getattr(Snapshot.empty(0.0), f))
+            parts = []
+            for k, (snap, keep) in enumerate(zip(self.snapshots, kept, strict=True)):
+                v = getattr(snap, f)[keep]
+                parts.append(v if f == "object_id" else v[changed[f][k]])
+            col = np.concatenate(parts) if parts else getattr(empty, f)
+            arrays[f"snap_{f}"] = prob_code(col) if f == "prob" else col
+            if f != "object_id":
+                bits = (np.concatenate(changed[f]) if changed[f]
+                        else np.zeros(0, dtype=bool))
+                arrays[f"snap_{f}_changed"] = np.packbits(bits)
         return arrays
 
     def spill(self, path) -> None:
@@ -212,31 +250,58 @@ class Stream:
             names = set(z.files)
             prefixes = sorted({n[:6] for n in names if n.startswith("p") and n[5] == "_"})
             for pre in prefixes or [""]:
-                # Older streams lack the later fields: they read back as their defaults.
-                cols = {f: z[f"{pre}snap_{f}"] for f in Snapshot.FIELDS
-                        if f"{pre}snap_{f}" in names}
                 out.ticks += [(float(t), str(d), tuple(bool(x) for x in o)) for t, d, o in
                               zip(z[f"{pre}tick_t"], z[f"{pre}tick_date"],
                                   z[f"{pre}tick_open"], strict=True)]
-                bounds = np.concatenate([[0], np.cumsum(z[f"{pre}snap_n"])])
-                delta = f"{pre}snap_removed_n" in names
-                if delta:
-                    gone_at = np.concatenate([[0], np.cumsum(z[f"{pre}snap_removed_n"])])
-                    gone_ids = z[f"{pre}snap_removed"]
-                prev = None
-                for k, t in enumerate(z[f"{pre}snap_t"]):
-                    a, b = bounds[k], bounds[k + 1]
-                    rows = _defaults({f: c[a:b] for f, c in cols.items()})
-                    if delta and prev is not None:
-                        gone = gone_ids[gone_at[k]:gone_at[k + 1]]
-                        stay = ~np.isin(prev.object_id, np.r_[gone, rows["object_id"]])
-                        merged = {f: np.concatenate([getattr(prev, f)[stay], rows[f]])
-                                  for f in Snapshot.FIELDS}
-                        order = np.argsort(merged["object_id"], kind="stable")
-                        rows = {f: v[order] for f, v in merged.items()}
-                    prev = Snapshot(float(t), *(rows[f] for f in Snapshot.FIELDS))
-                    out.snapshots.append(prev)
+                out.snapshots += _load_part(z, pre, names)
         return out
+
+
+def _load_part(z, pre: str, names: set) -> list[Snapshot]:
+    """The snapshots of one spill. Three layouts: whole snapshots (the oldest streams),
+    changed rows, and changed fields of changed rows (:meth:`Stream._arrays`)."""
+    # Older streams lack the later fields: they read back as their defaults.
+    cols = {f: z[f"{pre}snap_{f}"] for f in Snapshot.FIELDS if f"{pre}snap_{f}" in names}
+    if cols["prob"].dtype == np.uint8:
+        cols["prob"] = quantize_prob(cols["prob"].astype(np.float32) / PROB_STEPS)
+    total = int(z[f"{pre}snap_n"].sum())
+    masks = {f: np.unpackbits(z[f"{pre}snap_{f}_changed"], count=total).astype(bool)
+             for f in Snapshot.FIELDS[1:] if f"{pre}snap_{f}_changed" in names}
+    at = {f: np.concatenate([[0], np.cumsum(m)]) for f, m in masks.items()}
+    bounds = np.concatenate([[0], np.cumsum(z[f"{pre}snap_n"])])
+    delta = f"{pre}snap_removed_n" in names
+    if delta:
+        gone_at = np.concatenate([[0], np.cumsum(z[f"{pre}snap_removed_n"])])
+        gone_ids = z[f"{pre}snap_removed"]
+    snaps, prev = [], None
+    for k, t in enumerate(z[f"{pre}snap_t"]):
+        a, b = bounds[k], bounds[k + 1]
+        ids = cols["object_id"][a:b]
+        rows = {"object_id": ids}
+        if prev is not None and prev.n:
+            idx = np.minimum(np.searchsorted(prev.object_id, ids), prev.n - 1)
+        for f, c in cols.items():
+            if f == "object_id":
+                continue
+            if f not in masks:
+                rows[f] = c[a:b]
+                continue
+            m = masks[f][a:b]
+            v = (getattr(prev, f)[idx].copy() if prev is not None and prev.n
+                 else np.zeros((b - a, *c.shape[1:]), dtype=c.dtype))
+            v[m] = c[at[f][a]:at[f][b]]
+            rows[f] = v
+        rows = _defaults(rows)
+        if delta and prev is not None:
+            gone = gone_ids[gone_at[k]:gone_at[k + 1]]
+            stay = ~np.isin(prev.object_id, np.r_[gone, ids])
+            merged = {f: np.concatenate([getattr(prev, f)[stay], rows[f]])
+                      for f in Snapshot.FIELDS}
+            order = np.argsort(merged["object_id"], kind="stable")
+            rows = {f: v[order] for f, v in merged.items()}
+        prev = Snapshot(float(t), *(rows[f] for f in Snapshot.FIELDS))
+        snaps.append(prev)
+    return snaps
 
 
 def _defaults(rows: dict) -> dict:

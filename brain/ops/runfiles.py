@@ -43,9 +43,10 @@ def write_observations(path: Path, rows: list[tuple]) -> None:
         w.writerow(OBS_COLUMNS)
         for r in rows:
             r = tuple(r.tolist()) if isinstance(r, np.void) else r
-            # Times at full microsecond precision: an audit recomputes slews from them.
-            w.writerow([*r[:8], f"{r[8]:.6f}", f"{r[9]:.6f}", f"{r[10]:.4f}", f"{r[11]:.4f}",
-                        f"{r[12]:.4f}", f"{r[13]:.4f}", f"{r[14]:.3f}"])
+            # Times at full microsecond precision: an audit recomputes slews from them;
+            # pointings to 1e-6 degree (4 mas).
+            w.writerow([*r[:6], *(f"{x:.6f}" for x in r[6:10]),
+                        *(f"{x:.4f}" for x in r[10:14]), f"{r[14]:.3f}"])
 
 
 def write_followup_rows(path: Path, rows: list[dict]) -> None:
