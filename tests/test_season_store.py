@@ -5,6 +5,7 @@ only the catalogue and the active window."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from brain.core.association import Associator, DetectionBatch
 from brain.core.followup import candidate_ids
@@ -139,11 +140,14 @@ def test_restart_reads_the_catalogue_and_the_window_only(tmp_path):
     store.close()
 
 
-def test_a_closed_night_is_one_row_per_object_with_every_detection(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_closed_night_is_one_row_per_object_with_every_detection(tmp_path, request,
+                                                                   backend):
     """Flushes during the night write small rows; closing the night rewrites them as one
     row per object, losing and duplicating nothing, also after a restart mid-night."""
     rng, ra, dec, base = _sky(6)
-    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    url = (f"sqlite:///{tmp_path / 'store.sqlite'}" if backend == "sqlite"
+           else request.getfixturevalue("pg_url"))
     store = open_store(url)
     a = Associator(RADIUS, store=store, memory_nights=2)
     for night in range(2):
