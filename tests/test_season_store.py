@@ -24,11 +24,13 @@ def _sky(seed: int = 3):
     return rng, ra, dec, base
 
 
-def _night(rng, ra, dec, base, night: int, n_bogus: int = 300, shift=None) -> list:
-    """Four visits in g, r, i of every variable (amplitude 0.3 mag) and artefacts."""
+def _night(rng, ra, dec, base, night: int, n_bogus: int = 300, shift=None,
+           spacing: float = 0.05) -> list:
+    """Four visits in g, r, i of every variable (amplitude 0.3 mag) and artefacts,
+    ``spacing`` days apart."""
     out = []
     for v in range(4):
-        mjd = MJD0 + night + 0.1 + 0.05 * v
+        mjd = MJD0 + night + 0.1 + spacing * v
         n = ra.size
         band = np.tile(np.arange(3), n)
         mag = (np.repeat(base, 3) + 0.3 * np.sin(rng.uniform(0, 2 * np.pi, 3 * n)))
@@ -73,6 +75,12 @@ def test_memory_is_bounded_over_a_month(tmp_path):
     obj, mjd, *_ = a.history(rows[:5])
     assert np.bincount(obj, minlength=rows[4] + 1)[rows[:5]].tolist() == [360] * 5
     assert np.all(np.diff(mjd[obj == rows[0]]) >= 0)
+    # Nights before the window are one row per object and 4-day span: a variable seen
+    # on 30 nights has 9 rows at most (eight spans, the window's night), not 30.
+    per_object = dict(store._query("SELECT object_id, COUNT(*) FROM light_curves "
+                                   "GROUP BY object_id"))
+    var_rows = [per_object[int(i)] for i in a.ids[rows]]
+    assert max(var_rows) <= 9 and min(var_rows) >= 8, sorted(set(var_rows))
     store.close()
 
 
@@ -173,11 +181,31 @@ def test_a_closed_night_is_one_row_per_object_with_every_detection(tmp_path, req
     b2.close_night(MJD0 + 2.9)
     per_night = 4 * (3 * N_VAR + 300)
     counts = store.counts()
-    assert (counts["light_curve_rows"], counts["detections"]) == (3 * (N_VAR + 4 * 300),
+    # Night 2 is the window; nights 0 and 1, before it, one row per object (one span).
+    assert (counts["light_curve_rows"], counts["detections"]) == (2 * N_VAR + 3 * 4 * 300,
                                                                  3 * per_night)
     var = b2.rows_of(b2.ids[b2.truth >= 0])
     obj, mjd, band, _mag, _err = store.light_curves(b2.ids[var])
     assert obj.size == 3 * 12 * N_VAR and np.all(np.diff(mjd[obj == obj[0]]) >= 0)
     assert np.unique(np.c_[obj, mjd, band], axis=0).shape[0] == obj.size  # no twice
     assert np.all(np.bincount(np.searchsorted(b2.ids[var], obj)) == 36)
+    store.close()
+
+
+def test_a_long_night_is_whole_in_the_window_and_counted_once(tmp_path):
+    """Three sites make nights of 14 hours and more: the window keeps whole nights, so an
+    object's whole light curve (store and window) has every detection exactly once."""
+    rng, ra, dec, base = _sky(7)
+    store = open_store(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    a = Associator(RADIUS, store=store, memory_nights=2)
+    per_night = 4 * (3 * N_VAR + 300)
+    for night in range(4):
+        for b in _night(rng, ra, dec, base, night, spacing=0.2):  # 0.1 to 0.7: 14.4 h
+            a.add(b)
+        a.close_night(MJD0 + night + 0.75)
+        assert a.n_window == per_night  # the night just closed, whole
+    var = a.rows_of(a.ids[a.truth >= 0])
+    obj, mjd, band, *_ = a.history(var)
+    assert np.all(np.bincount(obj)[var] == 4 * 12)
+    assert np.unique(np.c_[obj, mjd, band], axis=0).shape[0] == obj.size
     store.close()

@@ -443,10 +443,20 @@ class Associator:
             self.n_objects = kept
             self._main = None
             self._reindex()
-        # The window: the last ``memory_nights`` nights (this one included).
-        cutoff = now_mjd - (self.memory_nights - 1) - 0.5
-        dropped = 0
+        # The window: from the start of the oldest of the last ``memory_nights - 1``
+        # closed nights (this one included), so a night is whole in memory or not there
+        # at all (a night of three sites lasts 14 hours and more: no fixed offset from
+        # dawn falls between nights). The next night adds to it until it is closed.
+        cutoff, dropped = now_mjd, 0
         if self.store is not None:
+            starts = _floats(self.store.get_meta("night_starts"))
+            if self._closed > s:
+                starts.append(since)
+            starts = starts[len(starts) - (self.memory_nights - 1):] if (
+                self.memory_nights > 1) else []
+            cutoff = starts[0] if starts else now_mjd
+            self.store.set_meta("night_starts", ",".join(repr(x) for x in starts))
+            self.store.set_meta("window_mjd", repr(float(cutoff)))
             keep = (d["mjd"].view >= cutoff) & np.isin(d["obj"].view, self.ids)
             dropped = int(keep.size - keep.sum())
             if dropped:
@@ -455,7 +465,11 @@ class Associator:
                 self._flushed = self._closed = d["obj"].n
                 self.window_mjd0 = (float(d["mjd"].view.min()) if d["obj"].n
                                     else max(cutoff, now_mjd))
-        if self.store is not None:
+            # The nights before the window are final: their rows become one row per
+            # object and 4-day span (docs/store.md).
+            self.store.compact_spans(float(self.store.get_meta("compacted_mjd") or -np.inf),
+                                     cutoff)
+            self.store.set_meta("compacted_mjd", repr(float(cutoff)))
             self.store.checkpoint()
         return {"written": written, "forgotten": int(n - kept),
                 "dropped_from_memory": dropped, "objects": self.n_objects,
@@ -476,7 +490,9 @@ class Associator:
         self._dirty[:] = False
         self._main = None
         self._reindex()
-        cutoff = now_mjd - (self.memory_nights - 1) - 0.5
+        window = self.store.get_meta("window_mjd")  # as the last close left it
+        cutoff = (float(window) if window is not None
+                  else now_mjd - (self.memory_nights - 1) - 0.5)  # stores of before
         obj, mjd, band, mag, err = self.store.detections_since(cutoff)
         order = np.argsort(mjd, kind="stable")  # arrival order
         obj, mjd, band, mag, err = obj[order], mjd[order], band[order], mag[order], err[order]
@@ -498,3 +514,5 @@ class Associator:
         return {"objects": int(cat.size), "detections": int(obj.size)}
 
 
+def _floats(text: str | None) -> list[float]:
+    return [float(x) for x in text.split(",") if x] if text else []

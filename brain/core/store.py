@@ -80,6 +80,9 @@ def empty_catalogue(n: int = 0) -> np.ndarray:
 # detections the same way when they arrive (:func:`quantize`), so what it holds in memory
 # and what a restart reads back are the same numbers, bit for bit.
 MJD_UNIT, MAG_UNIT, ERR_UNIT = 1e-8, 1e-3, 1e-4
+# The nights before the memory window: one row per object and span of 4 days (MJD // 4).
+# Longer spans save a little more row overhead but rewrite more each night.
+SPAN_DAYS = 4
 
 
 def quantize(mjd, mag, err):
@@ -95,37 +98,87 @@ def pack(mjd, band, mag, err) -> bytes:
     """zlib of, little-endian, column after column: the first time (int64, units of
     1e-8 day), the n - 1 steps to the next (uint32), bands (int8), magnitudes (int16,
     mmag) and errors (uint16, 0.1 mmag). Times in non-decreasing order."""
+    return pack_many(np.array([0]), mjd, band, mag, err)[0]
+
+
+def _layout(n: np.ndarray):
+    """Where each row's columns start in the rows' raw bytes laid end to end (rows of
+    ``n`` detections): (row start, per detection: its row, its index in the row)."""
+    size = 9 * n + 4  # 8 + 4 (n - 1) + n + 2 n + 2 n
+    base = np.concatenate([[0], np.cumsum(size)[:-1]]).astype(np.int64)
+    row = np.repeat(np.arange(n.size), n)
+    first = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+    j = np.arange(int(n.sum()), dtype=np.int64) - first[row]
+    return base, size, row, j
+
+
+def _at(base_of_each: np.ndarray, width: int) -> np.ndarray:
+    return (base_of_each[:, None] + np.arange(width)).ravel()
+
+
+def pack_many(starts, mjd, band, mag, err) -> list[bytes]:
+    """:func:`pack` of each row: detections ``[starts[k], starts[k + 1])`` (the last to
+    the end), vectorised (a night's rows are packed at once)."""
     ti = np.round(np.asarray(mjd, dtype=np.float64) / MJD_UNIT).astype(np.int64)
+    starts = np.asarray(starts, dtype=np.int64)
+    n = np.diff(np.r_[starts, ti.size]).astype(np.int64)
+    if ti.size == 0:
+        return [zlib.compress(b"", 6)] * starts.size
+    base, size, row, j = _layout(n)
     steps = np.diff(ti)
+    inner = j > 0
+    steps = steps[inner[1:]]
     if steps.size and (steps.min() < 0 or steps.max() >= 2**32):
         raise ValueError("a light-curve row must be in time order and span < 42 days")
     mi = np.round(np.asarray(mag, dtype=np.float64) / MAG_UNIT).astype("<i2")
     ei = np.round(np.clip(np.asarray(err, dtype=np.float64), 0, 6.5535) / ERR_UNIT
                   ).astype("<u2")
-    raw = b"".join((ti[:1].astype("<i8").tobytes(), steps.astype("<u4").tobytes(),
-                    np.asarray(band, dtype="i1").tobytes(), mi.tobytes(), ei.tobytes()))
-    return zlib.compress(raw, 6)
+    raw = np.empty(int(size.sum()), dtype=np.uint8)
+    raw[_at(base, 8)] = ti[starts].astype("<i8").view(np.uint8)
+    nb = n[row]  # each detection's row length
+    col = base[row] + 8 + 4 * (nb - 1)  # where the bands start
+    raw[_at(base[row[inner]] + 8 + 4 * (j[inner] - 1), 4)] = steps.astype("<u4").view(
+        np.uint8)
+    raw[col + j] = np.asarray(band, dtype="i1").view(np.uint8)
+    raw[_at(col + nb + 2 * j, 2)] = mi.view(np.uint8)
+    raw[_at(col + 3 * nb + 2 * j, 2)] = ei.view(np.uint8)
+    view = memoryview(raw)
+    return [zlib.compress(view[b:b + z], 6) for b, z in zip(base.tolist(), size.tolist(),
+                                                             strict=True)]
 
 
 def unpack(blob: bytes) -> np.ndarray:
-    raw = zlib.decompress(blob)
-    n = (len(raw) + 4 - 8) // 9  # 8 + 4 (n - 1) + n + 2 n + 2 n bytes
-    out = np.empty(n, dtype=LC_DTYPE)
-    if n == 0:
-        return out
-    t0 = np.frombuffer(raw, "<i8", 1)[0]
-    o = 8
-    steps = np.frombuffer(raw, "<u4", n - 1, o).astype(np.int64)
-    o += 4 * (n - 1)
-    out["mjd"] = np.concatenate([[t0], t0 + np.cumsum(steps)]) * MJD_UNIT
-    out["band"] = np.frombuffer(raw, "i1", n, o)
-    o += n
-    out["mag"] = (np.frombuffer(raw, "<i2", n, o).astype(np.float64) * MAG_UNIT
+    return unpack_many([blob])[1]
+
+
+def unpack_many(blobs) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of :func:`pack`, unpacked at once: (detections per row, the detections
+    of all rows end to end, each row in time order)."""
+    raws = [zlib.decompress(b) for b in blobs]
+    size = np.array([len(r) for r in raws], dtype=np.int64)
+    n = np.maximum(size - 4, 0) // 9  # an empty row is 0 bytes
+    out = np.empty(int(n.sum()), dtype=LC_DTYPE)
+    if out.size == 0:
+        return n, out
+    raw = np.frombuffer(b"".join(raws), dtype=np.uint8)
+    base, _size, row, j = _layout(n)
+    t0 = raw[_at(base[n > 0], 8)].view("<i8")
+    nb = n[row]
+    col = base[row] + 8 + 4 * (nb - 1)
+    inner = j > 0
+    step = np.zeros(out.size, dtype=np.int64)
+    step[inner] = raw[_at(base[row[inner]] + 8 + 4 * (j[inner] - 1), 4)].view("<u4")
+    cum = np.cumsum(step)
+    t0_of = np.zeros(n.size, dtype=np.int64)
+    t0_of[n > 0] = t0
+    k = np.arange(out.size)
+    out["mjd"] = (t0_of[row] + cum - cum[k - j]) * MJD_UNIT  # k - j: the row's first
+    out["band"] = raw[col + j].view("i1")
+    out["mag"] = (raw[_at(col + nb + 2 * j, 2)].view("<i2").astype(np.float64) * MAG_UNIT
                   ).astype(np.float32)
-    o += 2 * n
-    out["err"] = (np.frombuffer(raw, "<u2", n, o).astype(np.float64) * ERR_UNIT
-                  ).astype(np.float32)
-    return out
+    out["err"] = (raw[_at(col + 3 * nb + 2 * j, 2)].view("<u2").astype(np.float64)
+                  * ERR_UNIT).astype(np.float32)
+    return n, out
 
 
 class ObjectStore:
@@ -224,9 +277,9 @@ class ObjectStore:
         b, g, e = (np.asarray(band)[order], np.asarray(mag)[order], np.asarray(err)[order])
         starts = np.flatnonzero(np.r_[True, o[1:] != o[:-1]])
         ends = np.r_[starts[1:], o.size]
-        rows = [(int(o[s]), float(t[s]), float(t[x - 1]), int(x - s),
-                 pack(t[s:x], b[s:x], g[s:x], e[s:x])) for s, x in zip(starts, ends,
-                                                                      strict=True)]
+        blobs = pack_many(starts, t, b, g, e)
+        rows = list(zip(o[starts].tolist(), t[starts].tolist(), t[ends - 1].tolist(),
+                        (ends - starts).tolist(), blobs, strict=True))
         m = self.mark
         self._executemany("INSERT INTO light_curves (object_id, mjd_first, mjd_last, n, data) "
                           f"VALUES ({m}, {m}, {m}, {m}, {m})", rows)
@@ -240,6 +293,30 @@ class ObjectStore:
         self._execute(f"DELETE FROM light_curves WHERE mjd_first >= {self.mark}",
                       (float(since_mjd),))
         return self.write_detections(obj_ids, mjd, band, mag, err)
+
+    def compact_spans(self, since_mjd: float, before_mjd: float) -> int:
+        """Rows that start before ``before_mjd`` (nights no brain holds in memory any
+        more) become one row per object and span (MJD // ``SPAN_DAYS``), for the spans
+        from the one of ``since_mjd`` (the previous call's ``before_mjd``; -inf: the
+        last ``SPAN_DAYS`` before ``before_mjd``). Returns rows written. A span's row
+        covers under 4 days, well inside what a row may (42 days)."""
+        if not np.isfinite(before_mjd):
+            return 0
+        lo = before_mjd - SPAN_DAYS if not np.isfinite(since_mjd) else since_mjd
+        written = 0
+        for span in range(int(lo // SPAN_DAYS), int(before_mjd // SPAN_DAYS) + 1):
+            a, b = span * SPAN_DAYS, min((span + 1) * SPAN_DAYS, before_mjd)
+            m = self.mark
+            rows = self._query("SELECT object_id, data FROM light_curves WHERE "
+                               f"mjd_first >= {m} AND mjd_first < {m}", (a, b))
+            n_obj = len({r[0] for r in rows})
+            if n_obj == len(rows):
+                continue  # one row per object already
+            obj, mjd, band, mag, err = self._flatten(rows, count=False)
+            self._execute(f"DELETE FROM light_curves WHERE mjd_first >= {m} AND "
+                          f"mjd_first < {m}", (a, b))
+            written += self.write_detections(obj, mjd, band, mag, err)
+        return written
 
     def write_objects(self, cat: np.ndarray) -> None:
         """Insert or replace the catalogue rows given."""
@@ -313,17 +390,17 @@ class ObjectStore:
                            f"{self.mark}", (float(since_mjd),))
         return self._flatten(rows)
 
-    def _flatten(self, rows):
-        self.reads["light_curve_rows"] += len(rows)
+    def _flatten(self, rows, count: bool = True):
+        if count:  # what the brain read (compaction's own reads are not)
+            self.reads["light_curve_rows"] += len(rows)
         if not rows:
             return _empty_lc()
-        parts = [unpack(bytes(d)) for _o, d in rows]
-        obj = np.repeat(np.array([r[0] for r in rows], dtype=np.int64),
-                        [len(p) for p in parts])
-        lc = np.concatenate(parts)
+        n, lc = unpack_many([bytes(d) for _o, d in rows])
+        obj = np.repeat(np.array([r[0] for r in rows], dtype=np.int64), n)
         order = np.lexsort((lc["mjd"], obj))
         obj, lc = obj[order], lc[order]
-        self.reads["detections"] += len(lc)
+        if count:
+            self.reads["detections"] += len(lc)
         return (obj, lc["mjd"].copy(), lc["band"].copy(), lc["mag"].copy(), lc["err"].copy())
 
     def forget_objects(self, ids) -> None:
