@@ -65,7 +65,10 @@ class StoreSettings(Strict):
     memory_nights: int = Field(default=2, ge=1, le=30, description="nights of detections "
                                "kept in memory (older ones are read from the store)")
     orphan_days: float = Field(default=2.0, gt=0, le=60, description="an object seen once "
-                               "is forgotten (kept only in the store) after this many days")
+                               "is forgotten after this many days")
+    keep_orphans: bool = Field(default=False, description="keep the one detection of a "
+                               "forgotten object in the store (default: deleted with it: "
+                               "almost all are artefacts, and they were half the store)")
 
 
 def _default_reward() -> dict[str, float]:

@@ -68,8 +68,10 @@ def test_memory_is_bounded_over_a_month(tmp_path):
     assert max(s[1] for s in sizes) <= 2 * per_night
     assert max(s[3] for s in sizes[5:]) <= 4 * per_night + 1024
     assert max(s[2] for s in sizes[5:]) <= 2 * (N_VAR + 3 * 4 * 300) + 1024
-    # Everything reached the store; each variable has its whole month there.
-    assert store.counts()["detections"] == 30 * per_night
+    # Everything reached the store, but for the artefacts forgotten (seen once, more
+    # than two days ago): the last two nights' are still there. Each variable has its
+    # whole month there.
+    assert store.counts()["detections"] == 30 * 4 * 3 * N_VAR + 2 * 4 * 300
     rows = a.rows_of(a.ids[a.truth >= 0])
     assert rows.size == N_VAR and np.all(a.n_nights[rows] == 30)
     obj, mjd, *_ = a.history(rows[:5])
@@ -133,7 +135,9 @@ def test_restart_reads_the_catalogue_and_the_window_only(tmp_path):
     # nights of light curves.
     assert store.reads["detections"] == got["detections"] == per_night + per_night // 2
     assert store.reads["objects"] == got["objects"] == b2.n_objects
-    assert store.counts()["detections"] == 10 * per_night + per_night // 2
+    # Artefacts seen once are forgotten after two days, with their detection: at this
+    # restart those before MJD0 + 8.2 (half of night 8's).
+    assert store.counts()["detections"] == 10 * 12 * N_VAR + 1200 + 600 + per_night // 2
     np.testing.assert_array_equal(b2.ids, before[0][np.isin(before[0], b2.ids)])
     r = b2.rows_of(before[0])
     np.testing.assert_array_equal(b2.n_detections()[r[r >= 0]], before[1][r >= 0])
@@ -181,9 +185,11 @@ def test_a_closed_night_is_one_row_per_object_with_every_detection(tmp_path, req
     b2.close_night(MJD0 + 2.9)
     per_night = 4 * (3 * N_VAR + 300)
     counts = store.counts()
-    # Night 2 is the window; nights 0 and 1, before it, one row per object (one span).
-    assert (counts["light_curve_rows"], counts["detections"]) == (2 * N_VAR + 3 * 4 * 300,
-                                                                 3 * per_night)
+    # Night 2 is the window; nights 0 and 1, before it, one row per object (one span);
+    # night 0's artefacts (seen once, two days ago) are forgotten, also by the brain
+    # that started mid-night.
+    assert (counts["light_curve_rows"], counts["detections"]) == (2 * N_VAR + 2 * 4 * 300,
+                                                                 3 * per_night - 1200)
     var = b2.rows_of(b2.ids[b2.truth >= 0])
     obj, mjd, band, _mag, _err = store.light_curves(b2.ids[var])
     assert obj.size == 3 * 12 * N_VAR and np.all(np.diff(mjd[obj == obj[0]]) >= 0)
@@ -209,3 +215,30 @@ def test_a_long_night_is_whole_in_the_window_and_counted_once(tmp_path):
     assert np.all(np.bincount(obj)[var] == 4 * 12)
     assert np.unique(np.c_[obj, mjd, band], axis=0).shape[0] == obj.size
     store.close()
+
+
+def test_forgotten_artefacts_leave_the_store_unless_kept_and_ids_are_never_reused(tmp_path):
+    rng, ra, dec, base = _sky(8)
+    counts, next_ids = {}, {}
+    for keep in (False, True):
+        url = f"sqlite:///{tmp_path / f'store-{keep}.sqlite'}"
+        store = open_store(url)
+        a = Associator(RADIUS, store=store, memory_nights=2, keep_orphans=keep)
+        for night in range(4):
+            for b in _night(np.random.default_rng(night), ra, dec, base, night):
+                a.add(b)
+            a.close_night(MJD0 + night + 0.9)
+        # Three cloudy nights: nothing new, and every artefact is forgotten, the newest
+        # objects (the highest ids) among them.
+        for night in range(4, 7):
+            a.close_night(MJD0 + night + 0.9)
+        assert a.n_objects == N_VAR
+        counts[keep] = store.counts()
+        next_ids[keep] = a.next_id
+        store.close()
+        again = Associator(RADIUS, store=open_store(url), memory_nights=2)
+        assert again.next_id == a.next_id > a.ids.max() + 4 * 300  # no id given twice
+        again.store.close()
+    assert counts[False]["detections"] == 4 * 12 * N_VAR
+    assert counts[True]["detections"] == 4 * (12 * N_VAR + 4 * 300)
+    assert counts[False]["objects"] == counts[True]["objects"] == N_VAR

@@ -98,12 +98,13 @@ class Associator:
 
     def __init__(self, radius_arcsec: float = 2.0, rebuild_fraction: float = 0.2,
                  store: ObjectStore | None = None, memory_nights: int = 2,
-                 orphan_days: float = 2.0):
+                 orphan_days: float = 2.0, keep_orphans: bool = False):
         self.radius_chord = 2 * math.sin(math.radians(radius_arcsec / 3600) / 2)
         self.rebuild_fraction = rebuild_fraction
         self.store = store
         self.memory_nights = memory_nights
         self.orphan_days = orphan_days
+        self.keep_orphans = keep_orphans  # their one detection stays in the store
         self.cat = empty_catalogue(1024)
         self.n_objects = 0
         self._xyz = np.empty((1024, 3))  # growable: no full copy per batch
@@ -425,8 +426,10 @@ class Associator:
             self._flushed = self._closed
         if self.store is not None:
             self.store.set_meta("closed_mjd", repr(float(now_mjd)))
+            self.store.set_meta("next_object_id", str(int(self.next_id)))
         self.flush()
-        # Forget objects seen once, long enough ago (they stay in the store).
+        # Forget objects seen once, long enough ago (their detection is deleted from the
+        # store too unless ``keep_orphans``).
         n = self.n_objects
         forget = ((self.cat["n_det"][:n] <= 1)
                   & (self.cat["last_mjd"][:n] < now_mjd - self.orphan_days))
@@ -434,7 +437,7 @@ class Associator:
             forget[:] = False  # nowhere to keep them: an associator without a store
         kept = int(n - forget.sum())
         if forget.any():
-            self.store.forget_objects(self.ids[forget])
+            self.store.forget_objects(self.ids[forget], detections=not self.keep_orphans)
             self.store.commit()
             keep = ~forget
             self.cat[:kept] = self.cat[:n][keep]
@@ -482,6 +485,8 @@ class Associator:
         if self.store is None:
             return {"objects": 0, "detections": 0}
         self._version += 1
+        # Objects seen once, long ago, are forgotten as a running brain would have.
+        self.store.forget_orphans(now_mjd - self.orphan_days, not self.keep_orphans)
         cat = self.store.known(min(2, min_detections), now_mjd - self.orphan_days)
         self._grow(cat.size)
         self.cat[:cat.size] = cat

@@ -93,7 +93,8 @@ class BrainCore(Transients):
         # The catalogue and the active window; the rest in ``store`` (brain/core/store.py).
         self.associator = Associator(config.transients.radius_arcsec, store=store,
                                      memory_nights=config.store.memory_nights,
-                                     orphan_days=config.store.orphan_days)
+                                     orphan_days=config.store.orphan_days,
+                                     keep_orphans=config.store.keep_orphans)
         self._pending: list[DetectionBatch] = []
         self._classifier = classifier
         self._next_classify = -math.inf

@@ -403,12 +403,24 @@ class ObjectStore:
             self.reads["detections"] += len(lc)
         return (obj, lc["mjd"].copy(), lc["band"].copy(), lc["mag"].copy(), lc["err"].copy())
 
-    def forget_objects(self, ids) -> None:
-        """Drop catalogue rows (objects seen once, long ago: their detections stay)."""
+    def forget_objects(self, ids, detections: bool = False) -> None:
+        """Drop catalogue rows (objects seen once, long ago), and with ``detections``
+        their light-curve rows too."""
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         if ids.size:
             clause, params = self._ids_clause(ids)
             self._execute(f"DELETE FROM objects WHERE {clause}", params)
+            if detections:
+                self._execute(f"DELETE FROM light_curves WHERE {clause}", params)
+
+    def forget_orphans(self, before_mjd: float, detections: bool = False) -> None:
+        """:meth:`forget_objects` of every object seen once, last before ``before_mjd``
+        (a restart: those it does not read back)."""
+        m, cut = self.mark, (float(before_mjd),)
+        if detections:
+            self._execute("DELETE FROM light_curves WHERE object_id IN (SELECT object_id "
+                          f"FROM objects WHERE n_det <= 1 AND last_mjd < {m})", cut)
+        self._execute(f"DELETE FROM objects WHERE n_det <= 1 AND last_mjd < {m}", cut)
 
     def get_meta(self, key: str) -> str | None:
         rows = self._query(f"SELECT value FROM store_meta WHERE key = {self.mark}", (key,))
@@ -420,8 +432,11 @@ class ObjectStore:
                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     def next_object_id(self) -> int:
+        """One above the highest id ever given: of either table, or as recorded at the
+        last close (the newest objects may have been forgotten since)."""
         rows = self._query("SELECT MAX(object_id) FROM objects")
         top = rows[0][0] if rows and rows[0][0] is not None else -1
+        top = max(top, int(self.get_meta("next_object_id") or 0) - 1)
         rows = self._query("SELECT MAX(object_id) FROM light_curves")
         if rows and rows[0][0] is not None:
             top = max(top, rows[0][0])
