@@ -218,7 +218,7 @@ def test_a_long_night_is_whole_in_the_window_and_counted_once(tmp_path):
 
 
 def test_forgotten_artefacts_leave_the_store_unless_kept_and_ids_are_never_reused(tmp_path):
-    rng, ra, dec, base = _sky(8)
+    _rng, ra, dec, base = _sky(8)
     counts, next_ids = {}, {}
     for keep in (False, True):
         url = f"sqlite:///{tmp_path / f'store-{keep}.sqlite'}"
