@@ -1,0 +1,546 @@
+"""Soak: the observatory daemon (``brain run``, default hosting: Ray) with ``brain
+sim-drivers`` (all 60 devices) over several nights at a high world-clock speed, then
+restarts on a 30-night store and journal, on SQLite and on PostgreSQL (issue 19).
+
+Phases, each with its own drivers (same ``--start``/``--speed``) and journal directory:
+
+1. **Rehearsal** (SQLite, ``--nights`` nights from ``--start`` 06:00 UTC, 4 h before
+   the first dusk, to 05:30 UTC after the last night's dawn and report jobs). Sampled every
+   second: the RSS of the daemon's process tree (``brain run`` and its children: Ray's
+   processes and workers, night-job subprocesses; psutil) and of ``brain run`` alone,
+   their CPU time, and the world time (the journal's latest event); ``/metrics`` every
+   2 s. Reported per night (``observatory.ephemeris.night_date``, noon to noon at the
+   array's longitude): the peak RSS, exposures done and not done, the event loop's lag
+   (p99 of ``sitian_event_loop_lag_seconds``, in wall and world seconds), devices down,
+   the daemon's CPU (cores); and the third night's peak over the first's (target
+   <= 1.2). ``all_up_s``: from starting ``brain run`` to ``sitian_device_up`` summing
+   to 60 (target <= 20 s).
+2. **Restarts** (``brain run`` started again on a copy of the rehearsal's directory,
+   world time resumed from its journal): ``loop_s`` (its log says the loop starts),
+   ``all_up_s`` and ``stop_s`` (SIGTERM to exit), on
+
+   * ``empty``: the rehearsal's journal, an empty store (the in-run baseline);
+   * ``journal30``: the journal tiled to 30 nights (``soak_data.tile_journal``), an
+     empty store;
+   * ``season``: that journal and a 30-night store: ``--store-from PATH`` (a
+     ``brain simulate --nights 30`` store.sqlite; the journal is moved by whole days to
+     end after it) or, without it, a synthetic one (``soak_data.synthetic_store``:
+     ``--synthetic-objects`` objects x 10 detections a night, default 150,000: 1.5 M
+     detections a night; kept in ``--keep`` and reused).
+3. **PostgreSQL** (``--backends`` with ``postgresql``): a real server
+   (``tests/pgserver.py``), ``store.url`` in a config file; a ``--pg-nights`` rehearsal
+   (default 1; 0: none), and the ``empty`` and ``season`` restarts. The season store
+   is copied in with COPY; ``--pg-store-nights K`` copies only its last K nights of light
+   curves (the catalogue whole), as the JSON says.
+
+Prints one JSON object (``load_avg`` sampled through each phase: the machine's other
+work slows everything). At ``--speed 600`` on a 2-core machine the default run (3
+nights, both backends, synthetic store) takes about 25 minutes: rehearsals 7 + 2.5 min,
+the synthetic store 3-5 min (once per ``--keep``), restarts 5 x 0.5-1 min, the
+PostgreSQL copy 1-3 min.
+
+    PYTHONPATH=. .venv/bin/python tests/bench/bench_soak.py [--nights 3] [--speed 600]
+        [--store-from PATH] [--backends sqlite,postgresql] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import psycopg
+import yaml
+from bench_daemon_start import REPO, _devices_up, _port
+
+sys.path.insert(0, str(REPO / "tests"))
+from pgserver import PgServer, PgServerError
+from soak_data import DAY, copy_store, store_span, synthetic_store, tile_journal
+
+from brain.config import DEFAULT_CONFIG, load_config
+from brain.core.store import StoreError, open_store
+from brain.shells.journal import Journal
+from drivers.clock import parse_start
+from observatory.ephemeris import night_date
+
+START = "2026-12-15T06:00:00"  # the night's start (05:38 UTC), 4 h before the first dusk
+SPEED = 600.0
+SEASON_NIGHTS = 30
+START_TIMEOUT_S = 240.0
+TARGETS = {"rss_night3_over_night1": 1.2, "all_up_s": 20.0}
+METRIC = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$", re.M)
+LOOP_MARK = re.compile(r"brain \w+ on tcp://")  # start_daemon's last line: the loop runs
+
+
+class SoakError(RuntimeError):
+    """A phase could not run (one line)."""
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _mb(b: float) -> float:
+    return round(b / 2**20, 1)
+
+
+def _metrics(port: int) -> dict[str, float] | None:
+    """The daemon's /metrics as {name{labels}: value} (None: no answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+            text = r.read().decode()
+    except (OSError, urllib.error.URLError):
+        return None
+    return {f"{n}{lab or ''}": float(v) for n, lab, v in METRIC.findall(text)}
+
+
+def _sum(m: dict, prefix: str, *has: str) -> float:
+    return sum(v for k, v in m.items() if k.startswith(prefix) and all(h in k for h in has))
+
+
+def _lag_p99(first: dict, last: dict) -> float | None:
+    """p99 of the event loop's lag between two scrapes (the bucket's upper bound)."""
+    name = "sitian_event_loop_lag_seconds_bucket"
+    le = sorted((float(re.search(r'le="([^"]+)"', k)[1]), k) for k in last if
+                k.startswith(name))
+    if not le:
+        return None
+    counts = [(b, last[k] - first.get(k, 0.0)) for b, k in le]
+    total = counts[-1][1]
+    if total <= 0:
+        return None
+    return next(b for b, c in counts if c >= 0.99 * total)
+
+
+class Phase:
+    """One ``brain run`` with its own ``brain sim-drivers``: started, sampled, stopped."""
+
+    def __init__(self, label: str, tmp: Path, journal: Path, args, world_start: str,
+                 config: Path | None = None, until: str | None = None, nights: int = 1):
+        self.label, self.tmp, self.journal, self.args = label, tmp, journal, args
+        self.config, self.until = config, until
+        self.router, self.pub = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
+        self.metrics_port, self.api_port = _port(), _port()
+        self.env = dict(os.environ, PYTHONPATH=str(REPO),
+                        BRAIN_RAY_TMP=tempfile.mkdtemp(prefix="soak-ray-", dir="/tmp"))
+        self.log = (tmp / f"{label}.log").open("a")
+        self.marks: dict[str, float] = {}
+        self.cpu_seen: dict[int, float] = {}
+        self.tree_cpu = 0.0
+        self.t0 = 0.0
+        cfg = ["--config", str(config)] if config else []
+        link = [*cfg, "--speed", str(args.speed), "--router", self.router, "--pub", self.pub]
+        drv = [sys.executable, "-m", "brain", "sim-drivers", *link, "--start", world_start,
+               "--nights", str(nights), "--seed", str(args.seed)]  # stopped by stop()
+        self.drivers = subprocess.Popen(drv, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
+                                        stderr=self.log, text=True)
+        if not self.drivers.stdout.readline():  # "serving 60 simulated devices ...": up
+            raise SoakError(f"{label}: brain sim-drivers exited ({tmp / label}.log)")
+        run = [sys.executable, "-m", "brain", "run", *link, "--start", args.start,
+               "--journal", str(journal), "--metrics-port", str(self.metrics_port),
+               "--api-port", str(self.api_port), "--seed", str(args.seed)]
+        if until:
+            run += ["--until", until]
+        self.t0 = time.monotonic()
+        self.daemon = subprocess.Popen(run, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+        self.proc = psutil.Process(self.daemon.pid)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.daemon.stdout:
+            self.log.write(line)
+            if "loop" not in self.marks and LOOP_MARK.search(line):
+                self.marks["loop"] = time.monotonic() - self.t0
+
+    def tree(self) -> dict:
+        """RSS and CPU seconds of ``brain run`` and of its whole process tree."""
+        out = {"rss": 0, "procs": 0}
+        try:
+            procs = [self.proc, *self.proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in procs:
+            try:
+                rss, cpu = p.memory_info().rss, sum(p.cpu_times()[:2])
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            out["rss"] += rss
+            out["procs"] += 1
+            # the tree's CPU: each process's time since it was last seen (children come
+            # and go; a gone one keeps what it was counted for)
+            self.tree_cpu += max(0.0, cpu - self.cpu_seen.get(p.pid, 0.0))
+            self.cpu_seen[p.pid] = cpu
+            if p.pid == self.proc.pid:
+                out["daemon_rss"], out["daemon_cpu"] = rss, cpu
+        out["cpu"] = self.tree_cpu
+        return out
+
+    def wait_up(self) -> dict:
+        """Until the loop runs and 60 devices are up: seconds from the start of each."""
+        up = None
+        while time.monotonic() - self.t0 < START_TIMEOUT_S and self.daemon.poll() is None:
+            if up is None and _devices_up(self.metrics_port) == 60:
+                up = round(time.monotonic() - self.t0, 2)
+            if up is not None and "loop" in self.marks:
+                break
+            time.sleep(0.2)
+        loop = self.marks.get("loop")
+        if up is None:
+            raise SoakError(f"{self.label}: 60 devices not up within {START_TIMEOUT_S:.0f} s "
+                            f"(loop {loop}; log {self.log.name})")
+        return {"loop_s": None if loop is None else round(loop, 2), "all_up_s": up}
+
+    def stop(self) -> float | None:
+        """SIGTERM to the daemon (if still running), then the drivers; the daemon's
+        seconds to exit."""
+        took = None
+        for p in (self.daemon, self.drivers):
+            if p.poll() is None:
+                t = time.monotonic()
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(120)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+                if p is self.daemon:
+                    took = round(time.monotonic() - t, 2)
+        self._reader.join(10)
+        self.log.close()
+        shutil.rmtree(self.env["BRAIN_RAY_TMP"], ignore_errors=True)
+        return took
+
+
+def _world_now(db: sqlite3.Connection | None) -> float | None:
+    """The journal's latest world time (events: weather every world minute)."""
+    if db is None:
+        return None
+    try:
+        row = db.execute("SELECT t FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None else float(row[0])
+
+
+def rehearsal(label: str, tmp: Path, args, nights: int, config: Path | None = None,
+              hours: float | None = None) -> dict:
+    """``nights`` nights (or ``hours`` of world time) from ``args.start``."""
+    cfg = load_config(config)
+    t_start = parse_start(args.start)
+    span = hours * 3600 if hours else nights * DAY - 1800  # to 05:30, in the last night
+    until = _iso(t_start + span)
+    journal = tmp / label / "journal.sqlite"
+    load = [os.getloadavg()[0]]
+    ph = Phase(label, tmp, journal, args, args.start, config, until, nights + 1)
+    nights_out: dict[str, dict] = {}
+    db = None
+    last_scrape, first_scrape, world = 0.0, {}, None
+    up = None
+    deadline = ph.t0 + START_TIMEOUT_S + 2.0 * span / args.speed + 300
+    try:
+        while ph.daemon.poll() is None and time.monotonic() < deadline:
+            now = time.monotonic()
+            if db is None and journal.exists():
+                db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
+            if up is None and now - ph.t0 < START_TIMEOUT_S:  # the start: every 0.2 s
+                if _devices_up(ph.metrics_port) == 60:
+                    up = round(time.monotonic() - ph.t0, 2)
+                time.sleep(0.2)
+                continue
+            w = _world_now(db)
+            world = w if w is not None else world
+            if world is None:
+                time.sleep(0.2)
+                continue
+            s = ph.tree()
+            n = nights_out.setdefault(night_date(cfg, world), {
+                "first_world": _iso(world), "wall0": now, "cpu0": s["cpu"],
+                "dcpu0": s.get("daemon_cpu", 0.0), "rss": 0, "daemon_rss": 0, "procs": 0,
+                "samples": 0, "m0": None, "m1": None, "up_min": 60})
+            n.update(last_world=_iso(world), wall1=now, cpu1=s["cpu"],
+                     dcpu1=s.get("daemon_cpu", n["dcpu0"]), samples=n["samples"] + 1,
+                     rss=max(n["rss"], s["rss"]), procs=max(n["procs"], s["procs"]),
+                     daemon_rss=max(n["daemon_rss"], s.get("daemon_rss", 0)))
+            if now - last_scrape >= 2.0:
+                last_scrape = now
+                m = _metrics(ph.metrics_port)
+                if m is not None:
+                    first_scrape = first_scrape or m
+                    devs = _sum(m, "sitian_device_up{")
+                    n["m0"] = n["m0"] or m
+                    n["m1"] = m
+                    if up is not None:
+                        n["up_min"] = min(n["up_min"], devs)
+                load.append(os.getloadavg()[0])
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
+        finished = ph.daemon.poll() is not None
+    finally:
+        if db is not None:
+            db.close()
+        stop_s = ph.stop()
+    if not finished:
+        raise SoakError(f"{label}: the daemon did not reach --until {until} in time "
+                        f"(log {tmp / label}.log)")
+    if up is None:
+        raise SoakError(f"{label}: 60 devices never up (log {tmp / label}.log)")
+    per_night = [_night_summary(k, v, args.speed) for k, v in sorted(nights_out.items())]
+    _journal_counts(journal, cfg, per_night)
+    rss = [n["rss_max_mb"] for n in per_night]
+    return {"phase": label, "until": until, "world_hours": round(span / 3600, 1),
+            "wall_s": round(time.monotonic() - ph.t0, 1), "all_up_s": up,
+            "loop_s": ph.marks.get("loop") and round(ph.marks["loop"], 2),
+            "stop_s": stop_s, "exit_code": ph.daemon.returncode, "nights": per_night,
+            "rss_last_over_first": round(rss[-1] / rss[0], 3) if len(rss) > 1 else None,
+            "rss_night3_over_night1": round(rss[2] / rss[0], 3) if len(rss) > 2 else None,
+            "load_avg": [round(min(load), 1), round(max(load), 1)],
+            "journal_mb": _mb(sum(p.stat().st_size for p in journal.parent.glob("*.sqlite*"))),
+            "dir": str(journal.parent)}
+
+
+def _night_summary(night: str, n: dict, speed: float) -> dict:
+    wall = max(n["wall1"] - n["wall0"], 1e-9)
+    m0, m1 = n["m0"] or {}, n["m1"] or {}
+    done = _sum(m1, "sitian_commands_total{", 'name="expose"', 'result="done"')
+    allx = _sum(m1, "sitian_commands_total{", 'name="expose"')
+    d0 = _sum(m0, "sitian_commands_total{", 'name="expose"', 'result="done"')
+    a0 = _sum(m0, "sitian_commands_total{", 'name="expose"')
+    p99 = _lag_p99(m0, m1)
+    return {"night": night, "world": [n["first_world"], n["last_world"]],
+            "wall_s": round(wall, 1), "samples": n["samples"],
+            "rss_max_mb": _mb(n["rss"]), "daemon_rss_max_mb": _mb(n["daemon_rss"]),
+            "procs_max": n["procs"],
+            "tree_cpu_cores": round((n["cpu1"] - n["cpu0"]) / wall, 2),
+            "daemon_cpu_cores": round((n["dcpu1"] - n["dcpu0"]) / wall, 2),
+            "exposures_done": int(done - d0),
+            "exposures_not_done": int((allx - a0) - (done - d0)),
+            "loop_lag_p99_s": p99,
+            "loop_lag_p99_world_s": None if p99 is None else round(p99 * speed, 1),
+            "devices_up_min": int(n["up_min"])}
+
+
+def _journal_counts(journal: Path, cfg, per_night: list[dict]) -> None:
+    """Per night, from the journal: devices declared down, night jobs by status."""
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        downs = [night_date(cfg, t) for (t,) in db.execute(
+            "SELECT t FROM events WHERE name = 'down'")]
+        jobs = db.execute("SELECT night, status, COUNT(*) FROM night_jobs "
+                          "GROUP BY night, status").fetchall()
+    finally:
+        db.close()
+    for n in per_night:
+        n["devices_down_events"] = downs.count(n["night"])
+        n["night_jobs"] = {s: c for night, s, c in jobs if night == n["night"]}
+
+
+def _copy_dir(src: Path, dst: Path, store: bool) -> Path:
+    """A copy of a rehearsal's directory (new modification times: the restart resumes
+    world time where the journal ends), without its store unless ``store``."""
+    shutil.copytree(src, dst, copy_function=shutil.copy,
+                    ignore=None if store else shutil.ignore_patterns("store.sqlite*"))
+    return dst / "journal.sqlite"
+
+
+def _journal_end(journal: Path) -> float:
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        return float(db.execute("SELECT MAX(t) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _set_store_meta(journal: Path, url: str) -> None:
+    """A clean stop's meta: the store holds every detection the journal has."""
+    j = Journal(journal)
+    last = j.last_detection()
+    j.close()
+    store = open_store(url)
+    store.set_meta("journal_detections", str(last))
+    store.close()
+
+
+def restart(label: str, tmp: Path, args, journal: Path, world_start: float,
+            config: Path | None = None) -> dict:
+    """``brain run`` started on ``journal`` (and its store): seconds to the loop and to
+    60 devices up, then stopped."""
+    load0 = os.getloadavg()[0]
+    ph = Phase(label, tmp, journal, args, _iso(world_start), config)
+    try:
+        out = ph.wait_up()
+        s = ph.tree()
+    finally:
+        stop_s = ph.stop()
+    return {"phase": label, **out, "stop_s": stop_s, "rss_at_up_mb": _mb(s["rss"]),
+            "daemon_rss_at_up_mb": _mb(s.get("daemon_rss", 0)),
+            "load_avg": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+
+
+def season_store(args, keep: Path, end: float) -> tuple[Path, dict, float]:
+    """The 30-night store, and the whole days to move the journal so that it ends
+    after the store's last night."""
+    if args.store_from:
+        src = Path(args.store_from)
+        if not src.is_file():
+            raise SoakError(f"--store-from {src}: no such file")
+        span = store_span(src)
+        if span is None:
+            raise SoakError(f"--store-from {src}: the store has no light curves")
+        last = (span[1] - 40587.0) * DAY
+        shift = max(0.0, math.ceil((last - end) / DAY)) * DAY
+        return src, {"from": str(src), "mjd": [round(x, 3) for x in span],
+                     "bytes": src.stat().st_size}, shift
+    path = keep / f"synthetic-{SEASON_NIGHTS}x{args.synthetic_objects}.sqlite"
+    info = {"synthetic": True, "objects": args.synthetic_objects,
+            "detections_per_night": 10 * args.synthetic_objects}
+    if not path.exists():
+        part = path.with_suffix(".part")
+        for p in part.parent.glob(part.name + "*"):
+            p.unlink()
+        info.update(synthetic_store(part, SEASON_NIGHTS, end, args.synthetic_objects))
+        part.rename(path)
+    else:
+        info["reused"] = str(path)
+    info["bytes"] = path.stat().st_size
+    return path, info, 0.0
+
+
+def _season_journal(src_dir: Path, dst: Path, nights: int, shift: float) -> tuple[Path, dict]:
+    journal = _copy_dir(src_dir, dst, store=False)
+    copies = math.ceil(SEASON_NIGHTS / nights) - 1
+    rows = tile_journal(journal, shift, nights * DAY, copies)
+    return journal, {"nights": (copies + 1) * nights, "rows": rows,
+                     "mb": _mb(journal.stat().st_size)}
+
+
+def _pg_config(tmp: Path, name: str, url: str) -> Path:
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["store"] = {**data.get("store", {}), "url": url}
+    path = tmp / f"config-{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def sqlite_phases(args, tmp: Path, keep: Path) -> tuple[dict, dict]:
+    out = {"rehearsal": rehearsal("sqlite-rehearsal", tmp, args, args.nights,
+                                  hours=args.hours)}
+    src = Path(out["rehearsal"]["dir"])
+    end = _journal_end(src / "journal.sqlite")
+    store, store_info, shift = season_store(args, keep, end)
+    journal, jinfo = _season_journal(src, tmp / "season30", args.nights, shift)
+    shutil.copy(store, journal.parent / "store.sqlite")
+    _set_store_meta(journal, f"sqlite:///{journal.parent / 'store.sqlite'}")
+    restarts = [restart("sqlite-empty", tmp, args, _copy_dir(src, tmp / "empty", False), end)]
+    j30, _ = _season_journal(src, tmp / "journal30", args.nights, shift)
+    restarts.append(restart("sqlite-journal30", tmp, args, j30, end + shift))
+    restarts.append(restart("sqlite-season", tmp, args, journal, end + shift))
+    out["restarts"] = restarts
+    return out, {"store": store_info, "journal": jinfo, "shift_days": shift / DAY,
+                 "store_path": str(store), "end": end}
+
+
+def postgres_phases(args, tmp: Path, season: dict) -> dict:
+    try:
+        server = PgServer().start()
+    except PgServerError as exc:
+        return {"error": str(exc).splitlines()[0]}
+    out: dict = {}
+    try:
+        server.create_database("soak")
+        if args.pg_nights:
+            cfg = _pg_config(tmp, "rehearsal", server.create_schema("soak", "rehearsal"))
+            out["rehearsal"] = rehearsal("pg-rehearsal", tmp, args, args.pg_nights, cfg,
+                                         hours=args.hours)
+            src = Path(out["rehearsal"]["dir"])
+            end, nights = _journal_end(src / "journal.sqlite"), args.pg_nights
+        else:
+            src, end, nights = Path(season["dir"]), season["end"], args.nights
+        cfg = _pg_config(tmp, "empty", server.create_schema("soak", "empty"))
+        out["restarts"] = restarts = [
+            restart("pg-empty", tmp, args, _copy_dir(src, tmp / "pg-empty", False), end, cfg)]
+        url = server.create_schema("soak", "season")
+        since = None
+        if args.pg_store_nights < SEASON_NIGHTS:
+            span = store_span(Path(season["store_path"]))
+            since = span[1] - args.pg_store_nights
+        out["store_copy"] = copy_store(Path(season["store_path"]), url, since)
+        out["store_copy"]["nights"] = min(args.pg_store_nights, SEASON_NIGHTS)
+        shift = season["shift_days"] * DAY
+        journal, _ = _season_journal(src, tmp / "pg-season", nights, shift)
+        _set_store_meta(journal, url)
+        restarts.append(restart("pg-season", tmp, args, journal, end + shift,
+                                _pg_config(tmp, "season", url)))
+    except (SoakError, OSError, sqlite3.Error, psycopg.Error, StoreError) as exc:
+        out["error"] = str(exc).splitlines()[0]
+    finally:
+        server.stop()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nights", type=int, default=3, help="rehearsal nights (SQLite)")
+    ap.add_argument("--speed", type=float, default=SPEED, help="world clock speed")
+    ap.add_argument("--start", default=START, help="world start, ISO UTC")
+    ap.add_argument("--hours", type=float, default=None,
+                    help="world hours of each rehearsal instead of whole nights (smoke runs)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--store-from", help="a 30-night store.sqlite (brain simulate --nights "
+                                         "30); default: a synthetic one")
+    ap.add_argument("--synthetic-objects", type=int, default=150_000,
+                    help="objects of the synthetic store (10 detections each a night)")
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--pg-nights", type=int, default=1,
+                    help="nights of the PostgreSQL rehearsal (0: restarts only)")
+    ap.add_argument("--pg-store-nights", type=int, default=SEASON_NIGHTS,
+                    help="nights of light curves copied into PostgreSQL")
+    ap.add_argument("--keep", help="keep the runs' files (and the synthetic store) here")
+    args = ap.parse_args()
+    backends = [b for b in args.backends.split(",") if b]
+    if "sqlite" not in backends or set(backends) - {"sqlite", "postgresql"}:
+        ap.exit(2, "bench_soak: error: --backends: sqlite, optionally with postgresql\n")
+    if args.nights < 1 or args.speed <= 0:
+        ap.exit(2, "bench_soak: error: --nights must be >= 1 and --speed > 0\n")
+    keep = Path(args.keep) if args.keep else None
+    tmp = Path(tempfile.mkdtemp(prefix="soak-", dir=keep))
+    t0 = time.monotonic()
+    out = {"bench": "soak", "cpus": os.cpu_count(), "speed": args.speed,
+           "start": args.start, "nights": args.nights, "hours": args.hours,
+           "hosting": "ray", "targets": TARGETS}
+    try:
+        out["sqlite"], season = sqlite_phases(args, tmp, keep or tmp)
+        out["season"] = {k: season[k] for k in ("store", "journal", "shift_days")}
+        if "postgresql" in backends:
+            season["dir"] = out["sqlite"]["rehearsal"]["dir"]
+            out["postgresql"] = postgres_phases(args, tmp, season)
+    except (SoakError, OSError, sqlite3.Error) as exc:
+        out["error"] = str(exc).splitlines()[0]
+    out["wall_s"] = round(time.monotonic() - t0, 1)
+    out["logs"] = str(tmp)
+    print(json.dumps(out), flush=True)
+    if keep is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "error" in out:
+        print(f"bench_soak: error: {out['error']}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""A season's data for ``bench_soak.py``: a synthetic 30-night object store, a journal
+tiled to 30 nights, and a store copied into PostgreSQL.
+
+* :func:`synthetic_store` writes through the brain's own store code
+  (:func:`brain.core.store.open_store`): every night, one light-curve row per object
+  (as a closed night leaves it), then the catalogue once, with the meta a clean stop
+  leaves (``closed_mjd``). Default size: 150,000 objects seen 10 times a night (1.5 M
+  detections a night, about a simulated night's); no artefacts.
+* :func:`tile_journal` copies a rehearsal's journal rows (commands, events,
+  observations, visits, follow-ups, night jobs) back in time, night by night, with new
+  ids, so that the journal holds as many nights as the store; detection messages are not
+  copied (the daemon prunes them at each dawn).
+* :func:`copy_store` copies a store (SQLite) into another URL (PostgreSQL) with COPY.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from brain.core.store import N_BANDS, empty_catalogue, open_store
+from observatory.taxonomy import CLASSES
+from observatory.times import unix_to_mjd
+
+DAY = 86400.0
+TILED = ("commands", "events", "observations", "visits", "followups", "night_jobs")
+
+
+def _say(msg: str) -> None:
+    print(f"[soak] {msg}", file=sys.stderr, flush=True)
+
+
+def synthetic_store(path: Path, nights: int, end_unix: float, n_objects: int = 150_000,
+                    per_night: int = 10, seed: int = 30) -> dict:
+    """A store of ``nights`` closed nights ending before ``end_unix`` (the last night's
+    detections fall in the 14 hours before it). Returns its size."""
+    t0 = time.monotonic()
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(0, 360, n_objects)
+    dec = np.degrees(np.arcsin(rng.uniform(-0.5, 0.95, n_objects)))
+    base = rng.uniform(15, 21.5, n_objects)
+    ids = np.arange(n_objects, dtype=np.int64)
+    hist = np.zeros((n_objects, N_BANDS, 5))
+    hist[..., 3], hist[..., 4] = np.inf, -np.inf
+    band = np.tile(np.arange(per_night) % N_BANDS, n_objects).astype(np.int8)
+    store = open_store(f"sqlite:///{path}")
+    end_mjd = float(unix_to_mjd(end_unix))
+    for k in range(nights):
+        night0 = end_mjd - (nights - k) - 0.58  # dusk, 14 h before the end of its day
+        mjd = night0 + np.sort(rng.uniform(0, 0.58, (n_objects, per_night)), axis=1).ravel()
+        mag = (np.repeat(base, per_night) + rng.normal(0, 0.05, n_objects * per_night))
+        err = np.full(mag.size, 0.03)
+        store.write_detections(np.repeat(ids, per_night), mjd, band, mag, err)
+        m = mag.reshape(n_objects, per_night)
+        for b in range(N_BANDS):
+            mb = m[:, band[:per_night] == b]
+            h = hist[:, b]
+            h[:, 0] += mb.shape[1]
+            h[:, 1] += mb.sum(axis=1)
+            h[:, 2] += (mb ** 2).sum(axis=1)
+            h[:, 3] = np.minimum(h[:, 3], mb.min(axis=1))
+            h[:, 4] = np.maximum(h[:, 4], mb.max(axis=1))
+        store.set_meta("closed_mjd", repr(float(mjd.max()) + 0.01))
+        store.commit()
+        _say(f"synthetic store: night {k + 1}/{nights} ({time.monotonic() - t0:.0f} s)")
+    cat = empty_catalogue(n_objects)
+    cat["object_id"], cat["ra_deg"], cat["dec_deg"] = ids, ra, dec
+    cat["first_mjd"] = end_mjd - nights - 0.58
+    cat["last_mjd"] = cat["classified_mjd"] = float(mjd.max())
+    cat["n_det"] = cat["classified_ndet"] = nights * per_night
+    cat["n_nights"] = nights
+    cat["last_night"] = end_mjd - 1.58
+    cat["prob"][np.arange(n_objects), rng.integers(0, len(CLASSES), n_objects)] = 1.0
+    cat["hist"] = hist
+    store.write_objects(cat)
+    store.set_meta("synthetic", f"{nights}x{n_objects}x{per_night}")
+    counts = store.counts()
+    store.close()
+    return {**counts, "nights": nights, "build_s": round(time.monotonic() - t0, 1),
+            "bytes": path.stat().st_size}
+
+
+def store_span(path: Path) -> tuple[float, float] | None:
+    """The first and last MJD of a SQLite store's light curves (None: empty)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        lo, hi = db.execute("SELECT MIN(mjd_first), MAX(mjd_last) FROM light_curves"
+                            ).fetchone()
+    finally:
+        db.close()
+    return None if hi is None else (float(lo), float(hi))
+
+
+def tile_journal(path: Path, shift_s: float, period_s: float, copies: int) -> dict:
+    """Move the journal's rows ``shift_s`` later (whole days: its nights then end with
+    the store's), and add ``copies`` copies of them, each ``period_s`` earlier than the
+    last. Returns the rows per table."""
+    db = sqlite3.connect(path, isolation_level=None)
+    cols = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in TILED}
+    times = {"commands": ("t_sent", "deadline", "t_end"), "events": ("t",),
+             "observations": ("t_start", "t_end"), "visits": ("t_start",),
+             "followups": ("t_start", "t_end"), "night_jobs": ("world_t", "t")}
+    keys = {"commands": "cmd_id", "observations": "obs_id", "followups": "cmd_id",
+            "night_jobs": "job_id"}
+    db.execute("BEGIN")
+    top = {t: db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {t}").fetchone()[0]
+           for t in TILED}
+    if shift_s:
+        for t, ts in times.items():
+            db.execute(f"UPDATE {t} SET " + ", ".join(f"{c} = {c} + ?" for c in ts),
+                       (shift_s,) * len(ts))
+        db.execute("UPDATE detections SET t = t + ?", (shift_s,))
+    for k in range(1, copies + 1):
+        for t, ts in times.items():
+            names = [c for c in cols[t] if c != "seq"]
+            sel = [f"{c} - {k * period_s!r}" if c in ts else
+                   f"{c} || '~{k}'" if c == keys.get(t) else c for c in names]
+            db.execute(f"INSERT INTO {t} ({', '.join(names)}) "
+                       f"SELECT {', '.join(sel)} FROM {t} WHERE rowid <= ?", (top[t],))
+    db.execute("COMMIT")
+    out = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TILED}
+    db.close()
+    return out
+
+
+def copy_store(src: Path, url: str, since_mjd: float | None = None) -> dict:
+    """Copy a SQLite store into ``url`` (PostgreSQL: COPY, in batches): the catalogue
+    and meta whole, the light curves from ``since_mjd`` on (None: all)."""
+    t0 = time.monotonic()
+    open_store(url).close()  # the schema
+    import psycopg  # lazy: only for a PostgreSQL copy
+
+    lite = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    n = {}
+    try:
+        with psycopg.connect(url) as pg:
+            pg.execute("DELETE FROM store_meta")
+            for table, where, params in (
+                    ("store_meta", "", ()), ("objects", "", ()),
+                    ("light_curves", " WHERE mjd_first >= ?",
+                     (-1e300 if since_mjd is None else since_mjd,))):
+                names = [r[1] for r in lite.execute(f"PRAGMA table_info({table})")]
+                cur = lite.execute(f"SELECT {', '.join(names)} FROM {table}{where}", params)
+                n[table] = 0
+                with pg.cursor() as pc, pc.copy(
+                        f"COPY {table} ({', '.join(names)}) FROM STDIN") as cp:
+                    while rows := cur.fetchmany(20_000):
+                        for r in rows:
+                            cp.write_row(r)
+                        n[table] += len(rows)
+                if table == "light_curves":
+                    _say(f"copied {n[table]} light-curve rows into PostgreSQL")
+            pg.execute("ANALYZE")
+    finally:
+        lite.close()
+    return {"rows": n, "since_mjd": since_mjd, "copy_s": round(time.monotonic() - t0, 1)}
