@@ -63,16 +63,24 @@ from pathlib import Path
 
 import psutil
 import psycopg
-import yaml
 from bench_daemon_start import REPO, _devices_up, _port
 
 sys.path.insert(0, str(REPO / "tests"))
 from pgserver import PgServer, PgServerError
-from soak_data import DAY, copy_store, store_span, synthetic_store, tile_journal
+from soak_data import (
+    DAY,
+    copy_store,
+    fast_baseline,
+    journal_end,
+    pg_config,
+    set_store_meta,
+    store_span,
+    synthetic_store,
+    tile_journal,
+)
 
-from brain.config import DEFAULT_CONFIG, load_config
-from brain.core.store import StoreError, open_store
-from brain.shells.journal import Journal
+from brain.config import load_config
+from brain.core.store import StoreError
 from drivers.clock import parse_start
 from observatory.ephemeris import night_date
 
@@ -80,7 +88,8 @@ START = "2026-12-15T06:00:00"  # the night's start (05:38 UTC), 4 h before the f
 SPEED = 600.0
 SEASON_NIGHTS = 30
 START_TIMEOUT_S = 240.0
-TARGETS = {"rss_night3_over_night1": 1.2, "all_up_s": 20.0}
+KEEP_UP = 0.95  # the daemon keeps up: a night's exposures >= 95 % of the fast shell's
+TARGETS = {"rss_night3_over_night1": 1.2, "all_up_s": 20.0, "exposures_vs_fast": KEEP_UP}
 METRIC = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$", re.M)
 LOOP_MARK = re.compile(r"brain \w+ on tcp://")  # start_daemon's last line: the loop runs
 
@@ -132,7 +141,8 @@ class Phase:
     """One ``brain run`` with its own ``brain sim-drivers``: started, sampled, stopped."""
 
     def __init__(self, label: str, tmp: Path, journal: Path, args, world_start: str,
-                 config: Path | None = None, until: str | None = None, nights: int = 1):
+                 config: Path | None = None, until: str | None = None, nights: int = 1,
+                 fresh: bool = False):
         self.label, self.tmp, self.journal, self.args = label, tmp, journal, args
         self.config, self.until = config, until
         self.router, self.pub = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
@@ -152,7 +162,9 @@ class Phase:
                                         stderr=self.log, text=True)
         if not self.drivers.stdout.readline():  # "serving 60 simulated devices ...": up
             raise SoakError(f"{label}: brain sim-drivers exited ({tmp / label}.log)")
-        run = [sys.executable, "-m", "brain", "run", *link, "--start", args.start,
+        # --start: a restart resumes where its journal ends; a fresh one starts there
+        run = [sys.executable, "-m", "brain", "run", *link,
+               "--start", world_start if fresh else args.start,
                "--journal", str(journal), "--metrics-port", str(self.metrics_port),
                "--api-port", str(self.api_port), "--seed", str(args.seed)]
         if until:
@@ -203,6 +215,9 @@ class Phase:
                 break
             time.sleep(0.2)
         loop = self.marks.get("loop")
+        if self.daemon.poll() is not None:
+            raise SoakError(f"{self.label}: brain run exited {self.daemon.returncode} "
+                            f"(log {self.log.name})")
         if up is None:
             raise SoakError(f"{self.label}: 60 devices not up within {START_TIMEOUT_S:.0f} s "
                             f"(loop {loop}; log {self.log.name})")
@@ -337,9 +352,12 @@ def _night_summary(night: str, n: dict, speed: float) -> dict:
 
 
 def _journal_counts(journal: Path, cfg, per_night: list[dict]) -> None:
-    """Per night, from the journal: devices declared down, night jobs by status."""
+    """Per night, from the journal: exposures, devices declared down, night jobs by
+    status."""
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
     try:
+        exposures = [night_date(cfg, t) for (t,) in db.execute(
+            "SELECT t_start FROM observations")]
         downs = [night_date(cfg, t) for (t,) in db.execute(
             "SELECT t FROM events WHERE name = 'down'")]
         jobs = db.execute("SELECT night, status, COUNT(*) FROM night_jobs "
@@ -347,6 +365,7 @@ def _journal_counts(journal: Path, cfg, per_night: list[dict]) -> None:
     finally:
         db.close()
     for n in per_night:
+        n["exposures_journalled"] = exposures.count(n["night"])
         n["devices_down_events"] = downs.count(n["night"])
         n["night_jobs"] = {s: c for night, s, c in jobs if night == n["night"]}
 
@@ -359,38 +378,33 @@ def _copy_dir(src: Path, dst: Path, store: bool) -> Path:
     return dst / "journal.sqlite"
 
 
-def _journal_end(journal: Path) -> float:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        return float(db.execute("SELECT MAX(t) FROM events").fetchone()[0])
-    finally:
-        db.close()
-
-
-def _set_store_meta(journal: Path, url: str) -> None:
-    """A clean stop's meta: the store holds every detection the journal has."""
-    j = Journal(journal)
-    last = j.last_detection()
-    j.close()
-    store = open_store(url)
-    store.set_meta("journal_detections", str(last))
-    store.close()
-
-
-def restart(label: str, tmp: Path, args, journal: Path, world_start: float,
+def restart(label: str, tmp: Path, args, journal: Path | None, world_start: float,
             config: Path | None = None) -> dict:
-    """``brain run`` started on ``journal`` (and its store): seconds to the loop and to
-    60 devices up, then stopped."""
+    """``brain run`` started on ``journal`` (and its store; None: a new directory, at
+    ``world_start``): seconds to the loop and to 60 devices up, then stopped."""
     load0 = os.getloadavg()[0]
-    ph = Phase(label, tmp, journal, args, _iso(world_start), config)
+    fresh = journal is None
+    journal = journal or tmp / label / "journal.sqlite"
+    ph = Phase(label, tmp, journal, args, _iso(world_start), config, fresh=fresh)
     try:
         out = ph.wait_up()
         s = ph.tree()
+    except SoakError as exc:
+        ph.stop()
+        return {"phase": label, "error": str(exc), "exit_code": ph.daemon.returncode,
+                "last_error": _last_error(tmp / f"{label}.log")}
     finally:
         stop_s = ph.stop()
     return {"phase": label, **out, "stop_s": stop_s, "rss_at_up_mb": _mb(s["rss"]),
             "daemon_rss_at_up_mb": _mb(s.get("daemon_rss", 0)),
             "load_avg": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+
+
+def _last_error(log: Path) -> str | None:
+    """The last exception line of a log (``SomethingError: ...``)."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines()
+             if re.match(r"^\w+(Error|Exception): ", ln)]
+    return lines[-1][:300] if lines else None
 
 
 def season_store(args, keep: Path, end: float) -> tuple[Path, dict, float]:
@@ -430,30 +444,42 @@ def _season_journal(src_dir: Path, dst: Path, nights: int, shift: float) -> tupl
                      "mb": _mb(journal.stat().st_size)}
 
 
-def _pg_config(tmp: Path, name: str, url: str) -> Path:
-    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    data["store"] = {**data.get("store", {}), "url": url}
-    path = tmp / f"config-{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def sqlite_phases(args, tmp: Path, keep: Path) -> tuple[dict, dict]:
-    out = {"rehearsal": rehearsal("sqlite-rehearsal", tmp, args, args.nights,
-                                  hours=args.hours)}
-    src = Path(out["rehearsal"]["dir"])
-    end = _journal_end(src / "journal.sqlite")
+def sqlite_phases(args, tmp: Path, keep: Path, out: dict) -> dict:
+    """The rehearsal, then the restarts: ``empty`` (a new journal and store, at the
+    rehearsal's end), ``rehearsal`` (its own journal and store), ``journal30`` (its
+    journal tiled to 30 nights, its store) and ``season`` (that journal and a 30-night
+    store). Fills ``out``; returns the season's data."""
+    out["rehearsal"] = reh = rehearsal("sqlite-rehearsal", tmp, args, args.nights,
+                                       hours=args.hours)
+    if args.fast:
+        fast = out["fast_baseline"] = fast_baseline(args, tmp, len(reh["nights"]),
+                                                    reh["until"])
+        ratios = []
+        for n in reh["nights"]:
+            n["exposures_fast"] = fast.get("exposures", {}).get(n["night"])
+            if n["exposures_fast"]:
+                n["exposures_vs_fast"] = round(n["exposures_journalled"]
+                                               / n["exposures_fast"], 3)
+                ratios.append(n["exposures_vs_fast"])
+        reh["keeps_up"] = bool(ratios) and min(ratios) >= KEEP_UP
+    if args.rehearsal_only:
+        return {}
+    src = Path(reh["dir"])
+    end = journal_end(src / "journal.sqlite")
     store, store_info, shift = season_store(args, keep, end)
     journal, jinfo = _season_journal(src, tmp / "season30", args.nights, shift)
     shutil.copy(store, journal.parent / "store.sqlite")
-    _set_store_meta(journal, f"sqlite:///{journal.parent / 'store.sqlite'}")
-    restarts = [restart("sqlite-empty", tmp, args, _copy_dir(src, tmp / "empty", False), end)]
+    set_store_meta(journal, f"sqlite:///{journal.parent / 'store.sqlite'}")
+    season = {"store": store_info, "journal": jinfo, "shift_days": shift / DAY,
+              "store_path": str(store), "end": end, "dir": str(src)}
+    out["restarts"] = restarts = [restart("sqlite-empty", tmp, args, None, end)]
+    restarts.append(restart("sqlite-rehearsal", tmp, args,
+                            _copy_dir(src, tmp / "again", True), end))
     j30, _ = _season_journal(src, tmp / "journal30", args.nights, shift)
+    shutil.copy(src / "store.sqlite", j30.parent / "store.sqlite")
     restarts.append(restart("sqlite-journal30", tmp, args, j30, end + shift))
     restarts.append(restart("sqlite-season", tmp, args, journal, end + shift))
-    out["restarts"] = restarts
-    return out, {"store": store_info, "journal": jinfo, "shift_days": shift / DAY,
-                 "store_path": str(store), "end": end}
+    return season
 
 
 def postgres_phases(args, tmp: Path, season: dict) -> dict:
@@ -465,16 +491,19 @@ def postgres_phases(args, tmp: Path, season: dict) -> dict:
     try:
         server.create_database("soak")
         if args.pg_nights:
-            cfg = _pg_config(tmp, "rehearsal", server.create_schema("soak", "rehearsal"))
+            cfg = pg_config(tmp, "rehearsal", server.create_schema("soak", "rehearsal"))
             out["rehearsal"] = rehearsal("pg-rehearsal", tmp, args, args.pg_nights, cfg,
                                          hours=args.hours)
             src = Path(out["rehearsal"]["dir"])
-            end, nights = _journal_end(src / "journal.sqlite"), args.pg_nights
+            end, nights = journal_end(src / "journal.sqlite"), args.pg_nights
         else:
             src, end, nights = Path(season["dir"]), season["end"], args.nights
-        cfg = _pg_config(tmp, "empty", server.create_schema("soak", "empty"))
-        out["restarts"] = restarts = [
-            restart("pg-empty", tmp, args, _copy_dir(src, tmp / "pg-empty", False), end, cfg)]
+        cfg = pg_config(tmp, "empty", server.create_schema("soak", "empty"))
+        out["restarts"] = restarts = [restart("pg-empty", tmp, args, None, end, cfg)]
+        if args.pg_nights:  # its own journal and store, again
+            restarts.append(restart("pg-rehearsal", tmp, args,
+                                    _copy_dir(src, tmp / "pg-again", False), end,
+                                    tmp / "config-rehearsal.yaml"))
         url = server.create_schema("soak", "season")
         since = None
         if args.pg_store_nights < SEASON_NIGHTS:
@@ -484,9 +513,9 @@ def postgres_phases(args, tmp: Path, season: dict) -> dict:
         out["store_copy"]["nights"] = min(args.pg_store_nights, SEASON_NIGHTS)
         shift = season["shift_days"] * DAY
         journal, _ = _season_journal(src, tmp / "pg-season", nights, shift)
-        _set_store_meta(journal, url)
+        set_store_meta(journal, url)
         restarts.append(restart("pg-season", tmp, args, journal, end + shift,
-                                _pg_config(tmp, "season", url)))
+                                pg_config(tmp, "season", url)))
     except (SoakError, OSError, sqlite3.Error, psycopg.Error, StoreError) as exc:
         out["error"] = str(exc).splitlines()[0]
     finally:
@@ -511,6 +540,10 @@ def main() -> None:
                     help="nights of the PostgreSQL rehearsal (0: restarts only)")
     ap.add_argument("--pg-store-nights", type=int, default=SEASON_NIGHTS,
                     help="nights of light curves copied into PostgreSQL")
+    ap.add_argument("--no-fast", dest="fast", action="store_false",
+                    help="no fast-shell baseline (brain simulate) of the nights' exposures")
+    ap.add_argument("--rehearsal-only", action="store_true",
+                    help="the SQLite rehearsal only (finding the speed)")
     ap.add_argument("--keep", help="keep the runs' files (and the synthetic store) here")
     args = ap.parse_args()
     backends = [b for b in args.backends.split(",") if b]
@@ -525,10 +558,11 @@ def main() -> None:
            "start": args.start, "nights": args.nights, "hours": args.hours,
            "hosting": "ray", "targets": TARGETS}
     try:
-        out["sqlite"], season = sqlite_phases(args, tmp, keep or tmp)
-        out["season"] = {k: season[k] for k in ("store", "journal", "shift_days")}
-        if "postgresql" in backends:
-            season["dir"] = out["sqlite"]["rehearsal"]["dir"]
+        out["sqlite"] = {}
+        season = sqlite_phases(args, tmp, keep or tmp, out["sqlite"])
+        if season:
+            out["season"] = {k: season[k] for k in ("store", "journal", "shift_days")}
+        if season and "postgresql" in backends:
             out["postgresql"] = postgres_phases(args, tmp, season)
     except (SoakError, OSError, sqlite3.Error) as exc:
         out["error"] = str(exc).splitlines()[0]

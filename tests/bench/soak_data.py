@@ -11,21 +11,31 @@ tiled to 30 nights, and a store copied into PostgreSQL.
   ids, so that the journal holds as many nights as the store; detection messages are not
   copied (the daemon prunes them at each dawn).
 * :func:`copy_store` copies a store (SQLite) into another URL (PostgreSQL) with COPY.
+* :func:`fast_baseline`: the fast shell's exposures per night, the daemon's yardstick;
+  :func:`journal_end`, :func:`set_store_meta`, :func:`pg_config`: small helpers.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from brain.config import DEFAULT_CONFIG, load_config
 from brain.core.store import N_BANDS, empty_catalogue, open_store
+from brain.shells.journal import Journal
+from drivers.clock import parse_start
+from observatory.ephemeris import night_date
 from observatory.taxonomy import CLASSES
 from observatory.times import unix_to_mjd
 
+REPO = Path(__file__).resolve().parents[2]
 DAY = 86400.0
 TILED = ("commands", "events", "observations", "visits", "followups", "night_jobs")
 
@@ -158,3 +168,54 @@ def copy_store(src: Path, url: str, since_mjd: float | None = None) -> dict:
     finally:
         lite.close()
     return {"rows": n, "since_mjd": since_mjd, "copy_s": round(time.monotonic() - t0, 1)}
+
+
+def fast_baseline(args, tmp: Path, nights: int, until: str) -> dict:
+    """The fast shell (``brain simulate``, same seed, weather and nights): exposures per
+    night in the rehearsal's world window, the number the daemon would reach if it kept
+    up (docs/architecture.md: one core, two shells)."""
+    out = tmp / "fast"
+    t = time.monotonic()
+    day = args.start[:10]
+    r = subprocess.run([sys.executable, "-m", "brain", "simulate", "--seed", str(args.seed),
+                        "--start", day, "--nights", str(nights), "--out", str(out),
+                        "--quiet"], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["brain simulate failed"])[-1]}
+    cfg = load_config()
+    t0, t1 = parse_start(args.start), parse_start(until)
+    counts: dict[str, int] = {}
+    with (out / "observations.csv").open() as fh:
+        col = fh.readline().split(",").index("t_start")
+        for line in fh:
+            ts = float(line.split(",")[col])
+            if t0 <= ts < t1:
+                counts[night_date(cfg, ts)] = counts.get(night_date(cfg, ts), 0) + 1
+    return {"wall_s": round(time.monotonic() - t, 1), "exposures": counts}
+
+
+def journal_end(journal: Path) -> float:
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        return float(db.execute("SELECT MAX(t) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def set_store_meta(journal: Path, url: str) -> None:
+    """A clean stop's meta: the store holds every detection the journal has."""
+    j = Journal(journal)
+    last = j.last_detection()
+    j.close()
+    store = open_store(url)
+    store.set_meta("journal_detections", str(last))
+    store.close()
+
+
+def pg_config(tmp: Path, name: str, url: str) -> Path:
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["store"] = {**data.get("store", {}), "url": url}
+    path = tmp / f"config-{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
