@@ -12,16 +12,20 @@ tiled to 30 nights, and a store copied into PostgreSQL.
   copied (the daemon prunes them at each dawn).
 * :func:`copy_store` copies a store (SQLite) into another URL (PostgreSQL) with COPY.
 * :func:`fast_baseline`: the fast shell's exposures per night, the daemon's yardstick;
-  :func:`journal_end`, :func:`set_store_meta`, :func:`pg_config`: small helpers.
+  :func:`journal_end`, :func:`set_store_meta`, :func:`pg_config`, and reading the
+  daemon's ``/metrics`` (:func:`scrape`, :func:`metric_sum`, :func:`lag_p99`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,7 @@ from observatory.times import unix_to_mjd
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 86400.0
+METRIC = re.compile(r"^(\w+)(\{[^}]*\})? (\S+)$", re.M)
 TILED = ("commands", "events", "observations", "visits", "followups", "night_jobs")
 
 
@@ -219,3 +224,31 @@ def pg_config(tmp: Path, name: str, url: str) -> Path:
     path = tmp / f"config-{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def scrape(port: int) -> dict[str, float] | None:
+    """The daemon's /metrics as {name{labels}: value} (None: no answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+            text = r.read().decode()
+    except (OSError, urllib.error.URLError):
+        return None
+    return {f"{n}{lab or ''}": float(v) for n, lab, v in METRIC.findall(text)}
+
+
+def metric_sum(m: dict, prefix: str, *has: str) -> float:
+    return sum(v for k, v in m.items() if k.startswith(prefix) and all(h in k for h in has))
+
+
+def lag_p99(first: dict, last: dict) -> float | None:
+    """p99 of the event loop's lag between two scrapes (the bucket's upper bound)."""
+    name = "sitian_event_loop_lag_seconds_bucket"
+    le = sorted((float(re.search(r'le="([^"]+)"', k)[1]), k) for k in last if
+                k.startswith(name))
+    if not le:
+        return None
+    counts = [(b, last[k] - first.get(k, 0.0)) for b, k in le]
+    total = counts[-1][1]
+    if total <= 0:
+        return None
+    return next(b for b, c in counts if c >= 0.99 * total)
