@@ -86,6 +86,7 @@ from soak_data import (
     pg_config,
     scrape,
     set_store_meta,
+    shift_to,
     store_span,
     synthetic_store,
     tile_journal,
@@ -246,7 +247,8 @@ def rehearsal(label: str, tmp: Path, args, nights: int, config: Path | None = No
     until = _iso(t_start + span)
     journal = tmp / label / "journal.sqlite"
     load = [os.getloadavg()[0]]
-    ph = Phase(label, tmp, journal, args, args.start, config, until, nights + 1)
+    ph = Phase(label, tmp, journal, args, args.start, config, until,
+               math.ceil(span / DAY) + 1)
     nights_out: dict[str, dict] = {}
     db = None
     last_scrape, first_scrape, world = 0.0, {}, None
@@ -405,10 +407,8 @@ def season_store(args, keep: Path, end: float) -> tuple[Path, dict, float]:
         span = store_span(src)
         if span is None:
             raise SoakError(f"--store-from {src}: the store has no light curves")
-        last = (span[1] - 40587.0) * DAY
-        shift = max(0.0, math.ceil((last - end) / DAY)) * DAY
         return src, {"from": str(src), "mjd": [round(x, 3) for x in span],
-                     "bytes": src.stat().st_size}, shift
+                     "bytes": src.stat().st_size}, shift_to(src, end)
     # its nights end with the journal's: one file per size and last day
     path = keep / f"synthetic-{SEASON_NIGHTS}x{args.synthetic_objects}-{_iso(end)[:10]}.sqlite"
     info = {"synthetic": True, "objects": args.synthetic_objects,
@@ -422,7 +422,7 @@ def season_store(args, keep: Path, end: float) -> tuple[Path, dict, float]:
     else:
         info["reused"] = str(path)
     info["bytes"] = path.stat().st_size
-    return path, info, 0.0
+    return path, info, shift_to(path, end)
 
 
 def _season_journal(src_dir: Path, dst: Path, nights: int, shift: float) -> tuple[Path, dict]:
@@ -464,9 +464,9 @@ def sqlite_phases(args, tmp: Path, keep: Path, out: dict) -> dict:
     out["restarts"] = restarts = [restart("sqlite-restart-empty", tmp, args, None, end)]
     restarts.append(restart("sqlite-restart-rehearsal", tmp, args,
                             _copy_dir(src, tmp / "again", True), end))
-    j30, _ = _season_journal(src, tmp / "journal30", args.nights, shift)
+    j30, _ = _season_journal(src, tmp / "journal30", args.nights, 0.0)
     shutil.copy(src / "store.sqlite", j30.parent / "store.sqlite")
-    restarts.append(restart("sqlite-restart-journal30", tmp, args, j30, end + shift))
+    restarts.append(restart("sqlite-restart-journal30", tmp, args, j30, end))
     restarts.append(restart("sqlite-restart-season", tmp, args, journal, end + shift))
     return season
 
@@ -500,7 +500,7 @@ def postgres_phases(args, tmp: Path, season: dict) -> dict:
             since = span[1] - args.pg_store_nights
         out["store_copy"] = copy_store(Path(season["store_path"]), url, since)
         out["store_copy"]["nights"] = min(args.pg_store_nights, SEASON_NIGHTS)
-        shift = season["shift_days"] * DAY
+        shift = shift_to(Path(season["store_path"]), end)  # this journal's end
         journal, _ = _season_journal(src, tmp / "pg-season", nights, shift)
         set_store_meta(journal, url)
         restarts.append(restart("pg-restart-season", tmp, args, journal, end + shift,

@@ -18,6 +18,7 @@ tiled to 30 nights, and a store copied into PostgreSQL.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sqlite3
@@ -51,8 +52,9 @@ def _say(msg: str) -> None:
 
 def synthetic_store(path: Path, nights: int, end_unix: float, n_objects: int = 150_000,
                     per_night: int = 10, seed: int = 30) -> dict:
-    """A store of ``nights`` closed nights ending before ``end_unix`` (the last night's
-    detections fall in the 14 hours before it). Returns its size."""
+    """A store of ``nights`` closed nights, the last one's detections between 19 and 5
+    hours before ``end_unix`` (a night's dark hours before a 05:30 UTC end). Returns its
+    size."""
     t0 = time.monotonic()
     rng = np.random.default_rng(seed)
     ra = rng.uniform(0, 360, n_objects)
@@ -65,7 +67,7 @@ def synthetic_store(path: Path, nights: int, end_unix: float, n_objects: int = 1
     store = open_store(f"sqlite:///{path}")
     end_mjd = float(unix_to_mjd(end_unix))
     for k in range(nights):
-        night0 = end_mjd - (nights - k) - 0.58  # dusk, 14 h before the end of its day
+        night0 = end_mjd - (nights - 1 - k) - 0.8  # dusk
         mjd = night0 + np.sort(rng.uniform(0, 0.58, (n_objects, per_night)), axis=1).ravel()
         mag = (np.repeat(base, per_night) + rng.normal(0, 0.05, n_objects * per_night))
         err = np.full(mag.size, 0.03)
@@ -84,11 +86,11 @@ def synthetic_store(path: Path, nights: int, end_unix: float, n_objects: int = 1
         _say(f"synthetic store: night {k + 1}/{nights} ({time.monotonic() - t0:.0f} s)")
     cat = empty_catalogue(n_objects)
     cat["object_id"], cat["ra_deg"], cat["dec_deg"] = ids, ra, dec
-    cat["first_mjd"] = end_mjd - nights - 0.58
+    cat["first_mjd"] = end_mjd - (nights - 1) - 0.8
     cat["last_mjd"] = cat["classified_mjd"] = float(mjd.max())
     cat["n_det"] = cat["classified_ndet"] = nights * per_night
     cat["n_nights"] = nights
-    cat["last_night"] = end_mjd - 1.58
+    cat["last_night"] = end_mjd - 0.8
     cat["prob"][np.arange(n_objects), rng.integers(0, len(CLASSES), n_objects)] = 1.0
     cat["hist"] = hist
     store.write_objects(cat)
@@ -97,6 +99,14 @@ def synthetic_store(path: Path, nights: int, end_unix: float, n_objects: int = 1
     store.close()
     return {**counts, "nights": nights, "build_s": round(time.monotonic() - t0, 1),
             "bytes": path.stat().st_size}
+
+
+def shift_to(store: Path, end: float) -> float:
+    """Whole days (seconds) to move a journal ending at ``end`` so that it ends after the
+    store's last detection (0: it does)."""
+    span = store_span(store)
+    last = (span[1] - 40587.0) * DAY if span else end  # MJD 40587 is the Unix epoch
+    return max(0.0, math.ceil((last - end) / DAY)) * DAY
 
 
 def store_span(path: Path) -> tuple[float, float] | None:
