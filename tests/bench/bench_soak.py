@@ -5,7 +5,7 @@ restarts on a 30-night store and journal, on SQLite and on PostgreSQL (issue 19)
 Phases, each with its own drivers (same ``--start``/``--speed``) and journal directory:
 
 1. **Rehearsal** (SQLite, ``--nights`` nights from ``--start`` 06:00 UTC, 4 h before
-   the first dusk, to 05:30 UTC after the last night's dawn and report jobs). Sampled
+   the first dusk, to 04:30 UTC after the last night's dawn and report jobs). Sampled
    every second: the RSS (and PSS) of the daemon's process tree (``brain run`` and its
    children: Ray's processes and workers, night-job subprocesses; psutil), the RSS of
    ``brain run`` alone, their CPU time, and the world time (the journal's latest event);
@@ -243,7 +243,9 @@ def rehearsal(label: str, tmp: Path, args, nights: int, config: Path | None = No
     """``nights`` nights (or ``hours`` of world time) from ``args.start``."""
     cfg = load_config(config)
     t_start = parse_start(args.start)
-    span = hours * 3600 if hours else nights * DAY - 1800  # to 05:30, in the last night
+    # to 04:30, after the last night's jobs: a restart resumes before the next night's
+    # start (05:38 UTC), whose ephemerides would otherwise be computed on its loop
+    span = hours * 3600 if hours else nights * DAY - 5400
     until = _iso(t_start + span)
     journal = tmp / label / "journal.sqlite"
     load = [os.getloadavg()[0]]
@@ -375,6 +377,8 @@ def restart(label: str, tmp: Path, args, journal: Path | None, world_start: floa
     load0 = os.getloadavg()[0]
     fresh = journal is None
     journal = journal or tmp / label / "journal.sqlite"
+    for p in journal.parent.glob("journal.sqlite*"):  # as if it stopped just now: world
+        os.utime(p)  # time resumes where the journal ends, not hours of speed x wait later
     ph = Phase(label, tmp, journal, args, _iso(world_start), config, fresh=fresh)
     try:
         out = ph.wait_up()
