@@ -81,7 +81,7 @@ from soak_data import (
     copy_store,
     fast_baseline,
     journal_end,
-    lag_p99,
+    loop_lag,
     metric_sum,
     pg_config,
     scrape,
@@ -328,7 +328,7 @@ def _night_summary(night: str, n: dict, speed: float) -> dict:
     allx = metric_sum(m1, "sitian_commands_total{", 'name="expose"')
     d0 = metric_sum(m0, "sitian_commands_total{", 'name="expose"', 'result="done"')
     a0 = metric_sum(m0, "sitian_commands_total{", 'name="expose"')
-    p99 = lag_p99(m0, m1)
+    p99, over = loop_lag(m0, m1)
     return {"night": night, "world": [n["first_world"], n["last_world"]],
             "wall_s": round(wall, 1), "samples": n["samples"],
             "rss_max_mb": _mb(n["rss"]), "pss_max_mb": _mb(n["pss"]),
@@ -338,7 +338,7 @@ def _night_summary(night: str, n: dict, speed: float) -> dict:
             "daemon_cpu_cores": round((n["dcpu1"] - n["dcpu0"]) / wall, 2),
             "exposures_done": int(done - d0),
             "exposures_not_done": int((allx - a0) - (done - d0)),
-            "loop_lag_p99_s": p99,
+            "loop_lag_p99_s": p99, "loop_turns_over_1s": over,
             "loop_lag_p99_world_s": None if p99 is None else round(p99 * speed, 1),
             "devices_up_min": int(n["up_min"])}
 

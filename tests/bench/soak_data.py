@@ -13,7 +13,7 @@ tiled to 30 nights, and a store copied into PostgreSQL.
 * :func:`copy_store` copies a store (SQLite) into another URL (PostgreSQL) with COPY.
 * :func:`fast_baseline`: the fast shell's exposures per night, the daemon's yardstick;
   :func:`journal_end`, :func:`set_store_meta`, :func:`pg_config`, and reading the
-  daemon's ``/metrics`` (:func:`scrape`, :func:`metric_sum`, :func:`lag_p99`).
+  daemon's ``/metrics`` (:func:`scrape`, :func:`metric_sum`, :func:`loop_lag`).
 """
 
 from __future__ import annotations
@@ -250,15 +250,18 @@ def metric_sum(m: dict, prefix: str, *has: str) -> float:
     return sum(v for k, v in m.items() if k.startswith(prefix) and all(h in k for h in has))
 
 
-def lag_p99(first: dict, last: dict) -> float | None:
-    """p99 of the event loop's lag between two scrapes (the bucket's upper bound)."""
+def loop_lag(first: dict, last: dict) -> tuple[float | None, int]:
+    """The event loop's lag between two scrapes: its p99 (the bucket's upper bound; None:
+    no turns, or beyond the last finite bound) and the turns over that bound."""
     name = "sitian_event_loop_lag_seconds_bucket"
     le = sorted((float(re.search(r'le="([^"]+)"', k)[1]), k) for k in last if
                 k.startswith(name))
     if not le:
-        return None
+        return None, 0
     counts = [(b, last[k] - first.get(k, 0.0)) for b, k in le]
     total = counts[-1][1]
+    over = int(total - counts[-2][1]) if len(counts) > 1 else 0
     if total <= 0:
-        return None
-    return next(b for b, c in counts if c >= 0.99 * total)
+        return None, over
+    p99 = next(b for b, c in counts if c >= 0.99 * total)
+    return (p99 if math.isfinite(p99) else None), over
