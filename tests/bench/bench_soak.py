@@ -11,8 +11,9 @@ Phases, each with its own drivers (same ``--start``/``--speed``) and journal dir
    ``brain run`` alone, their CPU time, and the world time (the journal's latest event);
    ``/metrics`` every 2 s. Reported per night (``observatory.ephemeris.night_date``, noon
    to noon at the array's longitude): peak RSS/PSS, exposures, the event loop's lag (p99
-   of ``sitian_event_loop_lag_seconds``, wall and world seconds), devices declared down,
-   night jobs, CPU (cores); the third night's peak over the first's (target <= 1.2).
+   of ``sitian_event_loop_lag_seconds``, wall and world seconds; turns over 1 s),
+   devices declared down, night jobs, CPU (cores); the third night's peak over the
+   first's (target <= 1.2).
    ``all_up_s``: from starting ``brain run`` to ``sitian_device_up`` summing to 60
    (target <= 20 s). **Keeping up**: the fast shell (``brain simulate``, same seed and
    weather) is the in-run baseline of each night's exposures; ``exposures_vs_fast`` >=
