@@ -107,6 +107,9 @@ TARGETS = {"rss_night3_over_night1": 1.2, "all_up_s": 20.0, "exposures_vs_fast":
 LOOP_MARK = re.compile(r"brain \w+ on tcp://")  # start_daemon's last line: the loop runs
 
 
+RESULTS: dict = {}  # the JSON so far: each phase saves it as it starts (partial.json)
+
+
 class SoakError(RuntimeError):
     """A phase could not run (one line)."""
 
@@ -126,6 +129,7 @@ class Phase:
                  config: Path | None = None, until: str | None = None, nights: int = 1,
                  fresh: bool = False):
         self.label, self.tmp, self.journal, self.args = label, tmp, journal, args
+        (tmp / "partial.json").write_text(json.dumps(RESULTS))
         self.config, self.until = config, until
         self.router, self.pub = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
         self.metrics_port, self.api_port = _port(), _port()
@@ -564,9 +568,10 @@ def main() -> None:
     keep = Path(args.keep) if args.keep else None
     tmp = Path(tempfile.mkdtemp(prefix="soak-", dir=keep))
     t0 = time.monotonic()
-    out = {"bench": "soak", "cpus": os.cpu_count(), "speed": args.speed,
-           "start": args.start, "nights": args.nights, "hours": args.hours,
-           "hosting": "ray", "targets": TARGETS}
+    out = RESULTS
+    out.update({"bench": "soak", "cpus": os.cpu_count(), "speed": args.speed,
+                "start": args.start, "nights": args.nights, "hours": args.hours,
+                "hosting": "ray", "targets": TARGETS, "logs": str(tmp)})
     try:
         out["sqlite"] = {}
         season = sqlite_phases(args, tmp, keep or tmp, out["sqlite"])
@@ -578,7 +583,6 @@ def main() -> None:
         out["error"] = str(exc).splitlines()[0]
     out["summary"] = summary(out)
     out["wall_s"] = round(time.monotonic() - t0, 1)
-    out["logs"] = str(tmp)
     print(json.dumps(out), flush=True)
     if keep is None:
         shutil.rmtree(tmp, ignore_errors=True)
