@@ -114,6 +114,14 @@ class SoakError(RuntimeError):
     """A phase could not run (one line)."""
 
 
+class Stopped(Exception):
+    """SIGTERM: the phases stop their daemons and drivers, the JSON so far is printed."""
+
+
+def _stopped(*_) -> None:
+    raise Stopped("stopped by SIGTERM")
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -566,7 +574,7 @@ def main() -> None:
     if args.nights < 1 or args.speed <= 0:
         ap.exit(2, "bench_soak: error: --nights must be >= 1 and --speed > 0\n")
     # stopped (timeout, Ctrl-C): the phases' finally blocks stop their daemons and drivers
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _stopped)
     keep = Path(args.keep) if args.keep else None
     tmp = Path(tempfile.mkdtemp(prefix="soak-", dir=keep))
     t0 = time.monotonic()
@@ -581,7 +589,7 @@ def main() -> None:
             out["season"] = {k: season[k] for k in ("store", "journal", "shift_days")}
         if season and "postgresql" in backends:
             out["postgresql"] = postgres_phases(args, tmp, season)
-    except (SoakError, OSError, sqlite3.Error) as exc:
+    except (SoakError, Stopped, OSError, sqlite3.Error) as exc:
         out["error"] = str(exc).splitlines()[0]
     out["summary"] = summary(out)
     out["wall_s"] = round(time.monotonic() - t0, 1)
