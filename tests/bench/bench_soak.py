@@ -81,6 +81,7 @@ from soak_data import (
     DAY,
     copy_store,
     fast_baseline,
+    journal_counts,
     journal_end,
     loop_lag,
     metric_sum,
@@ -167,6 +168,7 @@ class Phase:
         self.daemon = subprocess.Popen(run, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
         self.proc = psutil.Process(self.daemon.pid)
+        self.drivers_proc = psutil.Process(self.drivers.pid)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -199,6 +201,10 @@ class Phase:
             if p.pid == self.proc.pid:
                 out["daemon_rss"], out["daemon_cpu"] = rss, cpu
         out["cpu"] = self.tree_cpu
+        try:  # the simulated drivers: one process for 60 devices, photometry included
+            out["drivers_cpu"] = sum(self.drivers_proc.cpu_times()[:2])
+        except psutil.Error:
+            out["drivers_cpu"] = 0.0
         return out
 
     def wait_up(self) -> dict:
@@ -287,11 +293,13 @@ def rehearsal(label: str, tmp: Path, args, nights: int, config: Path | None = No
             s = ph.tree()
             n = nights_out.setdefault(night_date(cfg, world), {
                 "first_world": _iso(world), "wall0": now, "cpu0": s["cpu"],
-                "dcpu0": s.get("daemon_cpu", 0.0), "rss": 0, "pss": 0, "daemon_rss": 0,
+                "dcpu0": s.get("daemon_cpu", 0.0), "vcpu0": s["drivers_cpu"],
+                "rss": 0, "pss": 0, "daemon_rss": 0,
                 "procs": 0,
                 "samples": 0, "m0": None, "m1": None, "up_min": 60})
             n.update(last_world=_iso(world), wall1=now, cpu1=s["cpu"],
-                     dcpu1=s.get("daemon_cpu", n["dcpu0"]), samples=n["samples"] + 1,
+                     dcpu1=s.get("daemon_cpu", n["dcpu0"]), vcpu1=s["drivers_cpu"],
+                     samples=n["samples"] + 1,
                      rss=max(n["rss"], s["rss"]), pss=max(n["pss"], s["pss"]),
                      procs=max(n["procs"], s["procs"]),
                      daemon_rss=max(n["daemon_rss"], s.get("daemon_rss", 0)))
@@ -318,7 +326,7 @@ def rehearsal(label: str, tmp: Path, args, nights: int, config: Path | None = No
     if up is None:
         raise SoakError(f"{label}: 60 devices never up (log {tmp / label}.log)")
     per_night = [_night_summary(k, v, args.speed) for k, v in sorted(nights_out.items())]
-    _journal_counts(journal, cfg, per_night)
+    journal_counts(journal, cfg, per_night)
     ratios = {}
     for k in ("rss", "pss", "daemon_rss"):  # the third (last) night's peak over the first's
         v = [n[f"{k}_max_mb"] for n in per_night]
@@ -349,30 +357,12 @@ def _night_summary(night: str, n: dict, speed: float) -> dict:
             "procs_max": n["procs"],
             "tree_cpu_cores": round((n["cpu1"] - n["cpu0"]) / wall, 2),
             "daemon_cpu_cores": round((n["dcpu1"] - n["dcpu0"]) / wall, 2),
+            "drivers_cpu_cores": round((n["vcpu1"] - n["vcpu0"]) / wall, 2),
             "exposures_done": int(done - d0),
             "exposures_not_done": int((allx - a0) - (done - d0)),
             "loop_lag_p99_s": p99, "loop_turns_over_1s": over,
             "loop_lag_p99_world_s": None if p99 is None else round(p99 * speed, 1),
             "devices_up_min": int(n["up_min"])}
-
-
-def _journal_counts(journal: Path, cfg, per_night: list[dict]) -> None:
-    """Per night, from the journal: exposures, devices declared down, night jobs by
-    status."""
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        exposures = [night_date(cfg, t) for (t,) in db.execute(
-            "SELECT t_start FROM observations")]
-        downs = [night_date(cfg, t) for (t,) in db.execute(
-            "SELECT t FROM events WHERE name = 'down'")]
-        jobs = db.execute("SELECT night, status, COUNT(*) FROM night_jobs "
-                          "GROUP BY night, status").fetchall()
-    finally:
-        db.close()
-    for n in per_night:
-        n["exposures_journalled"] = exposures.count(n["night"])
-        n["devices_down_events"] = downs.count(n["night"])
-        n["night_jobs"] = {s: c for night, s, c in jobs if night == n["night"]}
 
 
 def _copy_dir(src: Path, dst: Path, store: bool) -> Path:

@@ -12,8 +12,9 @@ tiled to 30 nights, and a store copied into PostgreSQL.
   copied (the daemon prunes them at each dawn).
 * :func:`copy_store` copies a store (SQLite) into another URL (PostgreSQL) with COPY.
 * :func:`fast_baseline`: the fast shell's exposures per night, the daemon's yardstick;
-  :func:`journal_end`, :func:`set_store_meta`, :func:`pg_config`, and reading the
-  daemon's ``/metrics`` (:func:`scrape`, :func:`metric_sum`, :func:`loop_lag`).
+  :func:`journal_end`, :func:`journal_counts`, :func:`set_store_meta`, :func:`pg_config`,
+  and reading the daemon's ``/metrics`` (:func:`scrape`, :func:`metric_sum`,
+  :func:`loop_lag`).
 """
 
 from __future__ import annotations
@@ -265,3 +266,22 @@ def loop_lag(first: dict, last: dict) -> tuple[float | None, int]:
         return None, over
     p99 = next(b for b, c in counts if c >= 0.99 * total)
     return (p99 if math.isfinite(p99) else None), over
+
+
+def journal_counts(journal: Path, cfg, per_night: list[dict]) -> None:
+    """Per night, from the journal: exposures, devices declared down, night jobs by
+    status."""
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        exposures = [night_date(cfg, t) for (t,) in db.execute(
+            "SELECT t_start FROM observations")]
+        downs = [night_date(cfg, t) for (t,) in db.execute(
+            "SELECT t FROM events WHERE name = 'down'")]
+        jobs = db.execute("SELECT night, status, COUNT(*) FROM night_jobs "
+                          "GROUP BY night, status").fetchall()
+    finally:
+        db.close()
+    for n in per_night:
+        n["exposures_journalled"] = exposures.count(n["night"])
+        n["devices_down_events"] = downs.count(n["night"])
+        n["night_jobs"] = {s: c for night, s, c in jobs if night == n["night"]}
