@@ -37,17 +37,19 @@ Phases, each with its own drivers (same ``--start``/``--speed``) and journal dir
    season store is copied in with COPY; ``--pg-store-nights K`` copies only its last K
    nights of light curves (the catalogue whole), as the JSON's ``store_copy`` says.
 
-Speed: on the 2-core machine, loaded by other work (load 2-4) and niced, the daemon got
-0.93 of the fast shell's exposures at 50x (2 dark hours; a stall at dusk cost 11 world
-minutes), 0.79 at 100x and 0.25 at 600x (a whole night): it is latency-bound (the
-daemon used 0.1-0.2 of a core), each wall millisecond of an exposure's round trip
-costing ``speed`` ms of telescope time. The default, 300x, does not keep up (the
-per-night ratio says by how much) but runs 3 nights in 14 minutes; ``--speed 50`` is a
-faithful soak, 85 minutes for 3 nights. The default run (3 nights at 300x, both
-backends, synthetic store) takes about 30 minutes there: SQLite rehearsal 14.5 min, fast
-baseline 2.5 min, synthetic store 2.5 min (once per ``--keep``), 7 restarts 0.3-1 min
-each, PostgreSQL copy 1-3 min and rehearsal 5 min. Prints one JSON object, with
-``load_avg`` through each phase (the machine's other work slows everything).
+Speed: on the 2-core machine, shared with a 30-night simulation (load 2-4) and niced,
+the daemon got, of the fast shell's exposures between 10:00 and 14:00 UTC on the first
+night, 0.93 at 50x (10:00-12:00; a stall at dusk cost 11 world minutes), 0.79 at 100x,
+0.72 at 150x, 0.6 at 300x; 0.25 over a whole night at 600x. No process was saturated
+(at 300x: brain run 0.5 of a core, its Ray children 0.75, the drivers 0.16): each wall
+millisecond of an exposure's round trip costs ``speed`` ms of telescope time. The
+default, 300x, does not keep up (``exposures_vs_fast`` says by how much) but runs the
+3 nights in 14 minutes; ``--speed 50`` is a faithful soak, 85 minutes for 3 nights.
+The default run (3 nights at 300x, both backends, synthetic store) should take about 27
+minutes: SQLite rehearsal 14.5, fast baseline 1-2.5, synthetic store 2.2 (once per
+``--keep``), 7 restarts 15-25 s each, PostgreSQL copy 0.5-1 and rehearsal 5. It
+prints one JSON object, with ``load_avg`` through each phase (the machine's other work
+slows everything); ``partial.json`` in the run's directory has what was measured so far.
 
     PYTHONPATH=. .venv/bin/python tests/bench/bench_soak.py [--nights 3] [--speed 300]
         [--store-from PATH] [--backends sqlite,postgresql] [--keep DIR]
