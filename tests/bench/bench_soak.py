@@ -438,6 +438,8 @@ def _season_journal(src_dir: Path, dst: Path, nights: int, shift: float) -> tupl
     journal = _copy_dir(src_dir, dst, store=False)
     copies = math.ceil(SEASON_NIGHTS / nights) - 1
     rows = tile_journal(journal, shift, nights * DAY, copies)
+    if shift:  # the night jobs' store (APScheduler) holds the unshifted nights' jobs
+        (journal.parent / "jobs.sqlite").unlink(missing_ok=True)
     return journal, {"nights": (copies + 1) * nights, "rows": rows,
                      "mb": _mb(journal.stat().st_size)}
 
