@@ -146,7 +146,7 @@ class Phase:
         self.metrics_port, self.api_port = _port(), _port()
         self.env = dict(os.environ, PYTHONPATH=str(REPO),
                         BRAIN_RAY_TMP=tempfile.mkdtemp(prefix="soak-ray-", dir="/tmp"))
-        self.log = (tmp / f"{label}.log").open("a")
+        self.log = (tmp / f"{label}.log").open("a", buffering=1)  # readable as it runs
         self.marks: dict[str, float] = {}
         self.cpu_seen: dict[int, float] = {}
         self.tree_cpu = 0.0
