@@ -45,9 +45,11 @@ night, 0.93 at 50x (10:00-12:00; a stall at dusk cost 11 world minutes), 0.79 at
 millisecond of an exposure's round trip costs ``speed`` ms of telescope time. The
 default, 300x, does not keep up (``exposures_vs_fast`` says by how much) but runs the
 3 nights in 14 minutes; ``--speed 50`` is a faithful soak, 85 minutes for 3 nights.
-The default run (3 nights at 300x, both backends, synthetic store) should take about 27
-minutes: SQLite rehearsal 14.5, fast baseline 1-2.5, synthetic store 2.2 (once per
-``--keep``), 7 restarts 15-25 s each, PostgreSQL copy 0.5-1 and rehearsal 5. It
+The default run (3 nights at 300x, both backends, synthetic store) takes about 27
+minutes: measured with ``--store-from`` (a 30-night ``brain simulate`` store) and
+``--pg-nights 0``, 20 minutes (SQLite rehearsal 14.2, fast baseline 3, 6 restarts
+15-25 s each, PostgreSQL copy 5 s); the PostgreSQL rehearsal adds 5, the synthetic
+store 2.2 (once per ``--keep``). It
 prints one JSON object, with ``load_avg`` through each phase (the machine's other work
 slows everything); ``partial.json`` in the run's directory has what was measured so far.
 
