@@ -569,8 +569,7 @@ def main() -> None:
         ap.exit(2, "bench_soak: error: --backends: sqlite, optionally with postgresql\n")
     if args.nights < 1 or args.speed <= 0:
         ap.exit(2, "bench_soak: error: --nights must be >= 1 and --speed > 0\n")
-    # stopped (timeout, Ctrl-C): the phases' finally blocks stop their daemons and drivers
-    signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGTERM, _stopped)  # the phases stop their daemons and drivers
     keep = Path(args.keep) if args.keep else None
     tmp = Path(tempfile.mkdtemp(prefix="soak-", dir=keep))
     t0 = time.monotonic()
