@@ -181,7 +181,10 @@ class Daemon(NightStore):
                 sp["night"] = night_date(self.config, sp["t_sent"])
             rows = core.associator.locate([sp["ra_deg"] for sp in spectra],
                                           [sp["dec_deg"] for sp in spectra])
-            oids = np.where(rows >= 0, core.associator.ids[np.maximum(rows, 0)], -1)
+            # An empty catalogue (a new store beside an old journal) knows none of them.
+            ids = core.associator.ids
+            oids = (np.where(rows >= 0, ids[np.maximum(rows, 0)], -1) if ids.size
+                    else np.full(len(spectra), -1))
             n_taken = core.followup.restore(spectra, oids,
                                             night_date(self.config, self.clock.now()))
         n_ops = 0
