@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import stop_procs  # noqa: E402
 
 from brain.config import load_config  # noqa: E402
 from brain.shells.daemon import device_specs  # noqa: E402
@@ -167,14 +169,7 @@ def one_start(label: str, tree: Path, planner: bool, tmp: Path) -> dict:
                 break
             time.sleep(0.01)
     finally:
-        for p in (daemon, drivers):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_procs((daemon, drivers), 30)
         probe.close()
         ctx.destroy(0)
         log.close()

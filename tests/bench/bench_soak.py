@@ -77,7 +77,7 @@ from pathlib import Path
 
 import psutil
 import psycopg
-from bench_daemon_start import REPO, _devices_up, _port
+from bench_daemon_start import REPO, _devices_up, _port, stop_procs
 
 sys.path.insert(0, str(REPO / "tests"))
 from pgserver import PgServer, PgServerError
@@ -236,12 +236,7 @@ class Phase:
         for p in (self.daemon, self.drivers):
             if p.poll() is None:
                 t = time.monotonic()
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(120)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop_procs([p], 120)
                 if p is self.daemon:
                     took = round(time.monotonic() - t, 2)
         self._reader.join(10)
