@@ -307,14 +307,14 @@ class ObjectStore:
         for span in range(int(lo // SPAN_DAYS), int(before_mjd // SPAN_DAYS) + 1):
             a, b = span * SPAN_DAYS, min((span + 1) * SPAN_DAYS, before_mjd)
             m = self.mark
-            rows = self._query("SELECT object_id, data FROM light_curves WHERE "
-                               f"mjd_first >= {m} AND mjd_first < {m}", (a, b))
-            n_obj = len({r[0] for r in rows})
-            if n_obj == len(rows):
-                continue  # one row per object already
+            where = f"WHERE mjd_first >= {m} AND mjd_first < {m}"
+            n_rows, n_obj = self._query("SELECT COUNT(*), COUNT(DISTINCT object_id) FROM "
+                                        f"light_curves {where}", (a, b))[0]
+            if n_rows == n_obj:
+                continue  # one row per object already: nothing read
+            rows = self._query(f"SELECT object_id, data FROM light_curves {where}", (a, b))
             obj, mjd, band, mag, err = self._flatten(rows, count=False)
-            self._execute(f"DELETE FROM light_curves WHERE mjd_first >= {m} AND "
-                          f"mjd_first < {m}", (a, b))
+            self._execute(f"DELETE FROM light_curves {where}", (a, b))
             written += self.write_detections(obj, mjd, band, mag, err)
         return written
 
