@@ -29,6 +29,19 @@ def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
 
 
+# ICRS to Galactic rotation (Hipparcos definition, as astropy's).
+ICRS_TO_GAL = np.array([
+    [-0.0548756577125916, -0.8734370519556159, -0.4838350736167155],
+    [0.4941094371927268, -0.4448297212232952, 0.7469821839866676],
+    [-0.8676661375596576, -0.1980763372730005, 0.4559838136873016]])
+
+
+def galactic_lb(ra_deg, dec_deg) -> tuple[np.ndarray, np.ndarray]:
+    """Galactic longitude and latitude (deg) of ICRS positions (deg)."""
+    x, y, z = ICRS_TO_GAL @ unit_vectors(np.asarray(ra_deg), np.asarray(dec_deg)).T
+    return np.degrees(np.arctan2(y, x)) % 360.0, np.degrees(np.arcsin(np.clip(z, -1, 1)))
+
+
 def separation_deg(ra1_deg, dec1_deg, ra2_deg, dec2_deg) -> np.ndarray:
     """Great-circle separation (deg), numerically stable (Vincenty)."""
     ra1, dec1, ra2, dec2 = map(np.radians, (ra1_deg, dec1_deg, ra2_deg, dec2_deg))

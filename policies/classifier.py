@@ -1,6 +1,8 @@
 """The transient classifier: light-curve features -> calibrated class probabilities.
 
-A LightGBM multiclass model over ``policies.features`` with temperature scaling fitted
+A LightGBM multiclass model over the light-curve features of ``policies.features`` (ours)
+and ``policies.lc_features`` (the field's ``light-curve`` library), and the sky context of
+``policies.context`` where a position is known, with temperature scaling fitted
 on held-out light curves (so probabilities are calibrated: see the expected calibration
 error in the training report). The same object serves the fast shell in-process and the
 daemon's actor: ``predict(table)`` takes a flat detection table and returns one row of
@@ -16,9 +18,26 @@ from pathlib import Path
 import numpy as np
 
 from observatory.taxonomy import CLASSES
+from policies.context import CONTEXT_NAMES, context_features
 from policies.features import extract, feature_names
+from policies.lc_features import extract_lc, lc_feature_names
 
 ARTIFACT_DIR = Path(__file__).parent / "artifacts" / "classifier"
+
+
+def model_feature_names() -> list[str]:
+    """The model's inputs, in order: ours, the library's, the context."""
+    return feature_names() + lc_feature_names() + CONTEXT_NAMES
+
+
+def model_features(obj, mjd, band, mag, err, n_objects: int | None = None,
+                   radec: np.ndarray | None = None) -> np.ndarray:
+    """(n_objects, len(model_feature_names())) from a detection table sorted by (obj,
+    mjd) and optional per-object positions ``radec`` (n_objects, 2) in degrees."""
+    obj = np.asarray(obj, dtype=np.int64)
+    n = int(n_objects if n_objects is not None else (obj.max() + 1 if obj.size else 0))
+    return np.hstack([extract(obj, mjd, band, mag, err, n), extract_lc(obj, mjd, band, mag, err, n),
+                      context_features(radec, n)])
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -38,7 +57,7 @@ class TransientClassifier:
         import lightgbm  # lazy: heavy optional library
 
         meta = json.loads((directory / "meta.json").read_text())
-        if tuple(meta["classes"]) != CLASSES or meta["features"] != feature_names():
+        if tuple(meta["classes"]) != CLASSES or meta["features"] != model_feature_names():
             raise ValueError(f"{directory}: artifact does not match this code's classes or "
                              "features; run `brain train classifier`")
         booster = lightgbm.Booster(model_file=str(directory / "model.txt"))
@@ -47,7 +66,7 @@ class TransientClassifier:
     def save(self, directory: Path, report: dict | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(directory / "model.txt"))
-        meta = {"classes": list(self.classes), "features": feature_names(),
+        meta = {"classes": list(self.classes), "features": model_feature_names(),
                 "temperature": self.temperature, "report": report or {}}
         (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -57,6 +76,9 @@ class TransientClassifier:
         raw = self.booster.predict(features, raw_score=True, num_threads=0)
         return softmax(np.asarray(raw) / self.temperature)
 
-    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None) -> np.ndarray:
-        """Probabilities (n_objects, 14) from a detection table sorted by (obj, mjd)."""
-        return self.predict_features(extract(obj, mjd, band, mag, err, n_objects))
+    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
+                radec: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (n_objects, 14) from a detection table sorted by (obj, mjd), with
+        optional per-object positions ``radec`` (n_objects, 2; NaN: unknown)."""
+        return self.predict_features(model_features(obj, mjd, band, mag, err, n_objects,
+                                                    radec))

@@ -10,9 +10,40 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from observatory.taxonomy import CLASSES, TRANSIENTS
-from policies.classifier import ARTIFACT_DIR, TransientClassifier, softmax
-from policies.features import extract, feature_names
+from policies.classifier import (
+    ARTIFACT_DIR,
+    TransientClassifier,
+    model_feature_names,
+    model_features,
+    softmax,
+)
 from policies.lightcurve_sets import make_set
+from simulator.population import sample_positions
+
+# The share of training light curves shown without a position: the model must classify
+# from the light curve alone where there is none (a file without ra_deg/dec_deg).
+NO_POSITION_FRACTION = 0.5
+
+
+def positions(labels: np.ndarray, seed: int,
+              missing: float = NO_POSITION_FRACTION) -> np.ndarray:
+    """(n, 2) sky positions for light curves of classes ``labels``, drawn from each
+    class's sky density (``simulator.population.sample_positions``: Galactic classes
+    towards the plane and the bulge), with a ``missing`` share left NaN."""
+    rng = np.random.default_rng([seed, 7])
+    out = np.full((len(labels), 2), np.nan)
+    for k, cls in enumerate(CLASSES):
+        rows = np.flatnonzero(labels == k)
+        if rows.size:
+            out[rows] = np.stack(sample_positions(cls, rows.size, rng), axis=1)
+    out[rng.random(len(labels)) < missing] = np.nan
+    return out
+
+
+def set_features(data, seed: int, missing: float = NO_POSITION_FRACTION) -> np.ndarray:
+    """Model features of a light-curve set, with positions drawn for it (``positions``)."""
+    return model_features(data.obj, data.mjd, data.band, data.mag, data.err, data.n,
+                          positions(data.label, seed, missing))
 
 
 def fit_temperature(raw: np.ndarray, y: np.ndarray) -> float:
@@ -36,12 +67,13 @@ def expected_calibration_error(prob: np.ndarray, y: np.ndarray, bins: int = 15) 
     return float(ece)
 
 
-def evaluate(model: TransientClassifier, data) -> dict:
+def evaluate(model: TransientClassifier, data, radec: np.ndarray | None = None) -> dict:
     """Macro-F1 on full and first-night light curves, transient-vs-variable accuracy
-    after the first night, expected calibration error, and per-class F1."""
+    after the first night, expected calibration error, and per-class F1 (light curves
+    alone, or with positions ``radec``)."""
     from sklearn.metrics import confusion_matrix, f1_score  # lazy: heavy optional library
 
-    prob = model.predict(data.obj, data.mjd, data.band, data.mag, data.err, data.n)
+    prob = model.predict(data.obj, data.mjd, data.band, data.mag, data.err, data.n, radec)
     pred = prob.argmax(axis=1)
     y = data.label
     labels = list(range(len(CLASSES)))
@@ -80,40 +112,47 @@ def _nights(data) -> np.ndarray:
     return np.bincount(data.obj, weights=new.astype(float), minlength=data.n).astype(int)
 
 
-def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed: int = 3,
-          rounds: int = 600, out_dir: Path | None = ARTIFACT_DIR, progress: bool = False,
-          sitian_per_class: int | None = None, labelled=None, labelled_weight: float = 5.0):
-    """Train on simulated light curves; returns (model, report).
+GENERATORS = ("ours", "redback")  # what the shipped model is trained on (docs/classifier.md)
 
-    Training data: randomised surveys (``n_per_class`` per class, seed ``seed``) plus the
-    continuous SiTian survey (``sitian_per_class``, default 3/8 of that, seed
-    ``seed + 10``, half of them first-night light curves). The temperature is fitted on
-    ``valid_seed`` (and ``valid_seed + 10``); the report's two test sets, never trained
-    on, are the SiTian survey (``test_seed + 10``: the set the targets are measured on)
-    and randomised surveys (``test_seed``: robustness to other cadences and depths).
 
-    ``labelled``: light curves with spectroscopic labels from earlier runs (the data
-    flywheel; ``policies.lightcurve_io.LabelledSet``), added to the training set with
-    weight ``labelled_weight`` each."""
+def generator_sets(generator: str, n_per_class: int, seed: int, n_sitian: int,
+                   first_night_fraction: float = 0.35) -> list:
+    """One generator's light curves for training or validation: randomised surveys
+    (``n_per_class`` per class it covers, seed ``seed``) and the continuous SiTian survey
+    (``n_sitian``, seed ``seed + 10``, half of them first nights). ``ours``: the
+    simulator's own models (``policies.lightcurve_sets``); ``redback``: redback's
+    physical transient models (``simulator.redback_curves``), seeds offset by 20 so no
+    random stream is shared with ours."""
+    if generator == "ours":
+        return [(make_set(n_per_class, seed, first_night_fraction), seed),
+                (make_set(n_sitian, seed + 10, 0.5, "sitian"), seed + 10)]
+    if generator == "redback":
+        from simulator.redback_curves import make_redback_set  # lazy: imports redback
+
+        return [(make_redback_set(n_per_class, seed + 20, first_night_fraction), seed + 20),
+                (make_redback_set(n_sitian, seed + 30, 0.5, "sitian"), seed + 30)]
+    raise ValueError(f"unknown light-curve generator {generator!r}")
+
+
+def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = 600,
+        labelled=None, labelled_weight: float = 5.0, progress: bool = False):
+    """A calibrated model from ``(LightCurveSet, position seed)`` pairs: LightGBM on the
+    training sets (plus ``labelled`` light curves, weight ``labelled_weight`` each),
+    early stopping and the temperature on the validation sets. Returns (model, n_train,
+    n_labelled)."""
     import lightgbm  # lazy: heavy optional library
 
-    n_s = sitian_per_class if sitian_per_class is not None else max(n_per_class * 3 // 8, 20)
-    sets = {
-        "train": (make_set(n_per_class, seed), make_set(n_s, seed + 10, 0.5, "sitian")),
-        "valid": (make_set(max(n_per_class // 3, 20), valid_seed),
-                  make_set(max(n_s // 3, 20), valid_seed + 10, 0.5, "sitian")),
-    }
     xy = {}
-    for name, pair in sets.items():
-        xy[name] = (np.vstack([extract(d.obj, d.mjd, d.band, d.mag, d.err, d.n) for d in pair]),
-                    np.concatenate([d.label for d in pair]))
+    for name, pairs in (("train", train_sets), ("valid", valid_sets)):
+        xy[name] = (np.vstack([set_features(d, s) for d, s in pairs]),
+                    np.concatenate([d.label for d, _ in pairs]))
         if progress:
             print(f"{name}: {len(xy[name][1])} light curves", flush=True)
     weight = np.ones(len(xy["train"][1]))
     n_labelled = 0
     if labelled is not None and labelled.n:
-        xl = extract(labelled.obj, labelled.mjd, labelled.band, labelled.mag, labelled.err,
-                     labelled.n)
+        xl = model_features(labelled.obj, labelled.mjd, labelled.band, labelled.mag,
+                            labelled.err, labelled.n)
         xy["train"] = (np.vstack([xy["train"][0], xl]),
                        np.concatenate([xy["train"][1], labelled.label]))
         weight = np.concatenate([weight, np.full(labelled.n, labelled_weight)])
@@ -123,7 +162,7 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
               "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbosity": -1, "seed": seed, "num_threads": 0, "deterministic": True}
     dtrain = lightgbm.Dataset(xy["train"][0], xy["train"][1], weight=weight,
-                              feature_name=feature_names())
+                              feature_name=model_feature_names())
     dvalid = lightgbm.Dataset(xy["valid"][0], xy["valid"][1], reference=dtrain)
     callbacks = [lightgbm.early_stopping(30, verbose=False)]
     if progress:
@@ -133,12 +172,39 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
     raw = booster.predict(xy["valid"][0], raw_score=True, num_iteration=booster.best_iteration)
     booster = booster if booster.best_iteration <= 0 else _trim(booster)
     model = TransientClassifier(booster, fit_temperature(np.asarray(raw), xy["valid"][1]))
+    return model, len(xy["train"][1]), n_labelled
+
+
+def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed: int = 3,
+          rounds: int = 600, out_dir: Path | None = ARTIFACT_DIR, progress: bool = False,
+          sitian_per_class: int | None = None, labelled=None, labelled_weight: float = 5.0,
+          generators: tuple[str, ...] = GENERATORS):
+    """Train on simulated light curves; returns (model, report).
+
+    Training data: every generator of ``generators`` (``generator_sets``: randomised
+    surveys, ``n_per_class`` per class, seed ``seed``, plus the continuous SiTian
+    survey, ``sitian_per_class``, default 3/8 of that). The temperature is fitted on
+    ``valid_seed``; the report's two test sets, never trained on, are our SiTian survey
+    (``test_seed + 10``: the set the targets are measured on) and our randomised
+    surveys (``test_seed``: robustness to other cadences and depths).
+
+    ``labelled``: light curves with spectroscopic labels from earlier runs (the data
+    flywheel; ``policies.lightcurve_io.LabelledSet``), added to the training set with
+    weight ``labelled_weight`` each."""
+    n_s = sitian_per_class if sitian_per_class is not None else max(n_per_class * 3 // 8, 20)
+    train_sets, valid_sets = [], []
+    for g in generators:
+        train_sets += generator_sets(g, n_per_class, seed, n_s)
+        valid_sets += generator_sets(g, max(n_per_class // 3, 20), valid_seed,
+                                     max(n_s // 3, 20))
+    model, n_train, n_labelled = fit(train_sets, valid_sets, seed, rounds, labelled,
+                                     labelled_weight, progress)
     test_sitian = make_set(max(n_s // 2, 20), test_seed + 10, 0.5, "sitian")
     test_random = make_set(max(n_per_class // 3, 20), test_seed)
     report = {"seeds": {"train": [seed, seed + 10], "valid": [valid_seed, valid_seed + 10],
                         "test_sitian": test_seed + 10, "test_random": test_seed},
-              "n_train": len(xy["train"][1]), "n_labelled": n_labelled,
-              "rounds": int(booster.current_iteration()),
+              "generators": list(generators), "n_train": n_train, "n_labelled": n_labelled,
+              "rounds": int(model.booster.current_iteration()),
               "temperature": model.temperature, "test": evaluate(model, test_sitian),
               "test_random": evaluate(model, test_random)}
     if out_dir is not None:

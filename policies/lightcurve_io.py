@@ -19,6 +19,7 @@ from observatory.bands import BAND_INDEX
 from observatory.taxonomy import CLASSES
 
 REQUIRED = ("object_id", "mjd", "band", "mag", "mag_err")
+POSITION = ("ra_deg", "dec_deg")  # optional: the classifier then uses the sky context
 MAX_ID_CHARS = 128
 MAG_RANGE = (-30.0, 40.0)  # AB: brighter than the full Moon to beyond any telescope
 MAG_ERR_MAX = 20.0  # (0, 20]: real surveys' faintest points reach ~13 mag of error
@@ -39,6 +40,7 @@ class DetectionTable:
     band: np.ndarray
     mag: np.ndarray
     err: np.ndarray
+    radec: np.ndarray | None = None  # (n_objects, 2) degrees, NaN where not given
 
 
 def _number(text: str, row: int, col: str, lo: float, hi: float) -> float:
@@ -83,7 +85,10 @@ def _read_rows(p: Path, reader) -> DetectionTable:
     if missing:
         raise LightCurveInputError(f"{p}: missing column(s) {', '.join(missing)}")
     col = {c: names.index(c) for c in REQUIRED}
-    ids, mjd, band, mag, err = [], [], [], [], []
+    pos = [names.index(c) for c in POSITION if c in names]
+    if len(pos) == 1:
+        raise LightCurveInputError(f"{p}: a position needs both {' and '.join(POSITION)}")
+    ids, mjd, band, mag, err, ra, dec = [], [], [], [], [], [], []
     for row_no, row in enumerate(reader, start=2):
         if not row or not any(x.strip() for x in row):
             continue
@@ -109,13 +114,37 @@ def _read_rows(p: Path, reader) -> DetectionTable:
         band.append(BAND_INDEX[b])
         mag.append(_number(row[col["mag"]], row_no, "mag", *MAG_RANGE))
         err.append(e)
+        if pos:
+            r_text, d_text = row[pos[0]].strip(), row[pos[1]].strip()
+            if bool(r_text) != bool(d_text):
+                raise LightCurveInputError(f"row {row_no}: a position needs both "
+                                           f"{' and '.join(POSITION)}")
+            ra.append(_number(r_text, row_no, "ra_deg", 0.0, 360.0) if r_text else math.nan)
+            dec.append(_number(d_text, row_no, "dec_deg", -90.0, 90.0) if d_text
+                       else math.nan)
     if not ids:
         raise LightCurveInputError(f"{p}: no detections after the header")
     object_ids, obj = np.unique(np.array(ids), return_inverse=True)
     mjd_a = np.array(mjd)
     order = np.lexsort((mjd_a, obj))
     return DetectionTable([str(x) for x in object_ids], obj[order], mjd_a[order],
-                          np.array(band)[order], np.array(mag)[order], np.array(err)[order])
+                          np.array(band)[order], np.array(mag)[order], np.array(err)[order],
+                          _positions(obj, ra, dec, len(object_ids)) if pos else None)
+
+
+def _positions(obj: np.ndarray, ra: list, dec: list, n: int) -> np.ndarray:
+    """Each object's position: the mean of its rows' (on the sphere; rows left empty do
+    not count), NaN where none of its rows gives one."""
+    ra_r, dec_r = np.radians(np.array(ra)), np.radians(np.array(dec))
+    ok = np.isfinite(ra_r)
+    xyz = np.stack([np.cos(dec_r) * np.cos(ra_r), np.cos(dec_r) * np.sin(ra_r),
+                    np.sin(dec_r)], axis=1)[ok]
+    s = np.stack([np.bincount(obj[ok], weights=xyz[:, k], minlength=n) for k in range(3)], 1)
+    out = np.full((n, 2), np.nan)
+    has = np.bincount(obj[ok], minlength=n) > 0
+    out[has, 0] = np.degrees(np.arctan2(s[has, 1], s[has, 0])) % 360.0
+    out[has, 1] = np.degrees(np.arctan2(s[has, 2], np.hypot(s[has, 0], s[has, 1])))
+    return out
 
 
 def classification_json(object_ids: list[str], prob: np.ndarray, classes) -> dict:

@@ -40,7 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from observatory.bands import BANDS
-from observatory.sky import FULL_SKY_DEG2, points_in_fields, unit_vectors
+from observatory.sky import (
+    FULL_SKY_DEG2,
+    ICRS_TO_GAL,
+    points_in_fields,
+    unit_vectors,
+)
 from observatory.taxonomy import CLASSES, TRANSIENTS
 from simulator import lightcurve_priors as lp
 from simulator import lightcurves as lc
@@ -97,17 +102,6 @@ _UNIFORM = (0.0, 1.0, 0.0, 1.0)
 ULENS_REACH_DAYS = 600.0  # 3 tE_max: an event peaking further from the run is flat in it
 ULENS_MIN_DMAG = 0.05  # a lensing event must brighten this much (mag) within the run
 
-# ICRS to Galactic rotation (Hipparcos definition, as astropy's).
-_ICRS_TO_GAL = np.array([
-    [-0.0548756577125916, -0.8734370519556159, -0.4838350736167155],
-    [0.4941094371927268, -0.4448297212232952, 0.7469821839866676],
-    [-0.8676661375596576, -0.1980763372730005, 0.4559838136873016]])
-
-
-def galactic_lb(ra_deg, dec_deg) -> tuple[np.ndarray, np.ndarray]:
-    """Galactic longitude and latitude (deg) of ICRS positions (deg)."""
-    x, y, z = _ICRS_TO_GAL @ unit_vectors(np.asarray(ra_deg), np.asarray(dec_deg)).T
-    return np.degrees(np.arctan2(y, x)) % 360.0, np.degrees(np.arcsin(np.clip(z, -1, 1)))
 
 
 def sky_weight(cls: str, l_deg, b_deg) -> np.ndarray:
@@ -147,7 +141,7 @@ def _event_window_days(cls: str) -> tuple[float, float]:
     return lc.MAX_AGE_DAYS[cls], 0.0
 
 
-def _positions(cls: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_positions(cls: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n ICRS positions (deg) with density ~ sky_weight, by rejection from uniform."""
     a_d, _, a_b, _ = SPATIAL.get(cls, _UNIFORM)
     w_max = 1.0 + a_d + a_b
@@ -161,7 +155,7 @@ def _positions(cls: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, 
         chunks.append(np.stack([lon[keep], lat[keep]]))
         have += int(keep.sum())
     lon, lat = np.concatenate(chunks, axis=1)[:, :n]
-    xyz = _ICRS_TO_GAL.T @ unit_vectors(lon, lat).T
+    xyz = ICRS_TO_GAL.T @ unit_vectors(lon, lat).T
     ra = np.degrees(np.arctan2(xyz[1], xyz[0])) % 360.0
     return ra, np.degrees(np.arcsin(np.clip(xyz[2], -1, 1)))
 
@@ -335,7 +329,7 @@ def sample_population(ra_deg, dec_deg, area_deg2, t0_unix: float, t1_unix: float
         n = int(rng.poisson(expected_count(name, t0, t1, density_scale, faint_limit)))
         p = lp.sample_params(name, n, rng, lp.mag_distribution(name, n, rng, faint_limit))
         t_ref = _t_ref(name, p, n, t0, t1, rng)
-        ra, dec = _positions(name, n, rng)
+        ra, dec = sample_positions(name, n, rng)
         keep = (_visible(name, p, t_ref, t0, t1, faint_limit) if name in EVENT_CLASSES
                 else np.ones(n, dtype=bool))
         if ra_deg is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from observatory.taxonomy import CLASSES
-from policies.classifier import TransientClassifier
+from policies.classifier import TransientClassifier, model_features
 from policies.classifier_training import expected_calibration_error, train
 from policies.features import extract, feature_names
 from policies.lightcurve_sets import make_set
@@ -74,7 +74,7 @@ def test_training_is_reproducible(tmp_path):
     m1, r1 = train(n_per_class=150, rounds=30, out_dir=tmp_path / "a")
     m2, r2 = train(n_per_class=150, rounds=30, out_dir=tmp_path / "b")
     d = make_set(30, seed=5)
-    f = extract(d.obj, d.mjd, d.band, d.mag, d.err, d.n)
+    f = model_features(d.obj, d.mjd, d.band, d.mag, d.err, d.n)
     np.testing.assert_array_equal(m1.predict_features(f), m2.predict_features(f))
     assert r1["test"]["full"]["macro_f1"] == r2["test"]["full"]["macro_f1"]
     assert (tmp_path / "a" / "model.txt").read_text() == (tmp_path / "b" / "model.txt").read_text()

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     cls = sub.add_parser("classify", help="classify light curves from a CSV of detections")
-    cls.add_argument("file", help="CSV with columns object_id, mjd, band, mag, mag_err")
+    cls.add_argument("file", help="CSV with columns object_id, mjd, band, mag, mag_err "
+                     "(and optionally ra_deg, dec_deg)")
     cls.add_argument("--out", help="write the JSON here instead of standard output")
 
     ev = sub.add_parser("evaluate", help="compare follow-up policies over many seeds (Ray)")

@@ -66,10 +66,11 @@ class Transients:
             return lambda: (cand, np.zeros((0, n_cls)))
         obj, mjd, band, mag, err = assoc.history(cand)
         local = np.searchsorted(cand, obj)
+        radec = np.stack([assoc.cat["ra_deg"][cand], assoc.cat["dec_deg"][cand]], axis=1)
 
         def job():
             t0 = time.perf_counter()
-            prob = classifier.predict(local, mjd, band, mag, err, cand.size)
+            prob = classifier.predict(local, mjd, band, mag, err, cand.size, radec)
             self.classify_ms.append((time.perf_counter() - t0) * 1e3)
             return cand, prob
 

@@ -107,6 +107,24 @@ def check_table(obj, mjd, band, mag, err, n_objects=None):
     return obj, mjd, band, mag, err, n
 
 
+def check_radec(radec, n: int) -> np.ndarray:
+    """A request's per-object positions (n, 2) in degrees (NaN: unknown; None: none
+    known), or ValueError with a one-line reason."""
+    if radec is None:
+        return np.full((n, 2), np.nan)
+    radec = np.asarray(radec, dtype=float)
+    if radec.shape != (n, 2):
+        raise ValueError(f"positions must be an array of shape ({n}, 2), got "
+                         f"{radec.shape}")
+    known = np.isfinite(radec).all(axis=1)
+    if np.any(~known & np.isfinite(radec).any(axis=1)):
+        raise ValueError("a position needs both ra_deg and dec_deg")
+    ra, dec = radec[known, 0], radec[known, 1]
+    if np.any((ra < 0) | (ra >= 360) | (dec < -90) | (dec > 90)):
+        raise ValueError("positions must have 0 <= ra_deg < 360 and -90 <= dec_deg <= 90")
+    return radec
+
+
 class ClassifierService:
     """Batches concurrent ``predict`` calls into one model call.
 
@@ -128,10 +146,12 @@ class ClassifierService:
         self.batches = 0
         self.requests = 0
 
-    async def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None):
+    async def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
+                      radec=None):
         obj, mjd, band, mag, err, n = check_table(obj, mjd, band, mag, err, n_objects)
+        radec = check_radec(radec, n)
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append(((obj, mjd, band, mag, err), n, fut))
+        self._pending.append(((obj, mjd, band, mag, err, radec), n, fut))
         self._n_pending += n
         self.requests += 1
         if self._n_pending >= self.max_objects:
@@ -155,8 +175,9 @@ class ClassifierService:
         offsets = np.cumsum([0] + [n for _, n, _ in batch])
         obj = np.concatenate([t[0] + off for (t, _, _), off in zip(batch, offsets, strict=False)])
         cols = [np.concatenate([t[c] for t, _, _ in batch]) for c in range(1, 5)]
+        radec = np.concatenate([t[5] for t, _, _ in batch]).reshape(-1, 2)
         try:
-            prob = self.model.predict(obj, *cols, int(offsets[-1]))
+            prob = self.model.predict(obj, *cols, int(offsets[-1]), radec)
         except Exception as exc:  # requests were checked alone; a model failure is
             # reported to every waiting caller instead of leaving them hanging
             for _, _, fut in batch:
@@ -204,9 +225,10 @@ class RemoteClassifier:
         if self.classes != CLASSES:
             raise ValueError("classifier actor serves another taxonomy")
 
-    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None) -> np.ndarray:
+    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
+                radec=None) -> np.ndarray:
         return call_with_restarts(self.handle.predict, obj, mjd, band, mag, err, n_objects,
-                                  timeout_s=self.timeout_s)
+                                  radec, timeout_s=self.timeout_s)
 
 
 def start_classifier(directory: str | None = None, name: str = "classifier",

@@ -151,8 +151,9 @@ class PendingClassifier:
         model = self.loader.results.get(self.stage)
         return tuple(model.classes) if model is not None else CLASSES
 
-    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None):
-        return self.loader.wait(self.stage).predict(obj, mjd, band, mag, err, n_objects)
+    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None, radec=None):
+        return self.loader.wait(self.stage).predict(obj, mjd, band, mag, err, n_objects,
+                                                    radec)
 
 
 class StartupCollector:
