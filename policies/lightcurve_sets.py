@@ -13,6 +13,7 @@ early classification.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -205,15 +206,19 @@ def make_redback_set(n_per_class: int, seed: int, first_night_fraction: float = 
 def _make(observe, classes, n_per_class, rng, first_night_fraction, fill, adaptive=False):
     """Light curves of ``classes`` from ``observe``; with ``fill`` sources are drawn until
     each class has ``n_per_class``, else one draw of ``n_per_class`` sources. With
-    ``adaptive`` a later draw is only twice the shortfall (each source costs a model
+    ``adaptive`` a later draw is sized by the yield so far (each source costs a model
     evaluation)."""
     parts, offset = [], 0
     for cls in classes:
         k = CLASSES.index(cls)
-        got, need = [], n_per_class
+        got, need, drawn, kept = [], n_per_class, 0, 0
         for _ in range(40 if fill else 1):
-            size = min(n_per_class, max(16, 2 * need)) if adaptive else n_per_class
+            size = n_per_class
+            if adaptive and drawn:  # 1.5 times what the yield so far says is needed
+                rate = max(kept / drawn, 0.02)
+                size = min(4 * n_per_class, max(16, math.ceil(1.5 * need / rate)))
             piece = _one_chunk(observe, cls, size, rng, first_night_fraction)
+            drawn, kept = drawn + size, kept + piece[5].size
             got.append(_take(piece, need))
             need -= got[-1][5].size
             if need <= 0:
