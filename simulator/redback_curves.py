@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import logging
 import math
 import warnings
@@ -184,8 +183,8 @@ def _quiet(logs: bool = False):
 def _model(cls: str):
     name = _MODEL[cls]
     with _quiet(logs=True):
-        # lazy: redback (and bilby) take seconds to import and are an optional extra
-        module = importlib.import_module(f"redback.transient_models.{_MODULE[name]}")
+        import redback.transient_models as models  # lazy: seconds to import; an extra
+    module = getattr(models, _MODULE[name])
     for logger in ("redback", "bilby"):
         logging.getLogger(logger).setLevel(logging.ERROR)
     return getattr(module, name)
