@@ -9,6 +9,10 @@ its peak; any phase of a variable) and its own brightness (half uniform in 15.5-
 mag at peak or mean, half near the detection limit, 19.5-21.2). One in eight light
 curves keeps a single band. A copy truncated to its first night of detections teaches
 early classification.
+
+The light curves come from a ``Generator``: our own models (``SIMULATOR``, ``make_set``)
+or redback's physical models (``REDBACK``, ``make_redback_set``: the six explosive
+transient classes only), for leave-one-generator-out checks (docs/classifier.md).
 """
 
 from __future__ import annotations
