@@ -9,17 +9,25 @@ its peak; any phase of a variable) and its own brightness (half uniform in 15.5-
 mag at peak or mean, half near the detection limit, 19.5-21.2). One in eight light
 curves keeps a single band. A copy truncated to its first night of detections teaches
 early classification.
+
+The light curves come from a ``Generator``: our own models (``SIMULATOR``, ``make_set``)
+or redback's physical models (``REDBACK``, ``make_redback_set``: the six explosive
+transient classes only), for leave-one-generator-out checks (docs/classifier.md).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from observatory.taxonomy import CLASSES, TRANSIENTS
 from simulator import lightcurve_priors as lp
 from simulator import lightcurves as lc
+from simulator import redback_curves as rc
 
 N_SLOTS = 32  # candidate visits per night
 MAX_NIGHTS = 60
@@ -42,22 +50,44 @@ class LightCurveSet:
         return len(self.label)
 
 
-def _window_offset(cls: str, params: dict, n: int, rng) -> np.ndarray:
+@dataclass(frozen=True)
+class Generator:
+    """Where light curves come from: ``sample(cls, n, rng, peak_mag) -> params``,
+    ``peak_time(cls, params)`` (days from dt = 0 to a transient's peak),
+    ``magnitudes(cls, params, idx, dt, band)`` (true AB magnitudes) and
+    ``baseline(cls, params, idx, band)`` (the steady counterpart, +inf if none)."""
+
+    sample: Callable
+    peak_time: Callable
+    magnitudes: Callable
+    baseline: Callable
+
+
+# Our own models (simulator/lightcurves.py) and redback's (simulator/redback_curves.py).
+SIMULATOR = Generator(lp.sample_params, lp.peak_time_days, lc.magnitudes,
+                      lc.baseline_magnitudes)
+REDBACK = Generator(rc.sample_params, rc.peak_time_days, rc.magnitudes,
+                    rc.baseline_magnitudes)
+
+
+def _window_offset(cls: str, params: dict, n: int, rng, gen: Generator = SIMULATOR) -> np.ndarray:
     """Days from the source's reference time to the survey's first visit."""
     if cls in TRANSIENTS:
-        peak = lp.peak_time_days(cls, params)
+        peak = gen.peak_time(cls, params)
         scale = np.maximum(np.abs(peak), 1.0)
         return peak + rng.uniform(-1.5, 1.0, n) * scale - rng.uniform(0, 10, n)
     return rng.uniform(0, 2000, n)
 
 
-def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8):
-    """Detections of n sources of one class through n random surveys."""
+def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8,
+                  gen: Generator = SIMULATOR):
+    """Detections of n sources of one class (from generator ``gen``) through n random
+    surveys."""
     # Brightness uniform over the detectable range: no magnitude prior to learn, and
     # every light curve has a chance to be seen.
     # Half the sources near the detection limit, where a flux-limited survey finds most.
     bright = np.where(rng.random(n) < 0.5, rng.uniform(15.5, 20.8, n), rng.uniform(19.5, 21.2, n))
-    params = lp.sample_params(cls, n, rng, bright)
+    params = gen.sample(cls, n, rng, bright)
     sitian = rng.random(n) < 0.6
     cadence = np.where(sitian, rng.uniform(0.0125, 0.042, n), rng.uniform(0.03, 0.2, n))
     night_keep = rng.uniform(0.4, 1.0, n)
@@ -65,7 +95,7 @@ def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float =
                         rng.integers(4, MAX_NIGHTS + 1, n))
     slots_per_night = np.where(sitian, rng.integers(6, N_SLOTS + 1, n), rng.integers(1, 4, n))
     gap = np.where(sitian, 1.0, rng.choice([1.0, 2.0, 3.0], n))
-    offset = _window_offset(cls, params, n, rng)
+    offset = _window_offset(cls, params, n, rng, gen)
     depth = rng.uniform(19.8, 21.5, n)
     floor = rng.uniform(0.005, 0.04, n)
 
@@ -91,12 +121,12 @@ def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float =
     keep_band = (one_band[src] < 0) | (band == one_band[src])
     src, t, band = src[keep_band], t[keep_band], band[keep_band]
     m5 = depth[src] + rng.normal(0, 0.3, src.size) - np.array([0.0, 0.2, 0.6])[band]
-    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit)
+    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen)
 
 
-def _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit):
+def _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen):
     """Detections (5-sigma, with a 20 % scatter in the threshold) and their errors."""
-    true = lc.magnitudes(cls, params, src, t + offset[src], band)
+    true = gen.magnitudes(cls, params, src, t + offset[src], band)
     with np.errstate(over="ignore", invalid="ignore"):
         snr = 5.0 * 10 ** (0.4 * (m5 - true))
     sigma = np.hypot(1.0857 / np.maximum(snr, 1e-3), floor[src])
@@ -104,7 +134,7 @@ def _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit):
     ok = np.isfinite(true) & (snr * (1 + rng.normal(0, 0.2, src.size)) >= 5) & (obs < mag_limit)
     if cls in TRANSIENTS:
         # In outburst: 0.2 mag or more above the steady counterpart (if it has one).
-        base = lc.baseline_magnitudes(cls, params, src[ok], band[ok])
+        base = gen.baseline(cls, params, src[ok], band[ok])
         active = true[ok] < base - 0.2
     else:
         active = np.ones(int(ok.sum()), dtype=bool)
@@ -114,8 +144,10 @@ def _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit):
 SITIAN_NIGHTS = 45
 
 
-def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8):
-    """Detections of n sources of one class by a continuous SiTian stare survey.
+def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8,
+                   gen: Generator = SIMULATOR):
+    """Detections of n sources of one class (from ``gen``) by a continuous SiTian stare
+    survey.
 
     The held-out set the targets are measured on: g, r and i together every 25-40
     minutes while the field is up (3-9 h a night), 30 % of nights lost to weather,
@@ -125,9 +157,9 @@ def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float 
     night with detections is the night it crosses the limit.
     """
     bright = lp.mag_distribution(cls, n, rng, faint_limit=21.0)
-    params = lp.sample_params(cls, n, rng, bright)
+    params = gen.sample(cls, n, rng, bright)
     if cls in TRANSIENTS:
-        peak = lp.peak_time_days(cls, params)
+        peak = gen.peak_time(cls, params)
         offset = peak - np.maximum(1.5 * np.abs(peak), 10.0) - rng.uniform(0, 20, n)
     else:
         offset = rng.uniform(0, 2000, n)
@@ -147,7 +179,7 @@ def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float 
     band = np.tile(np.array([0, 1, 2]), src.size // 3)
     visit_depth = depth[src] + np.repeat(rng.normal(0, 0.2, src.size // 3), 3)
     m5 = visit_depth + np.array([0.1, 0.0, -0.3])[band]
-    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit)
+    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen)
 
 
 def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
@@ -160,17 +192,42 @@ def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
     drawn until every class has ``n_per_class`` light curves, so the set is balanced).
     """
     observe = {"random": observe_class, "sitian": observe_sitian}[survey]
-    rng = np.random.default_rng(seed)
+    return _make(observe, CLASSES, n_per_class, np.random.default_rng(seed),
+                 first_night_fraction, fill=survey == "sitian")
+
+
+def make_redback_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
+                     survey: str = "random") -> LightCurveSet:
+    """A labelled set from redback's physical models (simulator/redback_curves.py) for
+    the classes they cover (``redback_classes()``; labels index ``CLASSES``), observed
+    like ``make_set``. Every covered class has exactly ``n_per_class`` light curves with
+    3+ detections, whatever the survey. Needs the ``generators`` extra (redback)."""
+    observe = {"random": observe_class, "sitian": observe_sitian}[survey]
+    return _make(partial(observe, gen=REDBACK), rc.redback_classes(), n_per_class,
+                 np.random.default_rng(seed), first_night_fraction, fill=True, adaptive=True)
+
+
+def _make(observe, classes, n_per_class, rng, first_night_fraction, fill, adaptive=False):
+    """Light curves of ``classes`` from ``observe``; with ``fill`` sources are drawn until
+    each class has ``n_per_class``, else one draw of ``n_per_class`` sources. With
+    ``adaptive`` a later draw is sized by the yield so far (each source costs a model
+    evaluation)."""
     parts, offset = [], 0
-    for k, cls in enumerate(CLASSES):
-        got, need = [], n_per_class
-        for _ in range(40 if survey == "sitian" else 1):
-            piece = _one_chunk(observe, cls, n_per_class, rng, first_night_fraction)
+    for cls in classes:
+        k = CLASSES.index(cls)
+        got, need, drawn, kept = [], n_per_class, 0, 0
+        for _ in range(40 if fill else 1):
+            size = n_per_class
+            if adaptive and drawn:  # 1.5 times what the yield so far says is needed
+                rate = max(kept / drawn, 0.02)
+                size = min(4 * n_per_class, max(16, math.ceil(1.5 * need / rate)))
+            piece = _one_chunk(observe, cls, size, rng, first_night_fraction)
+            drawn, kept = drawn + size, kept + piece[5].size
             got.append(_take(piece, need))
             need -= got[-1][5].size
             if need <= 0:
                 break
-        if survey == "sitian" and need > 0:
+        if fill and need > 0:
             raise ValueError(f"{cls}: only {n_per_class - need} of {n_per_class} light "
                              f"curves with 3+ detections after {len(got)} draws")
         ids = 0
