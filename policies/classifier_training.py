@@ -17,7 +17,7 @@ from policies.classifier import (
     model_features,
     softmax,
 )
-from policies.lightcurve_sets import make_set
+from policies.lightcurve_sets import make_redback_set, make_set
 from simulator.population import sample_positions
 
 # The share of training light curves shown without a position: the model must classify
@@ -113,6 +113,7 @@ def _nights(data) -> np.ndarray:
 
 
 GENERATORS = ("ours", "redback")  # what the shipped model is trained on (docs/classifier.md)
+REDBACK_SHARE = 0.5  # redback light curves per class, relative to ours
 
 
 def generator_sets(generator: str, n_per_class: int, seed: int, n_sitian: int,
@@ -126,11 +127,10 @@ def generator_sets(generator: str, n_per_class: int, seed: int, n_sitian: int,
     if generator == "ours":
         return [(make_set(n_per_class, seed, first_night_fraction), seed),
                 (make_set(n_sitian, seed + 10, 0.5, "sitian"), seed + 10)]
-    if generator == "redback":
-        from simulator.redback_curves import make_redback_set  # lazy: imports redback
-
-        return [(make_redback_set(n_per_class, seed + 20, first_night_fraction), seed + 20),
-                (make_redback_set(n_sitian, seed + 30, 0.5, "sitian"), seed + 30)]
+    if generator == "redback":  # six classes; half as many each (REDBACK_SHARE)
+        n_r, n_rs = (max(int(n * REDBACK_SHARE), 20) for n in (n_per_class, n_sitian))
+        return [(make_redback_set(n_r, seed + 20, first_night_fraction), seed + 20),
+                (make_redback_set(n_rs, seed + 30, 0.5, "sitian"), seed + 30)]
     raise ValueError(f"unknown light-curve generator {generator!r}")
 
 
@@ -157,7 +157,7 @@ def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = 600,
                        np.concatenate([xy["train"][1], labelled.label]))
         weight = np.concatenate([weight, np.full(labelled.n, labelled_weight)])
         n_labelled = int(labelled.n)
-    params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.3,
+    params = {"objective": "multiclass", "num_class": len(CLASSES), "learning_rate": 0.1,
               "num_leaves": 31, "min_data_in_leaf": 100, "feature_fraction": 0.8,
               "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
               "verbosity": -1, "seed": seed, "num_threads": 0, "deterministic": True}

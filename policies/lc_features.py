@@ -10,10 +10,11 @@ What the library adds that group reductions cannot give:
   shares (an SN Ia rises in ~15-20 d and falls in ~30 d whatever the cadence), unlike
   the position of the brightest point in a survey's window. Its reduced chi-square
   tells an explosive event (chi2 ~ 1) from a variable (a Bazin shape fits it badly).
-* **A Lomb-Scargle periodogram** over all bands (each band's mean removed): the best
-  period and its signal-to-noise, and the smoothness (von Neumann eta) of the light
-  curve folded at that period, which separates periodic variables (EB, RRL, DSCT) from
-  stochastic ones (AGN) and transients once an object has a few nights.
+* **A Lomb-Scargle periodogram** over all bands (each band's mean removed), for light
+  curves spanning more than a night: the best period and its signal-to-noise, and the
+  smoothness (von Neumann eta) of the light curve folded at that period, which
+  separates periodic variables (EB, RRL, DSCT) from stochastic ones (AGN) and
+  transients once an object has a few nights.
 * **Robust variability indices per band:** Stetson K, kurtosis, the 10-90 % range over
   the standard deviation.
 
@@ -30,7 +31,10 @@ from observatory.bands import BANDS
 
 N_BANDS = len(BANDS)
 BAZIN_MIN = 6  # points in a band for a Bazin fit (5 parameters)
-PERIOD_MIN = 10  # points over all bands for the periodogram
+PERIOD_MIN = 10  # points over all bands for the periodogram ...
+PERIOD_SPAN_D = 1.0  # ... spanning at least this (d): within a night our own features
+# (eta, the fastest change) already see fast variability, and one-night light curves
+# are most of what the brain classifies
 BAZIN_SPAN_D = 1.0  # ... spanning at least this (d): within one night rise and fall
 # times are not constrained, and the fits are most of the cost
 # The periodogram's grid reaches this many times the light curve's average Nyquist
@@ -122,8 +126,12 @@ def extract_lc(obj: np.ndarray, mjd: np.ndarray, band: np.ndarray, mag: np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = mag - (s / np.maximum(c, 1))[key]
     cnt = np.bincount(obj, minlength=n)
+    t_lo = np.full(n, np.inf)
+    t_hi = np.full(n, -np.inf)
+    np.minimum.at(t_lo, obj, mjd)
+    np.maximum.at(t_hi, obj, mjd)
     cut = _splits(obj, n)
-    ok = np.flatnonzero(cnt >= PERIOD_MIN)
+    ok = np.flatnonzero((cnt >= PERIOD_MIN) & (t_hi - t_lo >= PERIOD_SPAN_D))
     curves = [(mjd[cut[i]:cut[i + 1]], rel[cut[i]:cut[i + 1]], err[cut[i]:cut[i + 1]])
               for i in ok]
     per = _many(period, curves, 3)  # period, its S/N, folded eta
