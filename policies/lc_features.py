@@ -25,6 +25,7 @@ that band, so no feature carries absolute brightness.
 
 from __future__ import annotations
 
+import light_curve as licu
 import numpy as np
 
 from observatory.bands import BANDS
@@ -57,14 +58,10 @@ def _splits(obj: np.ndarray, n: int) -> np.ndarray:
 
 
 def _extractors():
-    import light_curve as licu  # lazy: heavy optional library
-
     bazin = licu.BazinFit("lmsder")
-    indices = licu.Extractor(licu.StetsonK(), licu.Kurtosis(),
-                             licu.InterPercentileRange(0.1), licu.StandardDeviation())
     period = licu.Periodogram(peaks=1, max_freq_factor=FREQ_FACTOR, fast=True,
                               phase_features=[licu.Eta()])
-    return bazin, indices, period
+    return bazin, period
 
 
 def _many(feature, curves: list, n_out: int) -> np.ndarray:
@@ -72,6 +69,52 @@ def _many(feature, curves: list, n_out: int) -> np.ndarray:
         return np.empty((0, n_out))
     return np.asarray(feature.many(curves, sorted=True, check=False, n_jobs=-1,
                                    fill_value=np.nan), dtype=float).reshape(len(curves), n_out)
+
+
+INDEX_MIN = 4  # points in a band for the variability indices (kurtosis needs 4)
+
+
+def indices(k: np.ndarray, m: np.ndarray, e: np.ndarray, n: int) -> np.ndarray:
+    """(n, 3): Stetson K, excess kurtosis and the 10-90 % inter-percentile range over the
+    standard deviation of each group ``k`` (sorted) of magnitudes ``m`` with errors
+    ``e``; NaN under ``INDEX_MIN`` points. The same definitions as the light-curve
+    library's StetsonK, Kurtosis, InterPercentileRange(0.1) (Hazen quantiles) and
+    StandardDeviation, computed for every group at once: per light curve they cost
+    more to call than to compute (tests/test_classifier_context.py checks agreement)."""
+    out = np.full((n, 3), np.nan)
+    cnt = np.bincount(k, minlength=n).astype(float)
+    ok = cnt >= INDEX_MIN
+    if not ok.any():
+        return out
+    c = np.maximum(cnt, 1)
+    w = 1 / e**2
+    mw = np.bincount(k, w * m, n) / np.maximum(np.bincount(k, w, n), 1e-300)
+    d = (m - mw[k]) / e
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stetson = np.bincount(k, np.abs(d), n) / np.sqrt(cnt * np.bincount(k, d * d, n))
+        mean = np.bincount(k, m, n) / c
+        r = m - mean[k]
+        var = np.bincount(k, r * r, n) / (cnt - 1)
+        m4 = np.bincount(k, r**4, n)
+        kurt = ((cnt + 1) * cnt / ((cnt - 1) * (cnt - 2) * (cnt - 3)) * m4 / var**2
+                - 3 * (cnt - 1) ** 2 / ((cnt - 2) * (cnt - 3)))
+    # Hazen quantiles: position q * n - 0.5 (0-based) in each sorted group, clipped.
+    order = np.lexsort((m, k))
+    ms = m[order]
+    start = np.concatenate([[0], np.cumsum(cnt[:-1])]).astype(np.int64)
+    q = []
+    for level in (0.1, 0.9):
+        pos = np.clip(level * cnt - 0.5, 0, cnt - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(cnt.astype(np.int64) - 1, 0))
+        frac = pos - lo
+        a = np.where(ok, start + lo, 0)
+        b = np.where(ok, start + hi, 0)
+        q.append(ms[a] * (1 - frac) + ms[b] * frac if ms.size else np.zeros(n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ipr = (q[1] - q[0]) / np.sqrt(var)
+    out[ok] = np.column_stack([stetson, kurt, ipr])[ok]
+    return out
 
 
 def extract_lc(obj: np.ndarray, mjd: np.ndarray, band: np.ndarray, mag: np.ndarray,
@@ -84,7 +127,7 @@ def extract_lc(obj: np.ndarray, mjd: np.ndarray, band: np.ndarray, mag: np.ndarr
     band = np.asarray(band, dtype=np.int64)
     mag = np.asarray(mag, dtype=np.float64)
     err = np.maximum(np.asarray(err, dtype=np.float64), 0.005)
-    bazin, indices, period = _extractors()
+    bazin, period = _extractors()
     out = np.full((n, len(lc_feature_names())), np.nan)
     col = 0
     for b in range(N_BANDS):
@@ -110,14 +153,7 @@ def extract_lc(obj: np.ndarray, mjd: np.ndarray, band: np.ndarray, mag: np.ndarr
             out[ok, col] = np.log10(np.clip(fit[:, 3], 1e-3, 1e4))
             out[ok, col + 1] = np.log10(np.clip(fit[:, 4], 1e-3, 1e4))
             out[ok, col + 2] = np.log10(fit[:, 5] + 1e-3)
-        ok = np.flatnonzero(cnt >= 4)
-        curves = [(t[cut[i]:cut[i + 1]], m[cut[i]:cut[i + 1]], e[cut[i]:cut[i + 1]])
-                  for i in ok]
-        ind = _many(indices, curves, 4)  # stetson K, kurtosis, ipr10, std
-        out[ok, col + 3] = ind[:, 0]
-        out[ok, col + 4] = ind[:, 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[ok, col + 5] = ind[:, 2] / ind[:, 3]
+        out[:, col + 3:col + 6] = indices(k, m, e, n)
         col += 6
     # Periodogram over all bands, each band's mean removed.
     key = obj * N_BANDS + band

@@ -182,7 +182,11 @@ def _quiet(logs: bool = False):
 
 def _model(cls: str):
     name = _MODEL[cls]
-    with _quiet(logs=True):
+    import matplotlib  # lazy: redback imports it anyway
+
+    # redback sets a paper style on import (LaTeX text among it): matplotlib's settings
+    # are put back, or every later figure of the process (the night report) needs LaTeX.
+    with _quiet(logs=True), matplotlib.rc_context():
         import redback.transient_models as models  # lazy: seconds to import; an extra
     module = getattr(models, _MODULE[name])
     for logger in ("redback", "bilby"):
