@@ -57,6 +57,16 @@ def _splits(obj: np.ndarray, n: int) -> np.ndarray:
     return np.searchsorted(obj, np.arange(n + 1))
 
 
+def _reduce(fn, x: np.ndarray, cut: np.ndarray, fill: float) -> np.ndarray:
+    """``fn`` (np.minimum or np.maximum) over each group of sorted ids (``cut`` from
+    ``_splits``); ``fill`` for empty groups. reduceat, not ufunc.at: 10x faster."""
+    out = np.full(cut.size - 1, fill)
+    full = np.flatnonzero(cut[1:] > cut[:-1])
+    if full.size:
+        out[full] = fn.reduceat(x, cut[:-1][full])
+    return out
+
+
 def _extractors():
     bazin = licu.BazinFit("lmsder")
     period = licu.Periodogram(peaks=1, max_freq_factor=FREQ_FACTOR, fast=True,
@@ -99,8 +109,10 @@ def indices(k: np.ndarray, m: np.ndarray, e: np.ndarray, n: int) -> np.ndarray:
         kurt = ((cnt + 1) * cnt / ((cnt - 1) * (cnt - 2) * (cnt - 3)) * m4 / var**2
                 - 3 * (cnt - 1) ** 2 / ((cnt - 2) * (cnt - 3)))
     # Hazen quantiles: position q * n - 0.5 (0-based) in each sorted group, clipped.
-    order = np.lexsort((m, k))
-    ms = m[order]
+    # One sort of group id plus the magnitude's rank within [0, 1): cheaper than lexsort.
+    lo, span = m.min(), np.ptp(m) + 1.0
+    ms = np.sort(k + (m - lo) / span)
+    ms = (ms - np.floor(ms)) * span + lo
     start = np.concatenate([[0], np.cumsum(cnt[:-1])]).astype(np.int64)
     q = []
     for level in (0.1, 0.9):
@@ -136,15 +148,11 @@ def extract_lc(obj: np.ndarray, mjd: np.ndarray, band: np.ndarray, mag: np.ndarr
         cnt = np.bincount(k, minlength=n)
         t, m, e = mjd[sel], mag[sel], err[sel]
         # Flux relative to the brightest detection in this band (no absolute scale).
-        best = np.full(n, np.inf)
-        np.minimum.at(best, k, m)
+        cut = _splits(k, n)
+        best = _reduce(np.minimum, m, cut, np.inf)
         f = 10 ** (-0.4 * (m - best[k]))
         fe = f * e / 1.0857
-        cut = _splits(k, n)
-        t_lo = np.full(n, np.inf)
-        t_hi = np.full(n, -np.inf)
-        np.minimum.at(t_lo, k, t)
-        np.maximum.at(t_hi, k, t)
+        t_lo, t_hi = _reduce(np.minimum, t, cut, np.inf), _reduce(np.maximum, t, cut, -np.inf)
         ok = np.flatnonzero((cnt >= BAZIN_MIN) & (t_hi - t_lo >= BAZIN_SPAN_D))
         curves = [(t[cut[i]:cut[i + 1]], f[cut[i]:cut[i + 1]], fe[cut[i]:cut[i + 1]])
                   for i in ok]
@@ -162,11 +170,8 @@ def extract_lc(obj: np.ndarray, mjd: np.ndarray, band: np.ndarray, mag: np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = mag - (s / np.maximum(c, 1))[key]
     cnt = np.bincount(obj, minlength=n)
-    t_lo = np.full(n, np.inf)
-    t_hi = np.full(n, -np.inf)
-    np.minimum.at(t_lo, obj, mjd)
-    np.maximum.at(t_hi, obj, mjd)
     cut = _splits(obj, n)
+    t_lo, t_hi = _reduce(np.minimum, mjd, cut, np.inf), _reduce(np.maximum, mjd, cut, -np.inf)
     ok = np.flatnonzero((cnt >= PERIOD_MIN) & (t_hi - t_lo >= PERIOD_SPAN_D))
     curves = [(mjd[cut[i]:cut[i + 1]], rel[cut[i]:cut[i + 1]], err[cut[i]:cut[i + 1]])
               for i in ok]

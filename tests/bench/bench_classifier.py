@@ -40,9 +40,13 @@ def main() -> None:
     # One-night light curves (what a SiTian candidate has after its first night).
     sel = data.first_night[data.obj]
     ids, local = np.unique(data.obj[sel], return_inverse=True)
-    t5 = time.perf_counter()
-    model.predict(local, data.mjd[sel], data.band[sel], data.mag[sel], data.err[sel], ids.size)
-    night_rate = ids.size / (time.perf_counter() - t5)
+    night = []  # the median of five calls: one call of ~0.15 s is at the mercy of the OS
+    for _ in range(5):
+        t5 = time.perf_counter()
+        model.predict(local, data.mjd[sel], data.band[sel], data.mag[sel], data.err[sel],
+                      ids.size)
+        night.append(time.perf_counter() - t5)
+    night_rate = ids.size / float(np.median(night))
     print(json.dumps({
         "bench": "classifier", "light_curves": int(data.n),
         "detections_mean": round(float(np.mean(n_det)), 1),
