@@ -112,3 +112,14 @@ def test_physical_time_scales():
     _, sl_peak, sl_r = _rest("SLSN", 12, 4)
     assert np.median(sl_peak) > 1.5 * np.median(ia_peak)
     assert np.median(sl_r(30.0)) < np.median(ia_r(30.0))
+
+
+def test_importing_redback_leaves_matplotlib_settings_alone():
+    """redback sets a LaTeX paper style when imported; a night report drawn later in the
+    same process (the daemon's night jobs) must not need LaTeX."""
+    import matplotlib
+
+    before = dict(matplotlib.rcParams)
+    rc._model("SNIa")
+    assert matplotlib.rcParams["text.usetex"] is False
+    assert dict(matplotlib.rcParams) == before
