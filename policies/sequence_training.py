@@ -15,7 +15,7 @@ from policies.sequence import SequenceClassifier, build_network, network_logits,
 
 def set_tokens(pairs: list):
     """Tokens, lengths, globals and labels of ``(LightCurveSet, seed)`` pairs."""
-    parts = [tokenise(d.obj, d.mjd, d.band, d.mag, d.err, d.n) + (d.label,) for d, _ in pairs]
+    parts = [(*tokenise(d.obj, d.mjd, d.band, d.mag, d.err, d.n), d.label) for d, _ in pairs]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))
 
 
@@ -69,7 +69,7 @@ def train_sequence(train_sets: list, valid_sets: list, seed: int = 1, epochs: in
     net.load_state_dict(best_state)
     raw = network_logits(net, *va[:3]).astype(np.float64)
     temperature = fit_temperature(raw, y_va)
-    report = {"seed": seed, "n_train": int(len(tr[3])), "n_valid": int(len(y_va)),
+    report = {"seed": seed, "n_train": len(tr[3]), "n_valid": len(y_va),
               "epochs_run": len(history), "best_valid_nll": round(best, 4),
               "temperature": temperature, "weights": int(sum(p.numel()
                                                            for p in net.parameters())),
