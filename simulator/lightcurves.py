@@ -316,16 +316,23 @@ def _gather(params, idx):
     return {k: v[idx] for k, v in params.items() if v.ndim == 1}
 
 
-def magnitudes(cls: str, params: dict[str, np.ndarray], idx: np.ndarray,
-               dt_days: np.ndarray, band: np.ndarray) -> np.ndarray:
-    """AB magnitude of source ``idx[k]`` at ``dt_days[k]`` (days since its dt = 0) in band
-    ``band[k]`` (0, 1, 2 = g, r, i); ``+inf`` where it gives no flux. 1-D, equal length."""
-    check_class(cls)
+def query_arrays(idx, dt_days, band) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A magnitude query's source indices, days and bands as arrays of one shape (a
+    ValueError otherwise); shared by every light-curve generator."""
     idx = np.asarray(idx, dtype=np.int64)
     dt = np.asarray(dt_days, dtype=float)
     band = np.asarray(band, dtype=np.int64)
     if not idx.shape == dt.shape == band.shape:
         raise ValueError("idx, dt_days and band must have the same shape")
+    return idx, dt, band
+
+
+def magnitudes(cls: str, params: dict[str, np.ndarray], idx: np.ndarray,
+               dt_days: np.ndarray, band: np.ndarray) -> np.ndarray:
+    """AB magnitude of source ``idx[k]`` at ``dt_days[k]`` (days since its dt = 0) in band
+    ``band[k]`` (0, 1, 2 = g, r, i); ``+inf`` where it gives no flux. 1-D, equal length."""
+    check_class(cls)
+    idx, dt, band = query_arrays(idx, dt_days, band)
     if idx.size == 0:
         return np.empty(0)
     return np.asarray(_MODELS[cls](_gather(params, idx), dt, band), dtype=float)

@@ -44,6 +44,7 @@ import warnings
 import numpy as np
 
 from observatory.taxonomy import TRANSIENTS
+from simulator.lightcurves import query_arrays
 
 # Effective wavelengths (A) of SDSS-like g, r, i (Fukugita et al. 1996, AJ 111, 1748;
 # Doi et al. 2010, AJ 139, 1628): fluxes are taken at these single frequencies.
@@ -292,11 +293,7 @@ def magnitudes(cls: str, params: dict[str, np.ndarray], idx: np.ndarray,
     explosion) in band ``band[k]`` (0, 1, 2 = g, r, i), interpolated linearly in log t on
     ``GRID_DAYS``; ``+inf`` before the explosion, off the grid, or where it gives no flux."""
     check_class(cls)
-    idx = np.asarray(idx, dtype=np.int64)
-    dt = np.asarray(dt_days, dtype=float)
-    band = np.asarray(band, dtype=np.int64)
-    if not idx.shape == dt.shape == band.shape:
-        raise ValueError("idx, dt_days and band must have the same shape")
+    idx, dt, band = query_arrays(idx, dt_days, band)
     grid = params["grid_mag"]
     inside = (dt >= GRID_DAYS[0]) & (dt <= GRID_DAYS[-1])
     t = np.where(inside, dt, GRID_DAYS[0])
