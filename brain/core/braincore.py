@@ -66,6 +66,8 @@ class SiteState:
 
 
 class BrainCore(Transients):
+    DECISIONS_KEPT = 200_000  # decision times kept for the percentiles (a few nights)
+
     def __init__(self, config: BrainConfig, grid: FieldGrid | None = None,
                  nights: NightCache | None = None, scheduler: SurveyScheduler | None = None,
                  classifier=None, followup=None, require_devices: bool = False,
@@ -83,7 +85,10 @@ class BrainCore(Transients):
         self._night_span = (math.inf, -math.inf)  # [t0, t1) of the cached night's date
         self._cmd_group: dict[str, int] = {}
         self._obs_seq = 0
+        # The latest decisions' times (at most DECISIONS_KEPT, trimmed as a night closes:
+        # memory stays flat over a season) and how many were made in all.
         self.decision_ms: list[float] = []
+        self.decisions = 0
         self.refusals: Counter[str] = Counter()
         self.vetoes: Counter[str] = Counter()  # commands the guard refused, by rule
         self._guard_site: dict[str, tuple] = {}  # site -> (t, weather, rule): see guard
@@ -417,6 +422,7 @@ class BrainCore(Transients):
         t0 = time.perf_counter()
         f = self.scheduler.choose(self.sky, g.index, g.site, t, g.pointing_xyz)
         self.decision_ms.append((time.perf_counter() - t0) * 1e3)
+        self.decisions += 1
         if f is None:
             g.phase = IDLE
             return []

@@ -186,9 +186,9 @@ class DaemonMetrics:
         return [min(1.0, max(0.0, s) / per) for s in open_s]
 
     def new_decisions(self) -> None:
-        ms = self.d.core.decision_ms
-        n = len(ms)
-        for x in ms[self._decisions_seen:n]:
+        core = self.d.core
+        ms, n = core.decision_ms, core.decisions  # the list is trimmed as nights close
+        for x in ms[max(0, len(ms) - (n - self._decisions_seen)):]:
             self.decision.observe(x / 1e3)
         self._decisions_seen = n
 

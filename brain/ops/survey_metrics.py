@@ -158,7 +158,7 @@ def run_metrics(result, policy: str, config_name: str, lattice: AreaLattice):
                                     for b in config.camera.bands if np.any(obs["band"] == b)},
         },
         "scheduler": {"decision_ms": core.decision_percentiles(),
-                      "decisions": len(core.decision_ms),
+                      "decisions": core.decisions,
                       "refusals": dict(core.refusals),
                       "safety_vetoes": dict(core.vetoes)},
         "transients": transients,

@@ -107,6 +107,9 @@ class Daemon(NightStore):
         followup = None
         if (policy is not None or policy_pending) and config.spectrographs:
             followup = FollowupManager(config, policy, seed)
+            # The journal is the daemon's record: a recorded stream (the fast shell's,
+            # for replay) would keep every snapshot in memory all season.
+            followup.record = False
         # The object store: beside the journal unless the config names one (docs/store.md).
         self.store = open_store(config.store.url or
                                 f"sqlite:///{Path(journal).parent / 'store.sqlite'}")
