@@ -86,6 +86,38 @@ def test_a_job_fired_before_its_world_time_waits_for_it(config, tmp_path):
         d.close()
 
 
+def test_dusk_and_dawn_do_not_wait_for_a_retraining(config, tmp_path):
+    """A retraining (minutes of CPU: hours of world time in a fast rehearsal) runs aside;
+    the next dusk and dawn run on time meanwhile, and a report waits for it to end (one
+    job aside at a time). A rehearsal at 300x missed a whole night's dusks behind one."""
+    import threading
+
+    from brain.ops.nightjobs import Due
+
+    t0 = parse_start(f"{NIGHT}T06:00:00")
+    d = start_daemon(config, tmp_path, t0, speed=SLOW)
+    release = threading.Event()
+    work = threading.Thread(target=release.wait, daemon=True)
+    work.start()
+    d.nightjobs._busy = (Due("retrain:2026-12-14", "retrain", "2026-12-14", None, t0),
+                         work, {"detail": {"runs": 1}})
+    try:
+        now = d.clock.now()
+        fire(f"dusk:{NIGHT}:xl", "dusk", NIGHT, "xl", now)
+        fire("report:2026-12-14", "report", "2026-12-14", None, now)
+        run_until(d, lambda: f"dusk:{NIGHT}:xl" in rows(d))
+        assert work.is_alive() and rows(d)[f"dusk:{NIGHT}:xl"]["status"] == "done"
+        d.step()
+        assert "report:2026-12-14" not in rows(d)  # waits for the retraining
+        release.set()
+        run_until(d, lambda: rows(d).get("report:2026-12-14", {}).get("status")
+                  in ("done", "failed"))
+        assert rows(d)["retrain:2026-12-14"]["status"] == "done"
+    finally:
+        release.set()
+        d.close()
+
+
 def test_jobs_run_once_across_restarts_and_misfires(config, tmp_path):
     t0 = parse_start(f"{NIGHT}T06:00:00")
     d = start_daemon(config, tmp_path, t0)

@@ -31,6 +31,9 @@ How they run:
   a report within 12 h, a retrain within ``ops.retrain_grace_h``; a job later than that
   is journalled as ``missed`` and counted. APScheduler itself coalesces and never runs
   two instances of a job.
+* A report (a thread) and a retraining (a niced process) run aside, one at a time;
+  dusk and dawn never wait for them (a retraining lasts minutes: hours of world time
+  in a fast rehearsal). The night is closed in the store once, at its last dawn.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ from policies.classifier import ARTIFACT_DIR, TransientClassifier
 log = logging.getLogger("brain.ops.nightjobs")
 
 KINDS = ("dusk", "dawn", "report", "retrain")
+# Run aside (a thread, a process), one at a time; dusk and dawn never wait for them.
+BACKGROUND_JOBS = ("report", "retrain")
 REPORT_GRACE_S = 12 * 3600.0
 DAWN_GRACE_S = 12 * 3600.0
 MAX_GRACE_S = 24 * 3600.0  # no job is worth running later (dusk: its night; retrain: <= 24 h)
@@ -129,6 +134,7 @@ class NightJobs:
             timezone=UTC)
         self._busy: tuple[Due, object] | None = None  # a report thread or retrain process
         self._planned_for: str | None = None
+        self._closed_night: str | None = None  # the night the last dawn closed in the store
         self.counts: dict[tuple[str, str], int] = {}
         # Fired by the wall clock a little before the world clock reaches them (the two
         # clocks are read apart; the wall clock can be stepped): held until it does.
@@ -261,13 +267,19 @@ class NightJobs:
             for e in held:
                 if e.world_t <= now:
                     self.due.put(e)
-        while self._busy is None:
+        waiting = []
+        while True:
             try:
                 due = self.due.get_nowait()
             except queue.Empty:
                 break
-            self._run(due)
+            if self._busy is not None and due.kind in BACKGROUND_JOBS:
+                waiting.append(due)  # one report or retraining at a time
+                continue
+            self._run(due)  # dusk and dawn never wait behind a report or a retraining
             worked = True
+        for due in waiting:
+            self.due.put(due)
         if worked:
             self.plan(self.clock.now())
         return worked
@@ -341,7 +353,8 @@ class NightJobs:
 
         self._act(due, now, decide)
         dawns = [t for _j, kind, _s, t in self.times(due.night) if kind == "dawn"]
-        if now >= max(dawns):  # the last site's dawn: the night goes to the store
+        if now >= max(dawns) and self._closed_night != due.night:
+            self._closed_night = due.night  # the last site's dawn: the night goes to the store
             self.d.close_night(now)
 
     def _report(self, due: Due, now: float) -> None:
