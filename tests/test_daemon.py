@@ -197,6 +197,43 @@ def test_restart_takes_back_the_spectra_already_commanded(small_config, tmp_path
         d.close()
 
 
+def test_a_new_store_beside_a_journal_with_spectra_starts(small_config, tmp_path):
+    """A journal with spectra and a new, empty store (moved to PostgreSQL, or the store
+    lost): the catalogue knows none of the spectra's objects. The daemon starts, counts
+    the spectroscopic time already spent and numbers its next target after them (a
+    restart used to die here with an IndexError)."""
+    from brain.config import load_config
+    from brain.core.events import Command
+    from brain.shells.daemon import Daemon
+    from brain.shells.journal import Journal
+    from drivers.clock import WorldClock, parse_start
+    from policies.followup import make_policy
+
+    config = load_config(small_config)
+    t0 = parse_start(START)
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path)
+    j.start_session("old-session", t0)
+    spec = f"{config.spectrographs[0].site}.spec"
+    done = Command(spec, "spectrum", {"ra_deg": 150.0, "dec_deg": 30.0, "seconds": 600.0,
+                                      "target_id": f"{spec}-000004"}, deadline=t0 + 2000)
+    j.command("old-session", done, t0 + 200)
+    j.finish(done.cmd_id, "done", t0 + 900, {"label": "SNIa", "t_start": t0 + 210,
+                                             "t_end": t0 + 900})
+    j.close()
+    d = Daemon(config, path, WorldClock(t0 + 1100, 60.0),
+               router=f"tcp://127.0.0.1:{free_port()}", pub=None,
+               policy=make_policy("greedy", 0))
+    try:
+        fu = d.core.followup
+        assert d.core.associator.n_objects == 0
+        assert fu.taken == set() and fu.records == {}
+        assert fu.specs[spec].used_s == 700.0
+        assert next(fu._seq) == 5
+    finally:
+        d.close()
+
+
 def test_run_refuses_bad_input_in_one_line(tmp_path):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
