@@ -142,27 +142,20 @@ def test_killed_daemon_restarts_from_its_journal_without_loss_or_repeats(small_c
     assert first_second >= last_first
 
 
-def test_restart_takes_back_the_spectra_already_commanded(small_config, tmp_path):
-    """Follow-up state comes back from the journal: an object already observed is not
-    offered again (one whose spectrum failed is), its label is known, tonight's spectrum
-    time counts against the telescope's budget, and target ids go on after the last."""
+def _journal_with_a_spectrum(config, path, t0: float, number: int, objects=()):
+    """A journal: three detections of each of ``objects`` (ra, dec) and a spectrum at
+    (150, 30), target number ``number``, done 700 s after it was sent. Returns it open,
+    and the spectrograph's device id."""
     import numpy as np
 
-    from brain.config import load_config
     from brain.core.events import Command
-    from brain.shells.daemon import Daemon
     from brain.shells.journal import Journal
-    from drivers.clock import WorldClock, parse_start
     from observatory.times import unix_to_mjd
-    from policies.followup import make_policy
 
-    config = load_config(small_config)
-    t0 = parse_start(START)
-    path = tmp_path / "journal.sqlite"
     j = Journal(path)
     j.start_session("old-session", t0)
-    for k in range(3):  # two objects, three detections each
-        for ra, dec in ((150.0, 30.0), (151.0, 31.0)):
+    for k in range(3):
+        for ra, dec in objects:
             j.detections(f"x-{k}-{ra}", 0, t0 + 60 * k, {
                 "ra_deg": np.array([ra]), "dec_deg": np.array([dec]),
                 "mag": np.array([19.0]), "mag_err": np.array([0.05]),
@@ -170,19 +163,43 @@ def test_restart_takes_back_the_spectra_already_commanded(small_config, tmp_path
                 "band": np.array([1])})
     spec = f"{config.spectrographs[0].site}.spec"
     done = Command(spec, "spectrum", {"ra_deg": 150.0, "dec_deg": 30.0, "seconds": 600.0,
-                                      "target_id": f"{spec}-000007"}, deadline=t0 + 2000)
+                                      "target_id": f"{spec}-{number:06d}"}, deadline=t0 + 2000)
     j.command("old-session", done, t0 + 200)
     j.finish(done.cmd_id, "done", t0 + 900, {"label": "SNIa", "t_start": t0 + 210,
                                              "t_end": t0 + 900})
+    return j, spec
+
+
+def _restart_with_followup(config, path, t: float):
+    from brain.shells.daemon import Daemon
+    from drivers.clock import WorldClock
+    from policies.followup import make_policy
+
+    return Daemon(config, path, WorldClock(t, 60.0), router=f"tcp://127.0.0.1:{free_port()}",
+                  pub=None, policy=make_policy("greedy", 0))
+
+
+def test_restart_takes_back_the_spectra_already_commanded(small_config, tmp_path):
+    """Follow-up state comes back from the journal: an object already observed is not
+    offered again (one whose spectrum failed is), its label is known, tonight's spectrum
+    time counts against the telescope's budget, and target ids go on after the last."""
+
+    from brain.config import load_config
+    from brain.core.events import Command
+    from drivers.clock import parse_start
+
+    config = load_config(small_config)
+    t0 = parse_start(START)
+    path = tmp_path / "journal.sqlite"
+    # two objects, three detections each; a spectrum of the first
+    j, spec = _journal_with_a_spectrum(config, path, t0, 7, ((150.0, 30.0), (151.0, 31.0)))
     failed = Command(spec, "spectrum", {"ra_deg": 151.0, "dec_deg": 31.0, "seconds": 600.0,
                                         "target_id": f"{spec}-000008"}, deadline=t0 + 3000)
     j.command("old-session", failed, t0 + 1000)
     j.finish(failed.cmd_id, "failed", t0 + 1001, code="device_fault", message="too faint")
     j.close()
 
-    d = Daemon(config, path, WorldClock(t0 + 1100, 60.0),
-               router=f"tcp://127.0.0.1:{free_port()}", pub=None,
-               policy=make_policy("greedy", 0))
+    d = _restart_with_followup(config, path, t0 + 1100)
     try:
         fu = d.core.followup
         observed, refused = (int(x) for x in d.core.associator.locate([150.0, 151.0],
@@ -203,27 +220,14 @@ def test_a_new_store_beside_a_journal_with_spectra_starts(small_config, tmp_path
     the spectroscopic time already spent and numbers its next target after them (a
     restart used to die here with an IndexError)."""
     from brain.config import load_config
-    from brain.core.events import Command
-    from brain.shells.daemon import Daemon
-    from brain.shells.journal import Journal
-    from drivers.clock import WorldClock, parse_start
-    from policies.followup import make_policy
+    from drivers.clock import parse_start
 
     config = load_config(small_config)
     t0 = parse_start(START)
     path = tmp_path / "journal.sqlite"
-    j = Journal(path)
-    j.start_session("old-session", t0)
-    spec = f"{config.spectrographs[0].site}.spec"
-    done = Command(spec, "spectrum", {"ra_deg": 150.0, "dec_deg": 30.0, "seconds": 600.0,
-                                      "target_id": f"{spec}-000004"}, deadline=t0 + 2000)
-    j.command("old-session", done, t0 + 200)
-    j.finish(done.cmd_id, "done", t0 + 900, {"label": "SNIa", "t_start": t0 + 210,
-                                             "t_end": t0 + 900})
+    j, spec = _journal_with_a_spectrum(config, path, t0, 4)
     j.close()
-    d = Daemon(config, path, WorldClock(t0 + 1100, 60.0),
-               router=f"tcp://127.0.0.1:{free_port()}", pub=None,
-               policy=make_policy("greedy", 0))
+    d = _restart_with_followup(config, path, t0 + 1100)
     try:
         fu = d.core.followup
         assert d.core.associator.n_objects == 0
