@@ -29,13 +29,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix
 
 import brain.shells.fast as fast
 from brain.cli.common import load_policy
 from brain.cli.simulation import fresh_run_store
 from brain.config import load_config
 from brain.core.association import Associator
+from brain.ops.survey_metrics import macro_f1
 from observatory.sky import FieldGrid
 from observatory.taxonomy import CLASSES, TRANSIENTS
 from observatory.visibility import NightCache
@@ -79,10 +80,6 @@ def run(nights: int, seed: int, start: str, out: Path) -> tuple[list[dict], np.n
         rec["held_before"] = (np.unique(np.concatenate(held[:k - 3])) if k > 3
                               else np.zeros(0, dtype=np.int64))
     return records, result.env.population.cls
-
-
-def macro_f1(y, p) -> float:
-    return float(f1_score(y, p, labels=np.unique(y), average="macro"))
 
 
 def analyse(records: list[dict], cls: np.ndarray, from_night: int) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
@@ -85,9 +85,9 @@ class BrainCore(Transients):
         self._night_span = (math.inf, -math.inf)  # [t0, t1) of the cached night's date
         self._cmd_group: dict[str, int] = {}
         self._obs_seq = 0
-        # The latest decisions' times (at most DECISIONS_KEPT, trimmed as a night closes:
-        # memory stays flat over a season) and how many were made in all.
-        self.decision_ms: list[float] = []
+        # The latest decisions' times (bounded: memory stays flat over a season, even if
+        # no night is ever closed) and how many were made in all.
+        self.decision_ms: deque[float] = deque(maxlen=self.DECISIONS_KEPT)
         self.decisions = 0
         self.refusals: Counter[str] = Counter()
         self.vetoes: Counter[str] = Counter()  # commands the guard refused, by rule
@@ -514,5 +514,5 @@ class BrainCore(Transients):
     def decision_percentiles(self) -> dict[str, float]:
         if not self.decision_ms:
             return {"p50": math.nan, "p99": math.nan}
-        a = np.asarray(self.decision_ms)
+        a = np.fromiter(self.decision_ms, dtype=float, count=len(self.decision_ms))
         return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}

@@ -126,5 +126,4 @@ class Transients:
         if self._pending:
             self.associator.add(DetectionBatch.concat(self._pending))
             self._pending.clear()
-        del self.decision_ms[:-self.DECISIONS_KEPT]  # the latest only: flat over a season
         return self.associator.close_night(float(unix_to_mjd(t)))

@@ -187,7 +187,7 @@ class DaemonMetrics:
 
     def new_decisions(self) -> None:
         core = self.d.core
-        ms, n = core.decision_ms, core.decisions  # the list is trimmed as nights close
+        n, ms = core.decisions, list(core.decision_ms)  # a scrape thread: one C-level copy
         for x in ms[max(0, len(ms) - (n - self._decisions_seen)):]:
             self.decision.observe(x / 1e3)
         self._decisions_seen = n
