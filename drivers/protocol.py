@@ -169,6 +169,9 @@ def _check_event(name: str, data: dict, ref: str | None) -> None:
             if not isinstance(s, dict) or not all(_num(s.get(k)) for k in SOURCE_FIELDS):
                 raise ProtocolError("bad_message", "a detections source needs numeric "
                                     "ra_deg, dec_deg, mag, mag_err", ref)
+            if "ref_mag" in s and not (s["ref_mag"] is None or _num(s["ref_mag"])):
+                raise ProtocolError("bad_message", "a detections source's ref_mag must be "
+                                    "a number or null", ref)
     elif name == "state":
         if data.get("state") not in (*DEVICE_STATES, "dead"):
             raise ProtocolError("bad_message", "state event needs state idle, busy, parked, "

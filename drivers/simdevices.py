@@ -130,12 +130,16 @@ class SimArray:
             sources: list[dict] = []
             if det is not None:
                 sel = order[bounds[k]:bounds[k + 1]]
-                sources = [{"ra_deg": a, "dec_deg": d, "mag": m, "mag_err": e, "truth": tr}
-                           for a, d, m, e, tr in zip(det.ra_deg[sel].tolist(),
-                                                     det.dec_deg[sel].tolist(),
-                                                     det.mag[sel].tolist(),
-                                                     det.mag_err[sel].tolist(),
-                                                     det.truth[sel].tolist(), strict=True)]
+                # ref_mag: the reference's magnitude there, null where it holds nothing.
+                ref = [r if r < 99 else None for r in det.ref_mag[sel].tolist()]
+                sources = [{"ra_deg": a, "dec_deg": d, "mag": m, "mag_err": e, "truth": tr,
+                            "ref_mag": rf}
+                           for a, d, m, e, tr, rf in zip(det.ra_deg[sel].tolist(),
+                                                         det.dec_deg[sel].tolist(),
+                                                         det.mag[sel].tolist(),
+                                                         det.mag_err[sel].tolist(),
+                                                         det.truth[sel].tolist(), ref,
+                                                         strict=True)]
             base = {"obs_id": row[0], "field_id": int(row[5]), "band": row[4],
                     "t_mid": 0.5 * (row[8] + row[9]), "limiting_mag": float(row[14])}
             chunks = [sources[i:i + SOURCES_PER_EVENT]

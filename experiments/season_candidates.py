@@ -7,7 +7,8 @@ simulator's truth; and which sources the catalogue held at the close of every ni
 Then, for candidates seen on two nights or more from ``--from-night`` on, prints one JSON
 object:
 
-* per night: candidates, how many are *new* (first seen within 3.5 days) or *changed*
+* per night: candidates, how many are *new* (first seen within the config's
+  ``transients.new_days``, counted from the night's end) or *changed*
   (known longer), and how many of the new variables' sources the catalogue held more
   than three nights before (re-found artefacts would be; first sightings are not);
 * pooled: macro-F1 (classes present in the truth, as ``metrics.json``), recall and
@@ -19,7 +20,8 @@ object:
     python -m experiments.season_candidates --nights 10 --out /tmp/season-candidates
 
 It hooks the fast shell's night close (``brain.shells.fast._close_night``) to look, and
-changes nothing the brain decides.
+changes nothing the brain decides. ``--no-reference`` withholds the survey reference's
+``ref_mag`` from the brain's detections (the same model, without that context).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from simulator.environment import make_environment
 RARE = ("SLSN", "TDE", "KN", "uLens")
 
 
-def run(nights: int, seed: int, start: str, out: Path) -> tuple[list[dict], np.ndarray]:
+def run(nights: int, seed: int, start: str, out: Path,
+        reference: bool = True) -> tuple[list[dict], np.ndarray]:
     config = load_config(None)
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid, keep=nights + 1)
@@ -68,13 +71,23 @@ def run(nights: int, seed: int, start: str, out: Path) -> tuple[list[dict], np.n
         held.append(np.unique(self.truth[:self.n_objects]))
         return assoc_close(self, now_mjd)
 
+    detect = fast._detect
+
+    def without_reference(photometry, finished, t_minute):
+        batch = detect(photometry, finished, t_minute)
+        batch.ref_mag = None
+        return batch
+
     fast._close_night, Associator.close_night = look, held_sources
+    if not reference:
+        fast._detect = without_reference
     store = fresh_run_store(out)
     try:
         result = fast.simulate(config, env, cache=cache, store=store,
                                policy=load_policy("greedy", seed))
     finally:
         fast._close_night, Associator.close_night = close_night, assoc_close
+        fast._detect = detect
         store.close()
     for k, rec in enumerate(records):
         rec["held_before"] = (np.unique(np.concatenate(held[:k - 3])) if k > 3
@@ -82,7 +95,8 @@ def run(nights: int, seed: int, start: str, out: Path) -> tuple[list[dict], np.n
     return records, result.env.population.cls
 
 
-def analyse(records: list[dict], cls: np.ndarray, from_night: int) -> dict:
+def analyse(records: list[dict], cls: np.ndarray, from_night: int,
+            new_days: float = 3.0) -> dict:
     names = np.asarray(CLASSES)
     nights, ys, probs, preds = [], [], [], []
     for k, rec in enumerate(records):
@@ -90,7 +104,9 @@ def analyse(records: list[dict], cls: np.ndarray, from_night: int) -> dict:
         y = cls[np.maximum(rec["truth"], 0)]
         transient = np.isin(names[y], TRANSIENTS)
         now = float(rec["last"].max()) if rec["last"].size else 0.0
-        new = two & (rec["first"] >= now - 3.5)
+        # New as the brain counts it (first seen within new_days), as of the night's end
+        # (``now`` is its last detection, about half a day before the next night).
+        new = two & (rec["first"] >= now - new_days - 0.5)
         seen = np.isin(rec["truth"], rec["held_before"])
         nights.append({
             "date": rec["date"], "candidates": int(rec["truth"].size),
@@ -137,9 +153,13 @@ def main() -> None:
     ap.add_argument("--start", default="2026-12-15")
     ap.add_argument("--from-night", type=int, default=7, help="first night pooled (0-based)")
     ap.add_argument("--out", default="out/season-candidates", help="the run's store")
+    ap.add_argument("--no-reference", action="store_true",
+                    help="withhold the reference (ref_mag) from the brain")
     args = ap.parse_args()
-    records, cls = run(args.nights, args.seed, args.start, Path(args.out))
-    print(json.dumps(analyse(records, cls, args.from_night), indent=1))
+    records, cls = run(args.nights, args.seed, args.start, Path(args.out),
+                       reference=not args.no_reference)
+    new_days = load_config(None).transients.new_days
+    print(json.dumps(analyse(records, cls, args.from_night, new_days), indent=1))
 
 
 if __name__ == "__main__":

@@ -31,13 +31,14 @@ def model_feature_names() -> list[str]:
 
 
 def model_features(obj, mjd, band, mag, err, n_objects: int | None = None,
-                   radec: np.ndarray | None = None) -> np.ndarray:
+                   radec: np.ndarray | None = None, ref: np.ndarray | None = None) -> np.ndarray:
     """(n_objects, len(model_feature_names())) from a detection table sorted by (obj,
-    mjd) and optional per-object positions ``radec`` (n_objects, 2) in degrees."""
+    mjd), optional per-object positions ``radec`` (n_objects, 2) in degrees and the
+    reference's magnitudes ``ref`` (n_objects, 3; ``policies.context``)."""
     obj = np.asarray(obj, dtype=np.int64)
     n = int(n_objects if n_objects is not None else (obj.max() + 1 if obj.size else 0))
     return np.hstack([extract(obj, mjd, band, mag, err, n), extract_lc(obj, mjd, band, mag, err, n),
-                      context_features(radec, n)])
+                      context_features(radec, n, ref, obj, band, mag)])
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -77,8 +78,9 @@ class TransientClassifier:
         return softmax(np.asarray(raw) / self.temperature)
 
     def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
-                radec: np.ndarray | None = None) -> np.ndarray:
+                radec: np.ndarray | None = None, ref: np.ndarray | None = None) -> np.ndarray:
         """Probabilities (n_objects, 14) from a detection table sorted by (obj, mjd), with
-        optional per-object positions ``radec`` (n_objects, 2; NaN: unknown)."""
+        optional per-object positions ``radec`` (n_objects, 2; NaN: unknown) and
+        reference magnitudes ``ref`` (n_objects, 3; NaN: unknown, +inf: none)."""
         return self.predict_features(model_features(obj, mjd, band, mag, err, n_objects,
-                                                    radec))
+                                                    radec, ref))

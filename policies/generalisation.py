@@ -50,9 +50,12 @@ def test_set(generator: str, n_per_class: int, seed: int = TEST_SEED) -> LightCu
 def concat(sets: list[LightCurveSet]) -> LightCurveSet:
     """Light-curve sets one after another (objects renumbered)."""
     off = np.cumsum([0] + [d.n for d in sets])
+    known = all(d.base is not None for d in sets)
     return LightCurveSet(np.concatenate([d.obj + o for d, o in zip(sets, off, strict=False)]),
                          *(np.concatenate([getattr(d, k) for d in sets])
-                           for k in ("mjd", "band", "mag", "err", "label", "first_night")))
+                           for k in ("mjd", "band", "mag", "err", "label", "first_night")),
+                         *((np.concatenate([d.base for d in sets]),
+                            np.concatenate([d.peak for d in sets])) if known else ()))
 
 
 def real_set() -> LightCurveSet:

@@ -1,6 +1,9 @@
 """Light curves in and out of ``brain classify`` (docs/contracts.md).
 
-Input CSV columns: object_id, mjd, band, mag, mag_err (detections; band g, r or i; AB).
+Input CSV columns: object_id, mjd, band, mag, mag_err (detections; band g, r or i; AB);
+optional ra_deg, dec_deg (the object's position) and ref_mag (what the survey's
+reference holds at the detection in its band: a magnitude, ``none`` for nothing there,
+empty for unknown; docs/protocol.md).
 Every problem is reported in one line naming the row and column; nothing is guessed.
 UTF-8, with or without the byte-order mark spreadsheets write. Values outside the
 physical ranges below are refused, not computed with (docs/cli-edges.md).
@@ -20,6 +23,8 @@ from observatory.taxonomy import CLASSES
 
 REQUIRED = ("object_id", "mjd", "band", "mag", "mag_err")
 POSITION = ("ra_deg", "dec_deg")  # optional: the classifier then uses the sky context
+REFERENCE = "ref_mag"  # optional: the reference at each detection (policies/context.py)
+NOTHING = "none"  # a ref_mag of nothing there (the protocol's nil)
 MAX_ID_CHARS = 128
 MAG_RANGE = (-30.0, 40.0)  # AB: brighter than the full Moon to beyond any telescope
 MAG_ERR_MAX = 20.0  # (0, 20]: real surveys' faintest points reach ~13 mag of error
@@ -41,6 +46,7 @@ class DetectionTable:
     mag: np.ndarray
     err: np.ndarray
     radec: np.ndarray | None = None  # (n_objects, 2) degrees, NaN where not given
+    ref: np.ndarray | None = None  # (n_objects, 3) g, r, i: NaN unknown, +inf nothing
 
 
 def _number(text: str, row: int, col: str, lo: float, hi: float) -> float:
@@ -88,7 +94,8 @@ def _read_rows(p: Path, reader) -> DetectionTable:
     pos = [names.index(c) for c in POSITION if c in names]
     if len(pos) == 1:
         raise LightCurveInputError(f"{p}: a position needs both {' and '.join(POSITION)}")
-    ids, mjd, band, mag, err, ra, dec = [], [], [], [], [], [], []
+    ref_col = names.index(REFERENCE) if REFERENCE in names else None
+    ids, mjd, band, mag, err, ra, dec, refs = [], [], [], [], [], [], [], []
     for row_no, row in enumerate(reader, start=2):
         if not row or not any(x.strip() for x in row):
             continue
@@ -122,14 +129,28 @@ def _read_rows(p: Path, reader) -> DetectionTable:
             ra.append(_number(r_text, row_no, "ra_deg", 0.0, 360.0) if r_text else math.nan)
             dec.append(_number(d_text, row_no, "dec_deg", -90.0, 90.0) if d_text
                        else math.nan)
+        if ref_col is not None:
+            text = row[ref_col].strip()
+            refs.append(math.nan if not text else math.inf if text.lower() == NOTHING
+                        else _number(text, row_no, REFERENCE, *MAG_RANGE))
     if not ids:
         raise LightCurveInputError(f"{p}: no detections after the header")
     object_ids, obj = np.unique(np.array(ids), return_inverse=True)
     mjd_a = np.array(mjd)
     order = np.lexsort((mjd_a, obj))
+    band_a = np.array(band)
+    ref = None
+    if ref_col is not None:  # per object and band, the latest row that says
+        ref = np.full((len(object_ids), 3), np.nan)
+        r = np.array(refs)[order]
+        said = ~np.isnan(r)
+        key, vals = (obj[order] * 3 + band_a[order])[said], r[said]
+        _, last = np.unique(key[::-1], return_index=True)
+        last = key.size - 1 - last
+        ref.reshape(-1)[key[last]] = vals[last]
     return DetectionTable([str(x) for x in object_ids], obj[order], mjd_a[order],
-                          np.array(band)[order], np.array(mag)[order], np.array(err)[order],
-                          _positions(obj, ra, dec, len(object_ids)) if pos else None)
+                          band_a[order], np.array(mag)[order], np.array(err)[order],
+                          _positions(obj, ra, dec, len(object_ids)) if pos else None, ref)
 
 
 def _positions(obj: np.ndarray, ra: list, dec: list, n: int) -> np.ndarray:

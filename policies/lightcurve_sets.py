@@ -44,6 +44,11 @@ class LightCurveSet:
     err: np.ndarray
     label: np.ndarray  # class index per light curve
     first_night: np.ndarray  # bool per light curve: truncated to its first night
+    # Per light curve, where the generator knows them: the steady counterpart's g, r, i
+    # magnitudes (+inf: none) and the r-band peak (transients) or mean (variables), from
+    # which ``classifier_training.references`` draws what a survey's reference holds.
+    base: np.ndarray | None = None
+    peak: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -80,9 +85,10 @@ def _window_offset(cls: str, params: dict, n: int, rng, gen: Generator = SIMULAT
 
 
 def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8,
-                  gen: Generator = SIMULATOR):
+                  gen: Generator = SIMULATOR, with_reference: bool = False):
     """Detections of n sources of one class (from generator ``gen``) through n random
-    surveys."""
+    surveys; with ``with_reference`` also each source's steady counterpart and peak
+    (``_counterparts``)."""
     # Brightness uniform over the detectable range: no magnitude prior to learn, and
     # every light curve has a chance to be seen.
     # Half the sources near the detection limit, where a flux-limited survey finds most.
@@ -121,7 +127,17 @@ def observe_class(cls: str, n: int, rng: np.random.Generator, mag_limit: float =
     keep_band = (one_band[src] < 0) | (band == one_band[src])
     src, t, band = src[keep_band], t[keep_band], band[keep_band]
     m5 = depth[src] + rng.normal(0, 0.3, src.size) - np.array([0.0, 0.2, 0.6])[band]
-    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen)
+    out = _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen)
+    return out + _counterparts(cls, params, n, bright, gen) if with_reference else out
+
+
+def _counterparts(cls, params, n, peak, gen) -> tuple:
+    """(steady counterpart g, r, i (n, 3), +inf where none; r peak or mean (n,)): no
+    random draws, so the light curves are those drawn without them."""
+    idx = np.arange(n)
+    base = np.stack([np.broadcast_to(gen.baseline(cls, params, idx, np.full(n, b)), (n,))
+                     for b in range(3)], axis=1).astype(float)
+    return base, np.asarray(peak, dtype=float)
 
 
 def _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen):
@@ -145,7 +161,7 @@ SITIAN_NIGHTS = 45
 
 
 def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float = 21.8,
-                   gen: Generator = SIMULATOR):
+                   gen: Generator = SIMULATOR, with_reference: bool = False):
     """Detections of n sources of one class (from ``gen``) by a continuous SiTian stare
     survey.
 
@@ -179,7 +195,8 @@ def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float 
     band = np.tile(np.array([0, 1, 2]), src.size // 3)
     visit_depth = depth[src] + np.repeat(rng.normal(0, 0.2, src.size // 3), 3)
     m5 = visit_depth + np.array([0.1, 0.0, -0.3])[band]
-    return _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen)
+    out = _detect(cls, params, src, t, band, offset, m5, floor, rng, mag_limit, gen)
+    return out + _counterparts(cls, params, n, bright, gen) if with_reference else out
 
 
 def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
@@ -231,19 +248,20 @@ def _make(observe, classes, n_per_class, rng, first_night_fraction, fill, adapti
             raise ValueError(f"{cls}: only {n_per_class - need} of {n_per_class} light "
                              f"curves with 3+ detections after {len(got)} draws")
         ids = 0
-        for src, t, band, mag, err, first in got:
-            parts.append((src + offset + ids, t, band, mag, err, np.full(first.size, k), first))
+        for src, t, band, mag, err, first, base, peak in got:
+            parts.append((src + offset + ids, t, band, mag, err, np.full(first.size, k), first,
+                          base, peak))
             ids += first.size
         offset += ids
-    cat = [np.concatenate([p[i] for p in parts]) for i in range(7)]
+    cat = [np.concatenate([p[i] for p in parts]) for i in range(9)]
     order = np.lexsort((cat[1], cat[0]))
     return LightCurveSet(cat[0][order], cat[1][order], cat[2][order], cat[3][order],
-                         cat[4][order], cat[5], cat[6])
+                         cat[4][order], cat[5], cat[6], cat[7], cat[8])
 
 
 def _one_chunk(observe, cls, n, rng, first_night_fraction):
     """Light curves (with at least 3 detections) of n sources, renumbered 0..m-1."""
-    src, t, band, mag, err, active = observe(cls, n, rng)
+    src, t, band, mag, err, active, base, peak = observe(cls, n, rng, with_reference=True)
     first = rng.random(n) < first_night_fraction
     # The first night of a transient is the night its outburst is first detected (a
     # quiescent counterpart seen on earlier nights is not the transient yet); that
@@ -255,11 +273,12 @@ def _one_chunk(observe, cls, n, rng, first_night_fraction):
     good = np.bincount(src, minlength=n) >= 3
     sel = good[src]
     ids, src2 = np.unique(src[sel], return_inverse=True)
-    return src2, t[sel] + 60000.0, band[sel], mag[sel], err[sel], first[ids]
+    return (src2, t[sel] + 60000.0, band[sel], mag[sel], err[sel], first[ids], base[ids],
+            peak[ids])
 
 
 def _take(piece, m):
     """The first m light curves of a chunk."""
-    src, t, band, mag, err, first = piece
+    src, t, band, mag, err, first, base, peak = piece
     sel = src < m
-    return src[sel], t[sel], band[sel], mag[sel], err[sel], first[:m]
+    return src[sel], t[sel], band[sel], mag[sel], err[sel], first[:m], base[:m], peak[:m]

@@ -155,9 +155,9 @@ class SequenceClassifier:
         return network_logits(self.net, tokens[has], lengths[has], glob[has]), has
 
     def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
-                radec: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities (n_objects, 14) from a detection table sorted by (obj, mjd);
-        uniform for an object without detections."""
+                radec: np.ndarray | None = None, ref: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (n_objects, 14) from a detection table sorted by (obj, mjd)
+        (context ignored); uniform for an object without detections."""
         raw, has = self.logits(obj, mjd, band, mag, err, n_objects)
         prob = np.full((has.size, len(self.classes)), 1.0 / len(self.classes))
         if has.any():
@@ -211,8 +211,8 @@ class EnsembleClassifier:
         return softmax(z / self.temperature)
 
     def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
-                radec: np.ndarray | None = None) -> np.ndarray:
+                radec: np.ndarray | None = None, ref: np.ndarray | None = None) -> np.ndarray:
         n = int(n_objects if n_objects is not None
                 else (np.max(obj) + 1 if np.size(obj) else 0))
-        return self.combine(self.trees.predict(obj, mjd, band, mag, err, n, radec),
+        return self.combine(self.trees.predict(obj, mjd, band, mag, err, n, radec, ref),
                             self.sequence.predict(obj, mjd, band, mag, err, n))

@@ -5,6 +5,8 @@ reaches 5 sigma, with magnitude errors from the signal-to-noise (sigma = 1.0857 
 SNR = 5 x 10^(0.4 (m5 - m)), plus a per-site calibration floor), and a Poisson number of
 bogus detections (artefacts: cosmic rays, ghosts, subtraction residuals) at random
 positions with magnitudes just above the limit, which the brain must learn to ignore.
+Each detection carries what the survey's reference image holds at its position
+(``ref_mag``, simulator/reference.py), as a difference-imaging pipeline reports it.
 
 Exposures are processed in batches (the fast shell sends a minute's worth at a time), so
 the cost is a few numpy calls per batch, not per exposure or per source.
@@ -18,6 +20,7 @@ import numpy as np
 
 from observatory.sky import FieldGrid, points_in_fields
 from observatory.times import unix_to_mjd
+from simulator.reference import REF_DEPTH, bogus_reference, reference_magnitudes
 
 CALIBRATION_FLOOR_MAG = 0.01
 
@@ -43,6 +46,7 @@ class Detections:
     mag: np.ndarray
     mag_err: np.ndarray
     truth: np.ndarray
+    ref_mag: np.ndarray | None = None  # the reference at the position (+inf: nothing)
 
 
 class Photometry:
@@ -56,6 +60,13 @@ class Photometry:
                                                grid.ra_deg, grid.dec_deg, grid.side_deg)
         self.offsets = np.concatenate([[0], np.cumsum(np.bincount(owner,
                                                                   minlength=grid.size))])
+        # What the reference holds at every source, drawn once (its own random stream).
+        p = population
+        idx = np.arange(p.size)
+        base = np.stack([p.baseline_magnitudes(idx, b) for b in range(3)], axis=1)
+        self.reference = reference_magnitudes(
+            p.class_name, base, p.ref_mag, REF_DEPTH,
+            np.random.default_rng([seed, 0x5EF])).astype(np.float32)
 
     def detect(self, batch: ExposureBatch, batch_seed: int) -> Detections:
         rng = np.random.default_rng([self.seed, batch_seed])
@@ -91,6 +102,9 @@ class Photometry:
         bmag = batch.m5[be] - rng.exponential(0.4, be.size)
         berr = np.hypot(1.0857 / (5.0 * 10 ** (0.4 * (batch.m5[be] - bmag))),
                         CALIBRATION_FLOOR_MAG)
+        bref = bogus_reference(be.size, REF_DEPTH, np.random.default_rng([self.seed, batch_seed,
+                                                                          0x5EF]))
+        band_b = batch.band[be]
         return Detections(
             np.concatenate([e, be]),
             np.concatenate([ra, bra]),
@@ -99,4 +113,6 @@ class Photometry:
             np.concatenate([batch.band[e], batch.band[be]]),
             np.concatenate([mag, bmag]),
             np.concatenate([err, berr]),
-            np.concatenate([src[ok], np.full(be.size, -1)]))
+            np.concatenate([src[ok], np.full(be.size, -1)]),
+            np.concatenate([self.reference[src[ok], batch.band[e]],
+                            bref[np.arange(be.size), band_b]]))

@@ -150,7 +150,7 @@ def test_classification_offload_applies_the_answer_on_the_loop(sky):
         classes = ("SNIa", "SNII", "SNIbc", "SLSN", "TDE", "KN", "CV", "Flare", "uLens",
                    "RRL", "EB", "DSCT", "LPV", "AGN")
 
-        def predict(self, obj, mjd, band, mag, err, n_objects, radec=None):
+        def predict(self, obj, mjd, band, mag, err, n_objects, radec=None, ref=None):
             return np.full((n_objects, len(self.classes)), 1.0 / len(self.classes))
 
     core = BrainCore(config, grid=grid, nights=cache, classifier=Uniform())

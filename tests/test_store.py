@@ -169,6 +169,9 @@ def _catalogue(seed: int, ids) -> np.ndarray:
     has = rng.random((len(ids), 3)) < 0.5
     hist = rng.normal(18, 2, (len(ids), 3, 5))
     cat["hist"] = np.where(has[..., None], hist, cat["hist"])
+    # the reference: a magnitude, nothing there (+inf) or never reported (NaN)
+    cat["ref"] = np.choose(rng.integers(0, 3, (len(ids), 3)),
+                           [rng.normal(20, 1, (len(ids), 3)), np.inf, np.nan])
     return cat
 
 
@@ -349,3 +352,58 @@ def test_missing_server_binaries_name_the_debian_package(monkeypatch):
     monkeypatch.setattr(pgserver.shutil, "which", lambda name: None)
     with pytest.raises(pgserver.PgServerError, match="Debian's postgresql package"):
         pgserver.find_bindir()
+
+
+def test_a_schema_2_store_is_migrated_in_place(url):
+    """A store written by the brain before the reference column (schema 2) opens: the
+    objects gain ``ref`` (unknown for the rows already there) and nothing else
+    changes."""
+    b, d = ("BLOB" if url.startswith("sqlite") else "BYTEA"), "DOUBLE PRECISION"
+    prob = zlib.compress(np.full(len(CLASSES), 1 / len(CLASSES), "<f4").tobytes(), 1)
+    hist = zlib.compress(np.zeros((3, 5), "<f8").tobytes(), 1)
+    _run_sql(url, [
+        "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO store_meta VALUES ('schema', '2')",
+        f"INSERT INTO store_meta VALUES ('classes', '{','.join(CLASSES)}')",
+        f"""CREATE TABLE objects (object_id BIGINT PRIMARY KEY, ra_deg {d} NOT NULL,
+            dec_deg {d} NOT NULL, first_mjd {d} NOT NULL, last_mjd {d} NOT NULL,
+            n_det INTEGER NOT NULL, n_nights INTEGER NOT NULL, last_night {d} NOT NULL,
+            truth BIGINT NOT NULL, classified_ndet INTEGER NOT NULL,
+            classified_mjd {d} NOT NULL, prob {b} NOT NULL, hist {b} NOT NULL)""",
+        f"""CREATE TABLE light_curves (object_id BIGINT NOT NULL, mjd_first {d} NOT NULL,
+            mjd_last {d} NOT NULL, n INTEGER NOT NULL, data {b} NOT NULL)""",
+    ])
+    old = _catalogue(3, [7])
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(url.removeprefix("sqlite:///"))
+        mark = "?"
+    else:
+        import psycopg  # lazy: only the PostgreSQL tests need it
+
+        db = psycopg.connect(url)
+        mark = "%s"
+    r = old[0]
+    db.execute(f"INSERT INTO objects VALUES ({', '.join([mark] * 13)})",
+               (7, float(r["ra_deg"]), float(r["dec_deg"]), float(r["first_mjd"]),
+                float(r["last_mjd"]), int(r["n_det"]), int(r["n_nights"]),
+                float(r["last_night"]), int(r["truth"]), int(r["classified_ndet"]),
+                float(r["classified_mjd"]), prob, hist))
+    db.commit()
+    db.close()
+
+    store = open_store(url)
+    try:
+        got = store.objects()
+        assert got["object_id"].tolist() == [7] and got["n_det"][0] == r["n_det"]
+        assert np.isnan(got["ref"]).all()  # unknown: written before the column
+        fresh = _catalogue(4, [7, 8])
+        store.write_objects(fresh)
+        store.commit()
+        _assert_cat_equal(store.objects(), fresh)
+    finally:
+        store.close()
+    reopened = open_store(url)  # now a schema-3 store: opens without migrating again
+    try:
+        _assert_cat_equal(reopened.objects(), fresh)
+    finally:
+        reopened.close()

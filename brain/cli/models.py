@@ -42,7 +42,7 @@ def cmd_classify(args) -> int:
         raise UsageError(f"cannot load the classifier from {ARTIFACT_DIR} ({exc}); "
                          "run `brain train classifier`") from None
     prob = model.predict(table.obj, table.mjd, table.band, table.mag, table.err,
-                         len(table.object_ids), table.radec)
+                         len(table.object_ids), table.radec, table.ref)
     text = json.dumps(classification_json(table.object_ids, prob, model.classes), indent=1)
     if out is not None:
         try:

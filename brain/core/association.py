@@ -47,6 +47,9 @@ class DetectionBatch:
     mag: np.ndarray
     mag_err: np.ndarray
     truth: np.ndarray | None = None  # simulator only: source index, -1 for bogus
+    # What the survey's reference holds at each detection (+inf: nothing; NaN: not
+    # reported), when the pipeline says (docs/protocol.md, ref_mag).
+    ref_mag: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ra_deg)
@@ -54,9 +57,13 @@ class DetectionBatch:
     @classmethod
     def concat(cls, batches: list[DetectionBatch]) -> DetectionBatch:
         has_truth = all(b.truth is not None for b in batches)
+        has_ref = any(b.ref_mag is not None for b in batches)
         return cls(*(np.concatenate([getattr(b, k) for b in batches])
                      for k in ("ra_deg", "dec_deg", "mjd", "band", "mag", "mag_err")),
-                   np.concatenate([b.truth for b in batches]) if has_truth else None)
+                   np.concatenate([b.truth for b in batches]) if has_truth else None,
+                   np.concatenate([b.ref_mag if b.ref_mag is not None
+                                   else np.full(len(b), np.nan) for b in batches])
+                   if has_ref else None)
 
 
 class _Grow:
@@ -255,6 +262,10 @@ class Associator:
         # At the store's precision from the start: memory and store hold the same numbers.
         mjd, mag, err = quantize(batch.mjd, batch.mag, batch.mag_err)
         self._update_catalogue(row, mjd)
+        if batch.ref_mag is not None:
+            ref = np.asarray(batch.ref_mag, dtype=np.float32)
+            said = ~np.isnan(ref)
+            self.cat["ref"][row[said], np.asarray(batch.band)[said]] = ref[said]
         d = self.det
         d["obj"].extend(self.cat["object_id"][row])
         d["mjd"].extend(mjd)

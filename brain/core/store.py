@@ -16,6 +16,7 @@ the binary type and how a list of ids is passed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import zlib
 from pathlib import Path
@@ -25,7 +26,9 @@ import numpy as np
 
 from observatory.taxonomy import CLASSES
 
-SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
 N_BANDS = 3
 # Per band: detections, sum and sum of squares of magnitudes, brightest, faintest.
 HIST_FIELDS = ("n", "sum", "sumsq", "min", "max")
@@ -39,11 +42,14 @@ CATALOGUE_DTYPE = np.dtype([
     ("classified_mjd", "<f8"),  # last seen when last classified
     ("prob", "<f4", (len(CLASSES),)),
     ("hist", "<f8", (N_BANDS, len(HIST_FIELDS))),  # of the nights closed so far
+    # The survey reference's magnitude at the object per band, as its detections last
+    # reported it (+inf: nothing there; NaN: never reported). docs/protocol.md, ref_mag.
+    ("ref", "<f4", (N_BANDS,)),
 ])
 _OBJECT_COLS = ("object_id", "ra_deg", "dec_deg", "first_mjd", "last_mjd", "n_det",
                 "n_nights", "last_night", "truth", "classified_ndet", "classified_mjd",
-                "prob", "hist")
-_N_SCALAR = len(_OBJECT_COLS) - 2
+                "prob", "hist", "ref")
+_N_SCALAR = len(_OBJECT_COLS) - 3
 
 
 class StoreError(RuntimeError):
@@ -72,6 +78,7 @@ def empty_catalogue(n: int = 0) -> np.ndarray:
     cat["truth"] = -1
     cat["hist"][..., 3] = np.inf
     cat["hist"][..., 4] = -np.inf
+    cat["ref"] = np.nan
     return cat
 
 
@@ -243,18 +250,21 @@ class ObjectStore:
             first_mjd {d} NOT NULL, last_mjd {d} NOT NULL, n_det INTEGER NOT NULL,
             n_nights INTEGER NOT NULL, last_night {d} NOT NULL, truth BIGINT NOT NULL,
             classified_ndet INTEGER NOT NULL, classified_mjd {d} NOT NULL,
-            prob {b} NOT NULL, hist {b} NOT NULL)""")
+            prob {b} NOT NULL, hist {b} NOT NULL, ref {b})""")
         self._execute("CREATE INDEX IF NOT EXISTS objects_last ON objects (last_mjd)")
         self._execute(f"""CREATE TABLE IF NOT EXISTS light_curves (
             object_id BIGINT NOT NULL, mjd_first {d} NOT NULL, mjd_last {d} NOT NULL,
             n INTEGER NOT NULL, data {b} NOT NULL)""")
         self._execute("CREATE INDEX IF NOT EXISTS light_curves_object "
                       "ON light_curves (object_id, mjd_first)")
+        m = self.mark
+        rows = self._query(f"SELECT value FROM store_meta WHERE key = {m}", ("schema",))
+        if rows and str(rows[0][0]).strip() == "2":
+            self._migrate_2_to_3()
         # Tables of those names made by something else have other columns: refused here.
         self._query(f"SELECT {', '.join(_OBJECT_COLS)} FROM objects WHERE 1 = 0")
         self._query("SELECT object_id, mjd_first, mjd_last, n, data FROM light_curves "
                     "WHERE 1 = 0")
-        m = self.mark
         rows = self._query(f"SELECT value FROM store_meta WHERE key = {m}", ("schema",))
         if not rows:
             self._execute(f"INSERT INTO store_meta (key, value) VALUES ({m}, {m})",
@@ -265,6 +275,16 @@ class ObjectStore:
             raise StoreError(f"{safe_url(self.url)}: schema version {rows[0][0]}, this "
                              f"brain reads {SCHEMA_VERSION} (docs/store.md: migrating)")
         self.commit()
+
+    def _migrate_2_to_3(self) -> None:
+        """Schema 2 -> 3: the objects gain the reference's magnitudes (``ref``, NULL for
+        the rows written before: unknown). One transaction; nothing else changes."""
+        self._execute(f"ALTER TABLE objects ADD COLUMN ref {self.binary}")
+        self._execute(f"UPDATE store_meta SET value = {self.mark} WHERE key = {self.mark}",
+                      ("3", "schema"))
+        self.commit()
+        log.warning("%s: store migrated from schema 2 to 3 (objects.ref added)",
+                    safe_url(self.url))
 
     # Writing --------------------------------------------------------------------------
     def write_detections(self, obj_ids, mjd, band, mag, err) -> int:
@@ -329,7 +349,8 @@ class ObjectStore:
                  int(r["n_nights"]), float(r["last_night"]), int(r["truth"]),
                  int(r["classified_ndet"]), float(r["classified_mjd"]),
                  zlib.compress(r["prob"].astype("<f4").tobytes(), 1),
-                 zlib.compress(r["hist"].astype("<f8").tobytes(), 1)) for r in cat]
+                 zlib.compress(r["hist"].astype("<f8").tobytes(), 1),
+                 r["ref"].astype("<f4").tobytes()) for r in cat]
         self._executemany(f"INSERT INTO objects ({', '.join(_OBJECT_COLS)}) VALUES ({m}) "
                           f"ON CONFLICT (object_id) DO UPDATE SET {sets}", rows)
 
@@ -342,6 +363,8 @@ class ObjectStore:
             cat["prob"][k] = np.frombuffer(zlib.decompress(bytes(r[_N_SCALAR])), dtype="<f4")
             cat["hist"][k] = np.frombuffer(zlib.decompress(bytes(r[_N_SCALAR + 1])),
                                            dtype="<f8").reshape(N_BANDS, -1)
+            if r[_N_SCALAR + 2] is not None:  # NULL: written before schema 3 (unknown)
+                cat["ref"][k] = np.frombuffer(bytes(r[_N_SCALAR + 2]), dtype="<f4")
         self.reads["objects"] += len(rows)
         return cat
 

@@ -67,10 +67,11 @@ class Transients:
         obj, mjd, band, mag, err = assoc.history(cand)
         local = np.searchsorted(cand, obj)
         radec = np.stack([assoc.cat["ra_deg"][cand], assoc.cat["dec_deg"][cand]], axis=1)
+        ref = assoc.cat["ref"][cand].astype(np.float64)
 
         def job():
             t0 = time.perf_counter()
-            prob = classifier.predict(local, mjd, band, mag, err, cand.size, radec)
+            prob = classifier.predict(local, mjd, band, mag, err, cand.size, radec, ref)
             self.classify_ms.append((time.perf_counter() - t0) * 1e3)
             return cand, prob
 

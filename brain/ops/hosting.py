@@ -125,6 +125,21 @@ def check_radec(radec, n: int) -> np.ndarray:
     return radec
 
 
+def check_ref(ref, n: int) -> np.ndarray:
+    """A request's per-object reference magnitudes (n, 3) for g, r, i (NaN: unknown,
+    +inf: nothing in the reference; None: none known), or ValueError with a one-line
+    reason."""
+    if ref is None:
+        return np.full((n, 3), np.nan)
+    ref = np.asarray(ref, dtype=float)
+    if ref.shape != (n, 3):
+        raise ValueError(f"reference magnitudes must be an array of shape ({n}, 3), got "
+                         f"{ref.shape}")
+    if np.any(ref == -np.inf) or np.any(np.isfinite(ref) & ((ref < 0) | (ref > 40))):
+        raise ValueError("reference magnitudes must lie in 0..40 (+inf: none, NaN: unknown)")
+    return ref
+
+
 class ClassifierService:
     """Batches concurrent ``predict`` calls into one model call.
 
@@ -147,11 +162,12 @@ class ClassifierService:
         self.requests = 0
 
     async def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
-                      radec=None):
+                      radec=None, ref=None):
         obj, mjd, band, mag, err, n = check_table(obj, mjd, band, mag, err, n_objects)
         radec = check_radec(radec, n)
+        ref = check_ref(ref, n)
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append(((obj, mjd, band, mag, err, radec), n, fut))
+        self._pending.append(((obj, mjd, band, mag, err, radec, ref), n, fut))
         self._n_pending += n
         self.requests += 1
         if self._n_pending >= self.max_objects:
@@ -176,8 +192,9 @@ class ClassifierService:
         obj = np.concatenate([t[0] + off for (t, _, _), off in zip(batch, offsets, strict=False)])
         cols = [np.concatenate([t[c] for t, _, _ in batch]) for c in range(1, 5)]
         radec = np.concatenate([t[5] for t, _, _ in batch]).reshape(-1, 2)
+        ref = np.concatenate([t[6] for t, _, _ in batch]).reshape(-1, 3)
         try:
-            prob = self.model.predict(obj, *cols, int(offsets[-1]), radec)
+            prob = self.model.predict(obj, *cols, int(offsets[-1]), radec, ref)
         except Exception as exc:  # requests were checked alone; a model failure is
             # reported to every waiting caller instead of leaving them hanging
             for _, _, fut in batch:
@@ -226,9 +243,9 @@ class RemoteClassifier:
             raise ValueError("classifier actor serves another taxonomy")
 
     def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
-                radec=None) -> np.ndarray:
+                radec=None, ref=None) -> np.ndarray:
         return call_with_restarts(self.handle.predict, obj, mjd, band, mag, err, n_objects,
-                                  radec, timeout_s=self.timeout_s)
+                                  radec, ref, timeout_s=self.timeout_s)
 
 
 def start_classifier(directory: str | None = None, name: str = "classifier",

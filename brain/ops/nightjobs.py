@@ -139,6 +139,8 @@ class NightJobs:
         # Fired by the wall clock a little before the world clock reaches them (the two
         # clocks are read apart; the wall clock can be stepped): held until it does.
         self._early: list[Due] = []
+        # Reports and retrainings due while another one runs, in the order they fell due.
+        self._waiting: list[Due] = []
 
     # Scheduling ----------------------------------------------------------------------
     def start(self) -> None:
@@ -267,19 +269,23 @@ class NightJobs:
             for e in held:
                 if e.world_t <= now:
                     self.due.put(e)
-        waiting = []
+        held, self._waiting = self._waiting, []
+        for due in held:  # the ones held longest first
+            if self._busy is not None:
+                self._waiting.append(due)
+                continue
+            self._run(due)
+            worked = True
         while True:
             try:
                 due = self.due.get_nowait()
             except queue.Empty:
                 break
             if self._busy is not None and due.kind in BACKGROUND_JOBS:
-                waiting.append(due)  # one report or retraining at a time
+                self._waiting.append(due)  # one report or retraining at a time
                 continue
             self._run(due)  # dusk and dawn never wait behind a report or a retraining
             worked = True
-        for due in waiting:
-            self.due.put(due)
         if worked:
             self.plan(self.clock.now())
         return worked

@@ -252,8 +252,9 @@ def transient_metrics(result) -> tuple[dict, dict, list[tuple]]:
             ids, lc_local = np.unique(local[keep], return_inverse=True)
             radec = np.stack([assoc.cat["ra_deg"][cand[ids]], assoc.cat["dec_deg"][cand[ids]]],
                              axis=1)
+            ref = assoc.cat["ref"][cand[ids]].astype(np.float64)
             p1 = core.classifier.predict(lc_local, mjd[keep], band[keep], mag[keep], err[keep],
-                                         ids.size, radec).argmax(axis=1)
+                                         ids.size, radec, ref).argmax(axis=1)
             first_f1 = macro_f1(true_cls[ids], p1)
     transients = {"injected": int(is_tr.sum()),
                   "detected": int(is_tr[seen[seen < is_tr.size]].sum()),

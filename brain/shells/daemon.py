@@ -509,15 +509,20 @@ class Daemon(NightStore):
         out["band"] = np.full(len(src), band, dtype=np.int64)
         if src and all("truth" in s for s in src):
             out["truth"] = np.array([int(s["truth"]) for s in src], dtype=np.int64)
+        if any("ref_mag" in s for s in src):  # absent: unknown (NaN); null: nothing there
+            out["ref_mag"] = np.array([np.nan if "ref_mag" not in s else
+                                       np.inf if s["ref_mag"] is None else s["ref_mag"]
+                                       for s in src], dtype=float)
         return out
 
     @staticmethod
     def _batch(a: dict[str, np.ndarray]) -> DetectionBatch:
         keep = a["band"] >= 0
-        truth = a.get("truth")
+        truth, ref = a.get("truth"), a.get("ref_mag")
         return DetectionBatch(a["ra_deg"][keep], a["dec_deg"][keep], a["mjd"][keep],
                               a["band"][keep], a["mag"][keep], a["mag_err"][keep],
-                              truth[keep] if truth is not None else None)
+                              truth[keep] if truth is not None else None,
+                              ref[keep] if ref is not None else None)
 
     def _journal_observation(self, cmd: Command, result: dict) -> None:
         core = self.core

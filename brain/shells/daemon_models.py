@@ -151,9 +151,10 @@ class PendingClassifier:
         model = self.loader.results.get(self.stage)
         return tuple(model.classes) if model is not None else CLASSES
 
-    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None, radec=None):
+    def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None, radec=None,
+                ref=None):
         return self.loader.wait(self.stage).predict(obj, mjd, band, mag, err, n_objects,
-                                                    radec)
+                                                    radec, ref)
 
 
 class StartupCollector:

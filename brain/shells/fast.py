@@ -189,4 +189,4 @@ def _detect(photometry: Photometry, finished, t_minute: float) -> DetectionBatch
     det = photometry.detect(ExposureBatch(f.astype(np.int64), b.astype(np.int64), t, m5,
                                           np.arange(len(f))), int(t_minute))
     return DetectionBatch(det.ra_deg, det.dec_deg, det.mjd, det.band, det.mag, det.mag_err,
-                          det.truth)
+                          det.truth, det.ref_mag)
