@@ -125,6 +125,23 @@ BODIES: dict[str, dict[str, tuple]] = {
 WEATHER_FIELDS = {"wind_mps": _num, "humidity": _num, "rain": _bool, "cloud": _num,
                   "seeing_arcsec": _num, "dew_margin_c": _num}
 SOURCE_FIELDS = ("ra_deg", "dec_deg", "mag", "mag_err")
+# A reference magnitude outside this (AB) is not one: taken as unknown (docs/protocol.md).
+REF_MAG_RANGE = (-30.0, 40.0)
+
+
+def reference_magnitudes(sources: list[dict]) -> tuple[list[float], int]:
+    """The ``ref_mag`` of checked detections sources as floats: NaN where absent
+    (unknown), +inf where nil (nothing in the reference), NaN too where the number is
+    outside ``REF_MAG_RANGE``; and how many were outside."""
+    out, bad = [], 0
+    lo, hi = REF_MAG_RANGE
+    for s in sources:
+        v = s.get("ref_mag", math.nan)
+        v = math.inf if v is None else float(v)
+        if math.isfinite(v) and not lo <= v <= hi:
+            v, bad = math.nan, bad + 1
+        out.append(v)
+    return out, bad
 
 
 def _check_body(type_: str, body: dict, ref: str | None) -> None:

@@ -64,9 +64,9 @@ def test_reference_magnitudes_in_a_request_are_checked():
     assert ok[0, 0] == 19.0 and np.isinf(ok[0, 1]) and np.isnan(ok[0, 2])
     with pytest.raises(ValueError, match="shape"):
         check_ref(np.zeros((2, 2)), 2)
-    with pytest.raises(ValueError, match=r"0\.\.40"):
+    with pytest.raises(ValueError, match=r"-30\.\.40"):
         check_ref(np.array([[-np.inf, 19.0, 19.0]]), 1)
-    with pytest.raises(ValueError, match=r"0\.\.40"):
+    with pytest.raises(ValueError, match=r"-30\.\.40"):
         check_ref(np.array([[1e9, 19.0, 19.0]]), 1)
 
 
@@ -97,6 +97,9 @@ def test_the_daemon_reads_ref_mag_as_magnitude_nothing_or_unknown(config):
     assert a["ref_mag"][0] == 19.5 and np.isinf(a["ref_mag"][1]) and np.isnan(a["ref_mag"][2])
     batch = Daemon._batch(a)
     np.testing.assert_array_equal(batch.ref_mag, a["ref_mag"])
+    # a number that is no magnitude: unknown, and the detection itself is kept
+    odd = Daemon._arrays(host, _detections([{**src, "ref_mag": 1e30}, src])["data"])
+    assert np.isnan(odd["ref_mag"]).all() and odd["mag"].tolist() == [19.0, 19.0]
     plain = Daemon._arrays(host, _detections([src])["data"])
     assert "ref_mag" not in plain and Daemon._batch(plain).ref_mag is None
 

@@ -135,8 +135,9 @@ def check_ref(ref, n: int) -> np.ndarray:
     if ref.shape != (n, 3):
         raise ValueError(f"reference magnitudes must be an array of shape ({n}, 3), got "
                          f"{ref.shape}")
-    if np.any(ref == -np.inf) or np.any(np.isfinite(ref) & ((ref < 0) | (ref > 40))):
-        raise ValueError("reference magnitudes must lie in 0..40 (+inf: none, NaN: unknown)")
+    if np.any(ref == -np.inf) or np.any(np.isfinite(ref) & ((ref < -30) | (ref > 40))):
+        raise ValueError("reference magnitudes must lie in -30..40 (+inf: none, NaN: "
+                         "unknown)")
     return ref
 
 

@@ -66,6 +66,7 @@ from drivers.link import (
     DeviceUp,
     LateReply,
 )
+from drivers.protocol import REF_MAG_RANGE, reference_magnitudes
 from observatory.ephemeris import night_date
 from observatory.taxonomy import TRANSIENTS
 from observatory.times import unix_to_mjd
@@ -509,10 +510,12 @@ class Daemon(NightStore):
         out["band"] = np.full(len(src), band, dtype=np.int64)
         if src and all("truth" in s for s in src):
             out["truth"] = np.array([int(s["truth"]) for s in src], dtype=np.int64)
-        if any("ref_mag" in s for s in src):  # absent: unknown (NaN); null: nothing there
-            out["ref_mag"] = np.array([np.nan if "ref_mag" not in s else
-                                       np.inf if s["ref_mag"] is None else s["ref_mag"]
-                                       for s in src], dtype=float)
+        if any("ref_mag" in s for s in src):
+            ref, bad = reference_magnitudes(src)
+            out["ref_mag"] = np.array(ref, dtype=float)
+            if bad:  # not magnitudes: unknown; the detections themselves are kept
+                log.warning("%s: %d ref_mag values outside %g..%g taken as unknown",
+                            data["obs_id"], bad, *REF_MAG_RANGE)
         return out
 
     @staticmethod
