@@ -261,11 +261,11 @@ class ObjectStore:
         rows = self._query(f"SELECT value FROM store_meta WHERE key = {m}", ("schema",))
         if rows and str(rows[0][0]).strip() == "2":
             self._migrate_2_to_3()
+            rows = [(str(SCHEMA_VERSION),)]
         # Tables of those names made by something else have other columns: refused here.
         self._query(f"SELECT {', '.join(_OBJECT_COLS)} FROM objects WHERE 1 = 0")
         self._query("SELECT object_id, mjd_first, mjd_last, n, data FROM light_curves "
                     "WHERE 1 = 0")
-        rows = self._query(f"SELECT value FROM store_meta WHERE key = {m}", ("schema",))
         if not rows:
             self._execute(f"INSERT INTO store_meta (key, value) VALUES ({m}, {m})",
                           ("schema", str(SCHEMA_VERSION)))

@@ -25,6 +25,7 @@ import numpy as np
 from observatory.taxonomy import CLASSES
 from policies.classifier import ARTIFACT_DIR, TransientClassifier
 from policies.followup import make_policy
+from policies.lightcurve_io import MAG_RANGE
 
 
 class RayUnreachable(ConnectionError):
@@ -107,15 +108,22 @@ def check_table(obj, mjd, band, mag, err, n_objects=None):
     return obj, mjd, band, mag, err, n
 
 
+def _per_object(values, n: int, cols: int, what: str) -> np.ndarray:
+    """A request's per-object array (n, cols) as floats, all NaN (unknown) for None, or
+    ValueError if its shape is not that."""
+    if values is None:
+        return np.full((n, cols), np.nan)
+    values = np.asarray(values, dtype=float)
+    if values.shape != (n, cols):
+        raise ValueError(f"{what} must be an array of shape ({n}, {cols}), got "
+                         f"{values.shape}")
+    return values
+
+
 def check_radec(radec, n: int) -> np.ndarray:
     """A request's per-object positions (n, 2) in degrees (NaN: unknown; None: none
     known), or ValueError with a one-line reason."""
-    if radec is None:
-        return np.full((n, 2), np.nan)
-    radec = np.asarray(radec, dtype=float)
-    if radec.shape != (n, 2):
-        raise ValueError(f"positions must be an array of shape ({n}, 2), got "
-                         f"{radec.shape}")
+    radec = _per_object(radec, n, 2, "positions")
     known = np.isfinite(radec).all(axis=1)
     if np.any(~known & np.isfinite(radec).any(axis=1)):
         raise ValueError("a position needs both ra_deg and dec_deg")
@@ -129,15 +137,11 @@ def check_ref(ref, n: int) -> np.ndarray:
     """A request's per-object reference magnitudes (n, 3) for g, r, i (NaN: unknown,
     +inf: nothing in the reference; None: none known), or ValueError with a one-line
     reason."""
-    if ref is None:
-        return np.full((n, 3), np.nan)
-    ref = np.asarray(ref, dtype=float)
-    if ref.shape != (n, 3):
-        raise ValueError(f"reference magnitudes must be an array of shape ({n}, 3), got "
-                         f"{ref.shape}")
-    if np.any(ref == -np.inf) or np.any(np.isfinite(ref) & ((ref < -30) | (ref > 40))):
-        raise ValueError("reference magnitudes must lie in -30..40 (+inf: none, NaN: "
-                         "unknown)")
+    ref = _per_object(ref, n, 3, "reference magnitudes")
+    lo, hi = MAG_RANGE
+    if np.any(ref == -np.inf) or np.any(np.isfinite(ref) & ((ref < lo) | (ref > hi))):
+        raise ValueError(f"reference magnitudes must lie in {lo:g}..{hi:g} (+inf: none, "
+                         "NaN: unknown)")
     return ref
 
 
