@@ -3,6 +3,7 @@ settings, loaded from YAML with one-line errors."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import yaml
@@ -160,6 +161,21 @@ class OpsSettings(Strict):
     retrain_grace_h: float = Field(default=12.0, gt=0, le=24, description="a retrain job "
                                    "missed (daemon down) runs late within this many hours, "
                                    "else waits for the next night")
+    web_port: int = Field(default=9181, ge=0, le=65535, description="the operator web page "
+                          "(brain.ops.webpage) on web_host; 0: off")
+    web_host: str = Field(default="127.0.0.1", description="the address the web page "
+                          "listens on; off loopback, reading it needs the token too")
+    web_token_file: str | None = Field(default=None, description="file holding the "
+                                       "operators' token (brain keys DIR --web-token); "
+                                       "without one the page refuses every action")
+
+    @field_validator("web_host")
+    @classmethod
+    def _an_address(cls, host: str) -> str:
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address") from None
 
 
 class BrainConfig(ArrayConfig):

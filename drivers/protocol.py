@@ -124,9 +124,23 @@ BODIES: dict[str, dict[str, tuple]] = {
 
 WEATHER_FIELDS = {"wind_mps": _num, "humidity": _num, "rain": _bool, "cloud": _num,
                   "seeing_arcsec": _num, "dew_margin_c": _num}
+# Optional: the station's own verdict and why (docs/protocol.md, "weather").
+WEATHER_OPTIONAL = {"station_safe": _bool, "station_reason": _str}
+STATION_REASON_MAX = 200
 SOURCE_FIELDS = ("ra_deg", "dec_deg", "mag", "mag_err")
 # A reference magnitude outside this (AB) is not one: taken as unknown (docs/protocol.md).
 REF_MAG_RANGE = (-30.0, 40.0)
+
+
+def weather_values(data: dict) -> dict:
+    """A checked ``weather`` event's data as the brain's ``Weather`` fields (after the
+    time and site): the six values, and the station's verdict (safe when not given)."""
+    return {"wind_mps": float(data["wind_mps"]), "humidity": float(data["humidity"]),
+            "rain": bool(data["rain"]), "cloud": float(data["cloud"]),
+            "seeing_arcsec": float(data["seeing_arcsec"]),
+            "dew_margin_c": float(data["dew_margin_c"]),
+            "station_safe": bool(data.get("station_safe", True)),
+            "station_reason": str(data.get("station_reason", ""))[:STATION_REASON_MAX]}
 
 
 def reference_magnitudes(sources: list[dict]) -> tuple[list[float], int]:
@@ -173,6 +187,10 @@ def _check_event(name: str, data: dict, ref: str | None) -> None:
         for f, check in WEATHER_FIELDS.items():
             if f not in data or not check(data[f]):
                 raise ProtocolError("bad_message", f"weather event lacks a valid {f!r}", ref)
+        for f, check in WEATHER_OPTIONAL.items():
+            if f in data and not check(data[f]):
+                raise ProtocolError("bad_message", f"weather event's {f!r} is not a "
+                                    f"{'bool' if f == 'station_safe' else 'str'}", ref)
     elif name == "detections":
         for f, check in (("obs_id", _str), ("band", _str), ("t_mid", _num),
                          ("limiting_mag", _num), ("field_id", _int)):

@@ -3,9 +3,11 @@
 The same :class:`simulator.world.World`, spectrographs, weather and photometry as the fast
 shell, behind the device base classes, on a world clock (``--start``/``--speed``).
 Telescopes publish a ``detections`` event for every finished exposure (the photometry
-pipeline of the simulator). As a documented simulator-only extension each source carries
-``truth`` (the simulated source's index, -1 for bogus) so a wire-mode run can report the
-same truth-based statistics as the fast shell; the brain never decides on it.
+pipeline of the simulator; with ``frames``, rendered frames measured by the real pipeline
+or the catalogue cropped to their footprint, drivers/simframes.py). As a documented
+simulator-only extension each source carries ``truth`` (the simulated source's index, -1
+for bogus) so a wire-mode run can report the same truth-based statistics as the fast
+shell; the brain never decides on it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ WEATHER_EVERY_S = 60.0  # world seconds between a station's reports when nothing
 class SimArray:
     """The world behind every simulated device, advanced night by night."""
 
-    def __init__(self, config, env, cache: NightCache):
+    def __init__(self, config, env, cache: NightCache, frames=None):
         self.config, self.env, self.cache = config, env, cache
         self.world = World(config)
         self.photometry = None
@@ -48,6 +50,8 @@ class SimArray:
         # would delay the other telescopes' outcomes (speed x its length, in a rehearsal).
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="photometry")
         self._running: Future | None = None
+        # drivers/simframes.py: FramesPath or FootprintPath, made with this array
+        self.frames = frames(self) if frames is not None else None
 
     def ensure_night(self, now: float) -> None:
         date = night_date(self.config, now)
@@ -89,7 +93,13 @@ class SimArray:
 
     def queue(self, device: _SimDevice, row: tuple) -> None:
         """A finished exposure: its detections are made in the next :meth:`flush`."""
-        self._queued.append((device, row))
+        extra = self.frames.conditions(self, row) if self.frames is not None else None
+        self._queued.append((device, row, extra))
+
+    @property
+    def waiting(self) -> int:
+        """Finished exposures whose detections are not being made yet."""
+        return len(self._queued)
 
     def flush(self) -> None:
         """Publish the photometry of the last batch once it is ready, and start the next
@@ -98,7 +108,9 @@ class SimArray:
             fut, self._running = self._running, None
             self._publish(*fut.result())
         if self._running is None and self._queued:
-            queued, self._queued = self._queued, []
+            n = self.frames.batch_max if self.frames is not None else None
+            n = len(self._queued) if n is None else n
+            queued, self._queued = self._queued[:n], self._queued[n:]
             self._running = self._pool.submit(self._detect, queued)
 
     def drain(self) -> None:
@@ -108,25 +120,33 @@ class SimArray:
                 self._running.result()
             self.flush()
 
-    def _detect(self, queued):
-        """The simulator's pipeline on a batch of exposures (no shared state touched)."""
+    def close(self) -> None:
+        if self.frames is not None:
+            self.frames.close()
 
+    def _detect(self, queued):
+        """The simulator's pipeline on a batch of exposures (no shared state touched):
+        (queued, detections, limiting magnitudes or None: the rows' m5)."""
+        if self.frames is not None:
+            return (queued, *self.frames.detect(self, queued))
+        return queued, self.catalogue([q[1] for q in queued]), None
+
+    def catalogue(self, rows: list[tuple]):
+        """The catalogue photometry of a batch of exposure rows (None: no sky)."""
         if self.photometry is None:
-            return queued, None
+            return None
         bands = self.config.camera.bands
-        rows = [r for _d, r in queued]
-        det = self.photometry.detect(ExposureBatch(
+        return self.photometry.detect(ExposureBatch(
             np.array([int(r[5]) for r in rows]), np.array([bands.index(r[4]) for r in rows]),
             np.array([0.5 * (r[8] + r[9]) for r in rows]), np.array([r[14] for r in rows]),
             np.arange(len(rows))), zlib.crc32(rows[0][0].encode()))
-        return queued, det
 
-    def _publish(self, queued, det) -> None:
+    def _publish(self, queued, det, limits=None) -> None:
         """Each exposure's detections events into its telescope's outbox."""
         if det is not None:
             order = np.argsort(det.exposure, kind="stable")
             bounds = np.searchsorted(det.exposure[order], np.arange(len(queued) + 1))
-        for k, (device, row) in enumerate(queued):
+        for k, (device, row, _extra) in enumerate(queued):
             sources: list[dict] = []
             if det is not None:
                 sel = order[bounds[k]:bounds[k + 1]]
@@ -141,7 +161,8 @@ class SimArray:
                                                          det.truth[sel].tolist(), ref,
                                                          strict=True)]
             base = {"obs_id": row[0], "field_id": int(row[5]), "band": row[4],
-                    "t_mid": 0.5 * (row[8] + row[9]), "limiting_mag": float(row[14])}
+                    "t_mid": 0.5 * (row[8] + row[9]),
+                    "limiting_mag": float(row[14] if limits is None else limits[k])}
             chunks = [sources[i:i + SOURCES_PER_EVENT]
                       for i in range(0, max(len(sources), 1), SOURCES_PER_EVENT)]
             device.outbox += [("detections", {**base, "sources": c, "part": j,

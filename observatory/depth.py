@@ -38,17 +38,32 @@ def moon_sky_ratio(alt_deg, moon_alt_deg, moon_sep_deg, moon_phase_angle_deg):
     return np.where(np.asarray(moon_alt_deg) > 0, b_moon / B_DARK_V_NL, 0.0)
 
 
+def sky_delta_mag(depth: Depth, band: str, alt_deg, moon_alt_deg, moon_sep_deg,
+                  moon_phase_angle_deg):
+    """Sky brightness relative to the dark zenith sky (mag/arcsec^2, negative: brighter):
+    the dark sky off zenith plus moonlight."""
+    alt = np.asarray(alt_deg, dtype=float)
+    x_ks = _ks_airmass(90 - alt)
+    dark_rel = x_ks * 10 ** (-0.4 * K_V * (x_ks - 1))  # dark sky brightens off zenith
+    moon_rel = depth.moon_sky_factor[band] * moon_sky_ratio(alt, moon_alt_deg, moon_sep_deg,
+                                                           moon_phase_angle_deg)
+    return -2.5 * np.log10(dark_rel + moon_rel)
+
+
+def seeing_at(seeing_zenith_arcsec, alt_deg):
+    """The seeing FWHM (arcsec) at altitude ``alt_deg``: the zenith value x airmass^0.6."""
+    x = airmass(np.maximum(np.asarray(alt_deg, dtype=float), 1.0))
+    return np.asarray(seeing_zenith_arcsec) * x**0.6
+
+
 def limiting_mag(depth: Depth, band: str, alt_deg, moon_alt_deg, moon_sep_deg,
                  moon_phase_angle_deg, seeing_zenith_arcsec, cloud, exposure_s):
     """5-sigma AB limiting magnitude (mag). Angles in deg; cloud in 0..1."""
     alt = np.asarray(alt_deg, dtype=float)
     x = airmass(np.maximum(alt, 1.0))
-    x_ks = _ks_airmass(90 - alt)
-    dark_rel = x_ks * 10 ** (-0.4 * K_V * (x_ks - 1))  # dark sky brightens off zenith
-    moon_rel = depth.moon_sky_factor[band] * moon_sky_ratio(alt, moon_alt_deg, moon_sep_deg,
-                                                           moon_phase_angle_deg)
-    sky_delta = -2.5 * np.log10(dark_rel + moon_rel)  # mag/arcsec^2 relative to dark zenith
-    seeing = np.asarray(seeing_zenith_arcsec) * x**0.6
+    sky_delta = sky_delta_mag(depth, band, alt, moon_alt_deg, moon_sep_deg,
+                              moon_phase_angle_deg)
+    seeing = seeing_at(seeing_zenith_arcsec, alt)
     return (depth.m5_zenith_dark[band]
             + 0.5 * sky_delta
             - depth.extinction_mag_per_airmass[band] * (x - 1)

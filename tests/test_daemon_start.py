@@ -43,9 +43,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(url: str, body: dict | None = None):
+def http(url: str, body: dict | None = None, token: str | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"} | (
+        {"Authorization": f"Bearer {token}"} if token else {}))
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -176,10 +177,14 @@ def test_devices_are_welcomed_and_surveyed_while_the_models_load(small_config, t
         elif name == "planner":
             load = lambda: start_planner(config, {"num_cpus": 0}, SlowPlanner)  # noqa: E731
         stages.append((name, load, after))
+    token = "page-token-0123456789"  # the operator page (docs/operator-page.md)
+    (tmp_path / "web.token").write_text(token)
+    page = f"http://127.0.0.1:{(web_port := free_port())}/api"
     d = start_daemon(config, str(tmp_path / "journal.sqlite"), parse_start(START), SPEED,
                      metrics_port=0, policy="greedy",
                      router=f"tcp://127.0.0.1:{free_port()}",
-                     pub=f"tcp://127.0.0.1:{free_port()}", api_port=api_port, stages=stages)
+                     pub=f"tcp://127.0.0.1:{free_port()}", api_port=api_port, stages=stages,
+                     web_port=web_port, web_token=str(tmp_path / "web.token"))
     models = d.background[0]
     loop = threading.Thread(target=d.run, daemon=True)
     loop.start()
@@ -207,6 +212,10 @@ def test_devices_are_welcomed_and_surveyed_while_the_models_load(small_config, t
         code, asked = http(api + "/ask", {"request": "what is the status of the array?"})
         assert code == 503 and asked["planner"] == "loading"
         assert "loading" in asked["error"] and "\n" not in asked["error"]
+        # The operator page says so too, and its planner box gets the API's answer.
+        assert http(page + "/state")[1]["state"]["planner"] == "loading"
+        code, asked = http(page + "/ask", {"request": "status of the array?"}, token)
+        assert code == 503 and "loading" in asked["error"]
         assert spec.commands == []
         # The policy is ready: follow-up starts, and opens the spectrograph (the site is
         # open). Then the classifier, then the planner.
@@ -223,6 +232,12 @@ def test_devices_are_welcomed_and_surveyed_while_the_models_load(small_config, t
                  "the planner", step)
         code, asked = http(api + "/ask", {"request": "what is the status of the array?"})
         assert code == 200 and asked["request"] == "what is the status of the array?"
+        code, plan = http(page + "/ask", {"request": "what is the status of the array?"},
+                          token)
+        assert code == 200 and plan["status"] == "answered" and plan["id"] == 1  # no action
+        state = http(page + "/state")[1]
+        assert state["plans"][0]["request"] == plan["request"]
+        assert state["state"]["planner"] == "ready" and state["state"]["hosting"] == "ray"
         assert loop.is_alive()
     finally:
         for event in held.values():

@@ -19,7 +19,9 @@ from brain.config import config_from_dict
 from brain.core.braincore import BrainCore
 from brain.core.events import Command, Weather
 from brain.core.safety import weather_verdict
+from drivers import protocol as P
 from drivers.clock import parse_start
+from drivers.protocol import weather_values
 
 STEP_S = 60.0
 REOPEN_WITHIN_S = 600.0
@@ -229,3 +231,44 @@ def test_an_impossible_weather_report_closes_an_open_site_and_is_counted(xl_conf
     cmds = core.handle(Weather(t + 20, "xl", 2.0, 0.3, False, 0.1, 1.2, 5.0))
     assert site.open and {c.name for c in cmds} == {"open"}
     assert sum(core.weather_rejected.values()) == 4  # a valid report counts nothing
+
+
+def test_the_station_saying_unsafe_closes_whatever_the_limits(xl_config):
+    """A station's own verdict (``station_safe: false``, docs/protocol.md) closes an open
+    site although every value is within the limits, names the rule ``station`` with the
+    station's reason, and comes off when the station says safe again; rain that never
+    fell is not needed for it (``rain_ok: true`` does not open the site)."""
+    limits = xl_config.limits.model_copy(update={"rain_ok": True})
+    v = weather_verdict(limits, _wx(station_safe=False, station_reason="lightning 8 km"), T)
+    assert (v.safe, v.rule) == (False, "station") and "lightning 8 km" in v.detail
+    core = BrainCore(xl_config)
+    t = parse_start("2026-12-15T14:00:00")
+    assert {c.name for c in core.handle(Weather(t, "xl", 2.0, 0.3, False, 0.1, 1.2, 5.0))
+            } == {"open"}
+    cmds = core.handle(Weather(t + 10, "xl", 2.0, 0.3, False, 0.1, 1.2, 5.0,
+                               station_safe=False, station_reason="IsSafe is False"))
+    assert not core.sites["xl"].open and {c.name for c in cmds} == {"close", "park"}
+    assert core.guard(Command("xl.g01.g", "open"), t + 11) == "station"
+    cmds = core.handle(Weather(t + 20, "xl", 2.0, 0.3, False, 0.1, 1.2, 5.0))
+    assert core.sites["xl"].open and {c.name for c in cmds} == {"open"}
+
+
+@pytest.mark.parametrize(("extra", "ok"), [
+    ({}, True), ({"station_safe": True}, True),
+    ({"station_safe": False, "station_reason": "stale"}, True),
+    ({"station_safe": "false"}, False), ({"station_safe": 0}, False),
+    ({"station_safe": False, "station_reason": 3}, False),
+])
+def test_the_station_verdict_on_the_wire(extra, ok):
+    """``station_safe`` must be a bool and ``station_reason`` a str, or the report is a
+    bad message (and ignored: the old one ages into weather_stale)."""
+    data = {"wind_mps": 2.0, "humidity": 0.3, "rain": False, "cloud": 0.1,
+            "seeing_arcsec": 1.2, "dew_margin_c": 5.0, **extra}
+    frames = P.encode("EVENT", {"name": "weather", "data": data}, 1.0)
+    if ok:
+        msg = P.decode(frames, P.FROM_DEVICE)
+        assert weather_values(msg.body["data"])["station_safe"] is extra.get(
+            "station_safe", True)
+    else:
+        with pytest.raises(P.ProtocolError, match="station_"):
+            P.decode(frames, P.FROM_DEVICE)

@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-port", type=bounded_int(0, 65535), default=None,
                      help="operators' API on 127.0.0.1 (default: planner.api_port of "
                           "the config; 0: off)")
+    run.add_argument("--web-port", type=bounded_int(0, 65535), default=None,
+                     help="the operator web page (default: ops.web_port of the config, "
+                          "9181; 0: off)")
+    run.add_argument("--web-token", default=None, metavar="FILE",
+                     help="file holding the operators' token, needed by every action "
+                          "of the web page (default: ops.web_token_file; none: the page "
+                          "refuses actions); brain keys DIR --web-token writes one")
 
     drv = sub.add_parser("sim-drivers", help="serve the simulated array's devices over SBP1")
     _link_args(drv)
@@ -162,6 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     drv.add_argument("--only", help="comma-separated device ids to serve (default: all)")
     drv.add_argument("--log", help="append one JSON line per command executed (rehearsal "
                                    "audits: nothing executed twice)")
+    drv.add_argument("--frames", action="store_true",
+                     help="render each exposure as a frame and measure it with the photometry "
+                          "pipeline (a few telescopes: --only; docs/photometry.md)")
+    drv.add_argument("--frame-footprint", action="store_true",
+                     help="catalogue detections cropped to the frames' footprint (the "
+                          "catalogue rehearsal to compare a --frames one with)")
+    drv.add_argument("--frame-px", type=bounded_int(512, 8192), default=None, metavar="N",
+                     help="side of the frame in 1\"-pixels, centred on the field (default "
+                          "2048: 2.7 %% of a 12 deg2 field)")
+
+    pho = sub.add_parser("photometry", help="a camera frame (FITS) to detections (CSV)")
+    pho.add_argument("frame", help="FITS frame: a 2-D image with a celestial WCS")
+    pho.add_argument("--reference", metavar="CAT.csv",
+                     help="calibration stars, CSV with ra_deg, dec_deg, mag: refine the WCS "
+                          "and fit the zero point (default: the header's WCS and MAGZP)")
+    pho.add_argument("--out", metavar="FILE.csv",
+                     help="write the CSV here instead of standard output")
 
     keys = sub.add_parser("keys", help="create CURVE key pairs for the brain and devices")
     keys.add_argument("dir", help="key directory (created)")
@@ -170,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--devices", default=None,
                       help="bind the pair to these device-id globs, comma-separated "
                            "(e.g. 'xl.*'); it gets ERROR unauthorised as any other device")
+    keys.add_argument("--web-token", action="store_true",
+                      help="write only a new operators' token for the web page, "
+                           "DIR/web.token (mode 0600), instead of key pairs")
     return p
 
 
@@ -190,7 +217,8 @@ COMMANDS = {"simulate": ("simulation", "cmd_simulate"), "replay": ("simulation",
             "evaluate": ("simulation", "cmd_evaluate"), "classify": ("models", "cmd_classify"),
             "train": ("models", "cmd_train"), "ask": ("planner", "cmd_ask"),
             "bench": ("bench", "cmd_bench"), "run": ("daemon", "cmd_run"),
-            "sim-drivers": ("simdrivers", "cmd_sim_drivers"), "keys": ("daemon", "cmd_keys")}
+            "sim-drivers": ("simdrivers", "cmd_sim_drivers"), "keys": ("daemon", "cmd_keys"),
+            "photometry": ("photometry", "cmd_photometry")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Commands that compute and write, then exit: SIGTERM stops them as Ctrl-C does. The
 # long-running ones (run, sim-drivers) stop on SIGTERM in their own way.
-BATCH = ("simulate", "replay", "evaluate", "classify", "train")
+BATCH = ("simulate", "replay", "evaluate", "classify", "train", "photometry")
 
 
 class Terminated(KeyboardInterrupt):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from brain.cli.common import (
 )
 from brain.config import load_config
 from brain.core.store import StoreError
+from brain.ops.webpage import TokenError, read_token, write_token
 from brain.shells.daemon_start import StartRefused, run_daemon
 from drivers.keys import create_keys
 from drivers.link import SecurityError
@@ -34,11 +36,22 @@ def cmd_run(args) -> int:
         policy = load_policy(args.policy, args.seed)  # a broken artifact: one line, now
         if args.hosting == "ray":
             policy = args.policy  # the policy actor loads it again
+    token = args.web_token or config.ops.web_token_file
+    if token is not None:
+        try:
+            read_token(token)  # a missing or bad file: one line, now
+        except TokenError as exc:
+            raise UsageError(f"--web-token: {exc}") from None
+    elif not ipaddress.ip_address(config.ops.web_host).is_loopback and (
+            config.ops.web_port if args.web_port is None else args.web_port):
+        raise UsageError(f"ops.web_host {config.ops.web_host} is not loopback: the page "
+                         "needs a token there (--web-token FILE)")
     _check_journal(args.journal)  # the last check: it makes the journal's directory
     try:
         run_daemon(config, args.journal, start, args.speed, args.metrics_port, until,
                    policy, args.router, args.pub, security, args.keys, args.hosting,
-                   args.ray_address, args.api_port, args.seed, args.failsafe_s)
+                   args.ray_address, args.api_port, args.seed, args.failsafe_s,
+                   web_port=args.web_port, web_token=token)
     except zmq.ZMQError as exc:  # binding the device link or the feed
         raise UsageError(f"{exc} ({args.router}, {args.pub})".splitlines()[0]) from None
     except (SecurityError, OSError, StartRefused, StoreError) as exc:  # these name it
@@ -72,7 +85,8 @@ def _check_journal(path: str) -> None:
 
 def cmd_keys(args) -> int:
     try:
-        made = create_keys(args.dir, args.name, args.devices)
+        made = ([write_token(Path(args.dir) / "web.token")] if args.web_token else
+                create_keys(args.dir, args.name, args.devices))
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     for path in made:

@@ -363,9 +363,11 @@ class BrainCore(Transients):
             return []
         raise ValueError(f"{ev.tool} is not an action")
 
-    def plan_state(self, t: float):
+    def plan_state(self, t: float, objects: bool = True):
         """What the planner may know now (brain.core.operator.PlanState): sites, groups, the
-        classified candidates, follow-up and budget. Never the simulator's truth."""
+        classified candidates, follow-up and budget. Never the simulator's truth. With
+        ``objects=False`` the candidates are left out (the costly part: hundreds of
+        milliseconds with 20,000 of them; the operator page lists its own few)."""
 
         self.ensure_night(t)
         sites = {}
@@ -380,9 +382,9 @@ class BrainCore(Transients):
                           "sun_alt_deg": round(sun, 1)}
         groups = {g.name: {"site": g.site, "paused": g.paused, "phase": g.phase,
                            "up": self.group_up(g)} for g in self.groups}
-        objects: dict[str, dict] = {}
+        listed, objects = objects, {}
         n_cls = self.obj_prob.shape[1] if self.obj_prob.ndim == 2 else 0
-        if n_cls and self.associator.n_objects:
+        if listed and n_cls and self.associator.n_objects:
             # Every classified candidate, however old or faint (no follow-up filter).
             snap = take_snapshot(t, self.associator, self.candidates(t), math.inf, math.inf)
             for k, oid in enumerate(snap.object_id):
@@ -411,7 +413,8 @@ class BrainCore(Transients):
         if self.scheduler.region is not None:
             region = [int(self.scheduler.region.sum())]
         summary = {"group_exposures": self._obs_seq,
-                   "objects": self.associator.n_objects, "candidates": len(objects),
+                   "objects": self.associator.n_objects,
+                   "candidates": len(objects) if listed else None,
                    "spectra": len(fu.records) if fu is not None else 0,
                    "refusals": dict(self.refusals)}
         return PlanState(t, "daemon", sites, groups, objects, followups, spec_left,

@@ -54,6 +54,10 @@ class Weather:
     cloud: float
     seeing_arcsec: float
     dew_margin_c: float
+    # The station's own verdict (docs/protocol.md, "weather"): False closes the site
+    # whatever the values say (rule ``station``); the reason is for the operators.
+    station_safe: bool = True
+    station_reason: str = ""
 
 
 @dataclass(slots=True)

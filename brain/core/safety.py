@@ -53,6 +53,9 @@ def weather_verdict(limits: Limits, wx: Weather | None, t_unix: float) -> Verdic
         return Verdict(False, "weather_invalid",
                        f"{name} {getattr(wx, name):g} outside {'(' if lo_open else '['}"
                        f"{lo:g}, {hi:g}]{unit}: treated as missing")
+    if not wx.station_safe:
+        return Verdict(False, "station", "the station says unsafe: "
+                       + (wx.station_reason or "no reason given"))
     if wx.rain and not limits.rain_ok:
         return Verdict(False, "rain", "rain")
     if not wx.wind_mps <= limits.max_wind_mps:

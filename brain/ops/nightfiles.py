@@ -39,6 +39,7 @@ from brain.ops.survey_metrics import (
     stats,
     visits_from_observations,
 )
+from drivers.protocol import weather_values
 from observatory.ephemeris import night_span
 from observatory.sky import AreaLattice
 from observatory.taxonomy import CLASSES, TRANSIENTS
@@ -52,7 +53,8 @@ class JournalWeather:
     unsafe (rain), as the safety rules treat missing data."""
 
     UNSAFE: ClassVar[dict] = {"wind_mps": 99.0, "humidity": 1.0, "rain": True, "cloud": 1.0,
-              "seeing_arcsec": 9.0, "dew_margin_c": 0.0}
+              "seeing_arcsec": 9.0, "dew_margin_c": 0.0, "station_safe": False,
+              "station_reason": "no fresh weather report"}
 
     def __init__(self, reports: list[tuple[float, dict]], max_age_s: float):
         self.t = np.array([t for t, _ in reports], dtype=float)
@@ -63,11 +65,7 @@ class JournalWeather:
         k = int(np.searchsorted(self.t, t, side="right")) - 1
         if k < 0 or t - self.t[k] > self.max_age_s:
             return dict(self.UNSAFE)
-        d = self.data[k]
-        return {"wind_mps": float(d["wind_mps"]), "humidity": float(d["humidity"]),
-                "rain": bool(d["rain"]), "cloud": float(d["cloud"]),
-                "seeing_arcsec": float(d["seeing_arcsec"]),
-                "dew_margin_c": float(d["dew_margin_c"])}
+        return weather_values(self.data[k])
 
 
 class FrozenCurves:

@@ -34,6 +34,8 @@ Metric list (besides the link's):
   (the reward the spectra's own labels earn: the brain has no truth)
 * ``sitian_scheduler_decision_seconds`` and ``sitian_event_loop_lag_seconds``
   (histograms), ``sitian_operator_actions_total{tool}``
+* ``sitian_web_actions_total{result}`` (done, refused, unauthorized, bad_request,
+  timeout): the operator web page's actions (brain.ops.webpage; with the page on)
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ from observatory.taxonomy import CLASSES
 log = logging.getLogger("brain.ops.prometheus")
 
 WINDOW_S = 1800.0
-VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "weather_invalid", "rain",
-              "wind", "humidity", "sun", "altitude")  # BrainCore.guard's answers
+VETO_RULES = ("unknown_site", "weather_missing", "weather_stale", "weather_invalid",
+              "station", "rain", "wind", "humidity", "sun", "altitude")  # BrainCore.guard's answers
 WEATHER_FIELDS = (("wind_mps", "wind_speed_meters_per_second", "Wind speed"),
                   ("humidity", "humidity_ratio", "Relative humidity (0-1)"),
                   ("cloud", "cloud_cover_ratio", "Cloud cover (0-1)"),

@@ -66,7 +66,7 @@ from drivers.link import (
     DeviceUp,
     LateReply,
 )
-from drivers.protocol import REF_MAG_RANGE, reference_magnitudes
+from drivers.protocol import weather_values
 from observatory.ephemeris import night_date
 from observatory.taxonomy import TRANSIENTS
 from observatory.times import unix_to_mjd
@@ -306,11 +306,44 @@ class Daemon(NightStore):
     # Operators -------------------------------------------------------------------
     def attach_desk(self, desk) -> None:
         self.desk = desk
-        self._validator = Validator(self.config, self.core.nights)
+
+    def operator_action(self, tool: str, args, state, request: str | None = None) -> list:
+        """Apply one approved operator action (the Ray desk's or the web page's, on the
+        loop): validated again against ``state`` (the plan was made on an older one;
+        ``request``: the operator's words, for a plan's action), journalled and sent. The
+        problems ([] when done); a refusal is journalled and changes nothing."""
+        now = self.clock.now()
+        if self._validator is None:
+            self._validator = Validator(self.config, self.core.nights)
+        parsed, err = parse_call(tool, args) if isinstance(args, dict) else (
+            None, "args must be an object")
+        problems = ([err] if err else [f"{tool} is not an action"]
+                    if not TOOLS[tool].moves_hardware else
+                    ["follow-up has not started: its policy is still loading"]
+                    if self._held_followup is not None and tool in FOLLOWUP_TOOLS else
+                    self._validator.check(tool, parsed, state, request))
+        if not problems:
+            args = parsed.model_dump()
+            try:
+                with self.journal.transaction():
+                    self.send(self.core.handle(Operator(now, tool, args)), now)
+                    self.journal.event(now, "operator", tool, args)
+            except ValueError as exc:
+                problems = [str(exc)]
+        if problems:
+            with self.journal.transaction():
+                self.journal.event(now, "operator", "refused",
+                                   {"tool": tool, "args": args, "problems": problems})
+            return problems
+        self.flush()
+        if self.metrics is not None:
+            self.metrics.actions.inc(tool)
+        log.info("operator: %s %s", tool, args)
+        return []
 
     def serve_desk(self) -> None:
-        """Take approved actions (each validated again against the state now: the plan
-        was made on a state up to a few seconds old) and push a fresh state."""
+        """Take approved actions from the Ray desk (:meth:`operator_action`) and push a
+        fresh state."""
         import ray  # lazy: heavy optional library
 
         wall = time.monotonic()
@@ -320,34 +353,11 @@ class Daemon(NightStore):
         except Exception as exc:  # the desk restarting: try again on the next turn
             log.warning("operator desk unavailable: %s", type(exc).__name__)
             return
-        now = self.clock.now()
-        state = self.core.plan_state(now) if actions or wall >= self._next_push else None
+        state = (self.core.plan_state(self.clock.now()) if actions or wall >= self._next_push
+                 else None)
         for aid, tool, args in actions:
-            parsed, err = parse_call(tool, args)
-            problems = ([err] if err else [f"{tool} is not an action"]
-                        if not TOOLS[tool].moves_hardware else
-                        ["follow-up has not started: its policy is still loading"]
-                        if self._held_followup is not None and tool in FOLLOWUP_TOOLS else
-                        self._validator.check(tool, parsed, state, None))
-            if not problems:
-                args = parsed.model_dump()
-                try:
-                    with self.journal.transaction():
-                        self.send(self.core.handle(Operator(now, tool, args)), now)
-                        self.journal.event(now, "operator", tool, args)
-                except ValueError as exc:
-                    problems = [str(exc)]
-            if problems:
-                with self.journal.transaction():
-                    self.journal.event(now, "operator", "refused",
-                                       {"tool": tool, "args": args, "problems": problems})
-                self.desk.done.remote(aid, "; ".join(problems))
-                continue
-            self.flush()
-            self.desk.done.remote(aid, None)
-            if self.metrics is not None:
-                self.metrics.actions.inc(tool)
-            log.info("operator: %s %s", tool, args)
+            self.desk.done.remote(aid, "; ".join(self.operator_action(tool, args, state))
+                                  or None)
         if actions:
             state = self.core.plan_state(self.clock.now())
         if state is not None:
@@ -484,10 +494,7 @@ class Daemon(NightStore):
         if ev.name == "weather":
             site = ev.device.split(".", 1)[0]
             self.journal.event(ev.t, ev.device, ev.name, ev.data)
-            d = ev.data
-            w = Weather(min(ev.t, now), site, float(d["wind_mps"]), float(d["humidity"]),
-                        bool(d["rain"]), float(d["cloud"]), float(d["seeing_arcsec"]),
-                        float(d["dew_margin_c"]))
+            w = Weather(min(ev.t, now), site, **weather_values(ev.data))
             self.send(self.core.handle(w), now)
         elif ev.name == "detections":
             arrays = self._arrays(ev.data)
@@ -499,33 +506,6 @@ class Daemon(NightStore):
             if ev.name == "fault":
                 log.warning("%s fault %s: %s", ev.device, ev.data.get("code"),
                             ev.data.get("message"))
-
-    def _arrays(self, data: dict) -> dict[str, np.ndarray]:
-        src = data["sources"]
-        bands = self.config.camera.bands
-        band = bands.index(data["band"]) if data["band"] in bands else -1
-        out = {k: np.array([s[k] for s in src], dtype=float)
-               for k in ("ra_deg", "dec_deg", "mag", "mag_err")}
-        out["mjd"] = np.full(len(src), float(unix_to_mjd(float(data["t_mid"]))))
-        out["band"] = np.full(len(src), band, dtype=np.int64)
-        if src and all("truth" in s for s in src):
-            out["truth"] = np.array([int(s["truth"]) for s in src], dtype=np.int64)
-        if any("ref_mag" in s for s in src):
-            ref, bad = reference_magnitudes(src)
-            out["ref_mag"] = np.array(ref, dtype=float)
-            if bad:  # not magnitudes: unknown; the detections themselves are kept
-                log.warning("%s: %d ref_mag values outside %g..%g taken as unknown",
-                            data["obs_id"], bad, *REF_MAG_RANGE)
-        return out
-
-    @staticmethod
-    def _batch(a: dict[str, np.ndarray]) -> DetectionBatch:
-        keep = a["band"] >= 0
-        truth, ref = a.get("truth"), a.get("ref_mag")
-        return DetectionBatch(a["ra_deg"][keep], a["dec_deg"][keep], a["mjd"][keep],
-                              a["band"][keep], a["mag"][keep], a["mag_err"][keep],
-                              truth[keep] if truth is not None else None,
-                              ref[keep] if ref is not None else None)
 
     def _journal_observation(self, cmd: Command, result: dict) -> None:
         core = self.core

@@ -27,6 +27,7 @@ from brain.shells.daemon_models import (
     StartupCollector,
     model_stages,
 )
+from brain.shells.daemon_web import web_parts
 from brain.shells.journal import Journal
 from drivers.clock import WorldClock
 
@@ -70,12 +71,15 @@ def start_daemon(config: BrainConfig, journal: str, start: float | None, speed: 
                  security: str = "none", keys_dir: str | None = None,
                  hosting: str = "ray", ray_address: str | None = None,
                  api_port: int | None = None, policy_seed: int = 0,
-                 failsafe_s: float = 60.0, stages: list[Stage] | None = None) -> Daemon:
+                 failsafe_s: float = 60.0, stages: list[Stage] | None = None,
+                 web_port: int | None = None, web_token: str | None = None) -> Daemon:
     """The daemon, its link bound and its background loading started: call ``run`` next,
     at once (the devices' HELLOs wait in the socket until it turns). ``policy``: a
     policy name (loaded in the background: by a Ray actor with ``hosting="ray"``) or an
     object. ``stages``: the models' background stages (default
-    :func:`~brain.shells.daemon_models.model_stages`; tests: a model that loads slowly)."""
+    :func:`~brain.shells.daemon_models.model_stages`; tests: a model that loads slowly).
+    ``web_port``/``web_token``: the operator page (:mod:`brain.shells.daemon_web`; default
+    the config's ``ops.web_port``/``ops.web_token_file``)."""
 
     # metrics_port 0: no metrics at all (nothing collected, nothing served). The port is
     # taken first: a busy one stops the start before the journal or Ray is touched.
@@ -160,6 +164,9 @@ def start_daemon(config: BrainConfig, journal: str, start: float | None, speed: 
                              sites={s.id: s for s in config.sites})
     if config.ops.night_jobs:
         d.background.append(_night_jobs(d, Path(journal).parent))
+    d.background += web_parts(d, web_port, web_token, hosting, (
+        f"http://127.0.0.1:{api_port or config.planner.api_port}" if "planner" in models
+        else None))
     if registry is not None:
         registry.register(StartupCollector(d.background))
     for bg in d.background:

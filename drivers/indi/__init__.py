@@ -29,18 +29,22 @@ The package, by concept:
   reader thread parsing the XML stream incrementally, a property cache, and reconnection
   when the server goes away;
 * :mod:`drivers.indi.steps`: a command as a plan of INDI requests and how each finishes;
-* :mod:`drivers.indi.coords`: ICRS (the brain's) and INDI's epoch of date (the mount's);
-* :mod:`drivers.indi.sky`: sidereal time, altitude and azimuth, airmass;
+* :mod:`drivers.indi.weather`: :class:`IndiWeather`, an INDI weather station served as
+  the site's SBP1 weather device ``{site}.wx`` (``--weather``);
 * :mod:`drivers.indi.telescope`: :class:`IndiTelescope`, the SBP1 device;
+* shared with the ASCOM Alpaca bridge (``drivers/alpaca/``): :mod:`drivers.coords` (ICRS
+  and INDI's epoch of date) and :mod:`drivers.sky` (sidereal time, alt/az, airmass);
 * :mod:`drivers.indi.cli`: the command line (``python -m drivers.indi``, run by
   ``drivers/indi/__main__.py``).
 """
 
+from drivers.coords import eod_to_icrs, icrs_to_eod
 from drivers.indi.cli import build_parser, main
 from drivers.indi.client import IndiClient, IndiError, Vector, parse_number
-from drivers.indi.coords import eod_to_icrs, icrs_to_eod
-from drivers.indi.sky import airmass, alt_az_deg, lst_deg
 from drivers.indi.telescope import IndiTelescope
+from drivers.indi.weather import IndiWeather
+from drivers.sky import airmass, alt_az_deg, lst_deg
 
-__all__ = ["IndiClient", "IndiError", "IndiTelescope", "Vector", "airmass", "alt_az_deg",
-           "build_parser", "eod_to_icrs", "icrs_to_eod", "lst_deg", "main", "parse_number"]
+__all__ = ["IndiClient", "IndiError", "IndiTelescope", "IndiWeather", "Vector", "airmass",
+           "alt_az_deg", "build_parser", "eod_to_icrs", "icrs_to_eod", "lst_deg", "main",
+           "parse_number"]

@@ -2,7 +2,7 @@
 optionally a filter wheel) served to the brain as one telescope (docs/indi.md).
 
 Coordinates: ICRS on the brain's side, INDI's epoch of date (``EQUATORIAL_EOD_COORD``) on
-the mount's; the conversions (``drivers/indi/coords.py``) happen here, at world time: a
+the mount's; the conversions (``drivers/coords.py``) happen here, at world time: a
 slew's ICRS target when it is sent, the mount's position whenever it is reported."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from drivers.coords import eod_to_icrs, icrs_to_eod
 from drivers.device import CommandError, Device, Pending
 from drivers.indi.client import (
     BUSY,
@@ -25,9 +26,8 @@ from drivers.indi.client import (
     IndiError,
     Vector,
 )
-from drivers.indi.coords import eod_to_icrs, icrs_to_eod
-from drivers.indi.sky import airmass, alt_az_deg, lst_deg, ra_diff_h
 from drivers.indi.steps import Plan, Step
+from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h
 
 log = logging.getLogger("sitian.indi")
 
@@ -403,13 +403,10 @@ class IndiTelescope(Device):
             t_start = (expo.t_busy if expo.t_busy is not None else expo.t0) + clock_offset
             t_start = max(sent["t"], t_start)
             p = self._pointing(t_start + seconds / 2)
-            am = airmass(p["alt_deg"]) if p else 40.0
-            lim = (self.limiting_mag + 1.25 * math.log10(seconds / self.ref_seconds)
-                   - self.extinction * (am - 1.0))
             return {"obs_id": args["obs_id"], "field_id": int(args["field_id"]),
                     "t_start": t_start, "t_end": t_start + seconds,
-                    "limiting_mag": round(lim, 3),
-                    "seeing_arcsec": round(self.seeing_arcsec * am ** 0.6, 3),
-                    "airmass": round(am, 4)}
+                    **nominal_quality(p["alt_deg"] if p else None, seconds,
+                                      self.limiting_mag, self.ref_seconds,
+                                      self.seeing_arcsec, self.extinction)}
 
         return self._run("expose", steps, finish, now + seconds + 30.0, now)

@@ -1,5 +1,6 @@
-"""Sky helpers of the INDI bridge: sidereal time, altitude and azimuth of the epoch-of-date
-pointing the mount reports, and the brain's airmass."""
+"""Sky helpers of the hardware bridges (INDI, ASCOM Alpaca): sidereal time, altitude and
+azimuth of the epoch-of-date pointing a mount reports, the brain's airmass, and the
+nominal depth and seeing an exposure result reports."""
 
 from __future__ import annotations
 
@@ -33,3 +34,17 @@ def airmass(alt_deg: float) -> float:
 
 def ra_diff_h(a: float, b: float) -> float:
     return abs((a - b + 12.0) % 24.0 - 12.0)
+
+
+def nominal_quality(alt_deg: float | None, seconds: float, limiting_mag: float,
+                    ref_seconds: float, seeing_arcsec: float,
+                    extinction: float = 0.2) -> dict:
+    """An exposure result's ``airmass``, ``seeing_arcsec`` and ``limiting_mag`` from the
+    pointing's altitude (None: unknown, airmass 40): the nominal zenith depth for
+    ``ref_seconds`` scaled by 1.25 log10(seconds / ref_seconds) less ``extinction`` per
+    airmass above 1, and the zenith seeing times airmass^0.6 (docs/indi.md, "Command
+    mapping")."""
+    am = airmass(alt_deg) if alt_deg is not None else 40.0
+    lim = (limiting_mag + 1.25 * math.log10(seconds / ref_seconds) - extinction * (am - 1.0))
+    return {"limiting_mag": round(lim, 3), "seeing_arcsec": round(seeing_arcsec * am ** 0.6, 3),
+            "airmass": round(am, 4)}
