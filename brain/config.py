@@ -55,6 +55,11 @@ class TransientSettings(Strict):
     change_mag: float = Field(default=0.5, ge=0, le=5, description="a known object has "
                               "changed when tonight it is brighter or fainter than its whole "
                               "history by this much (plus three errors)")
+    reference_mag: float | None = Field(
+        default=None, ge=0, le=5, description="a new object whose every detection so far "
+        "lies within this (plus three errors) of the survey reference's source at its place "
+        "(ref_mag) is a known star, not a candidate; null (the default): the reference is "
+        "not used for this (docs/season.md, 'New against the reference')")
 
 
 class StoreSettings(Strict):

@@ -21,7 +21,8 @@ object:
 
 It hooks the fast shell's night close (``brain.shells.fast._close_night``) to look, and
 changes nothing the brain decides. ``--no-reference`` withholds the survey reference's
-``ref_mag`` from the brain's detections (the same model, without that context).
+``ref_mag`` from the brain's detections (the same model, without that context);
+``--reference-mag 0.5`` turns on the candidate rule ``transients.reference_mag``.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ from simulator.environment import make_environment
 RARE = ("SLSN", "TDE", "KN", "uLens")
 
 
-def run(nights: int, seed: int, start: str, out: Path,
-        reference: bool = True) -> tuple[list[dict], np.ndarray]:
+def run(nights: int, seed: int, start: str, out: Path, reference: bool = True,
+        reference_mag: float | None = None) -> tuple[list[dict], np.ndarray]:
     config = load_config(None)
+    config = config.model_copy(update={"transients": config.transients.model_copy(
+        update={"reference_mag": reference_mag})})
     grid = FieldGrid.tile(config.camera.fov_deg2, config.survey.ring_fit)
     cache = NightCache(config, grid, keep=nights + 1)
     env = make_environment(config, seed, start, nights, "climate", cache)
@@ -155,9 +158,12 @@ def main() -> None:
     ap.add_argument("--out", default="out/season-candidates", help="the run's store")
     ap.add_argument("--no-reference", action="store_true",
                     help="withhold the reference (ref_mag) from the brain")
+    ap.add_argument("--reference-mag", type=float, default=None,
+                    help="transients.reference_mag: a new object within this of its "
+                         "reference source is no candidate (default: off)")
     args = ap.parse_args()
     records, cls = run(args.nights, args.seed, args.start, Path(args.out),
-                       reference=not args.no_reference)
+                       reference=not args.no_reference, reference_mag=args.reference_mag)
     new_days = load_config(None).transients.new_days
     print(json.dumps(analyse(records, cls, args.from_night, new_days), indent=1))
 

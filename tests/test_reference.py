@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from brain.core.association import Associator, DetectionBatch
+from brain.core.followup import candidate_ids
+from brain.core.store import open_store
 from brain.ops.hosting import check_ref
 from brain.shells.daemon import Daemon
 from drivers import protocol as P
@@ -144,3 +146,59 @@ def test_reading_the_optional_ref_mag_column(tmp_path):
     assert np.isnan(t.ref[2]).all()
     with pytest.raises(LightCurveInputError, match="row 2: ref_mag"):
         read_detections_csv(_csv(tmp_path, ["a,60000,r,19,0.05,bright"], "bad.csv"))
+
+
+def _night(ra, mag, ref, mjd, band=1, err=0.05):
+    """One detection per position at ``mjd`` (magnitudes ``mag``, references ``ref``)."""
+    n = len(ra)
+    return DetectionBatch(np.array(ra, float), np.full(n, 5.0), np.full(n, mjd),
+                          np.full(n, band), np.array(mag, float), np.full(n, err), None,
+                          None if ref is None else np.array(ref, float))
+
+
+def _reference_sky(a: Associator, mjd0: float = 61000.1) -> list[float]:
+    """Five new objects of three detections each: a star as bright as the reference's
+    source there (A), one 1.5 mag brighter than it (B), one where the reference has
+    nothing (C), one whose reference is unknown (D), and one whose reference source is
+    0.7 mag fainter than the detections (E: beyond 0.5 mag + 3 errors of 0.05)."""
+    ra = [10.0, 20.0, 30.0, 40.0, 50.0]
+    for k in range(3):
+        a.add(_night(ra, [19.0 + 0.05 * k, 18.0, 19.0, 19.0, 19.0],
+                     [19.1, 19.5, np.inf, np.nan, 19.7], mjd0 + 0.05 * k))
+    return ra
+
+
+def test_a_new_object_as_bright_as_its_reference_star_is_no_candidate():
+    """The reference rule (docs/season.md): a newly seen object sitting on a reference
+    source of its own brightness is a star the survey already knew, not new; brighter
+    than its source, where the reference has nothing, or with no reference known, it is
+    new, as before. Without ``reference_mag`` nothing changes."""
+    a = Associator(radius_arcsec=2.0)
+    _reference_sky(a)
+    now = 61000.3
+    got = candidate_ids(a, 3, now, 3.0, 0.5, classified_only=False, reference_mag=0.5)
+    assert a.cat["ra_deg"][got].tolist() == [20.0, 30.0, 40.0, 50.0]
+    every = candidate_ids(a, 3, now, 3.0, 0.5, classified_only=False)
+    assert a.cat["ra_deg"][every].tolist() == [10.0, 20.0, 30.0, 40.0, 50.0]
+    # A looser margin takes E (0.7 mag - 3 errors = 0.55) for the star it sits on too.
+    loose = candidate_ids(a, 3, now, 3.0, 0.5, classified_only=False, reference_mag=0.6)
+    assert a.cat["ra_deg"][loose].tolist() == [20.0, 30.0, 40.0]
+    # The star A flares 2 mag tonight: a detection far from its reference makes it new.
+    a.add(_night([10.0], [17.0], [19.1], 61000.35))
+    got = candidate_ids(a, 3, 61000.4, 3.0, 0.5, classified_only=False, reference_mag=0.5)
+    assert 10.0 in a.cat["ra_deg"][got].tolist()
+
+
+def test_the_reference_rule_holds_across_a_restart(tmp_path):
+    """The departures are not stored: a restart computes them again from the window, so
+    the same objects are candidates after it."""
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    a = Associator(radius_arcsec=2.0, store=open_store(url))
+    _reference_sky(a)
+    a.flush()
+    a.store.commit()
+    before = a.ids[candidate_ids(a, 3, 61000.3, 3.0, 0.5, False, 0.5)].tolist()
+    b = Associator(radius_arcsec=2.0, store=open_store(url))
+    b.load(min_detections=3, now_mjd=61000.3)
+    after = b.ids[candidate_ids(b, 3, 61000.3, 3.0, 0.5, False, 0.5)].tolist()
+    assert after == before and len(after) == 4

@@ -262,10 +262,12 @@ class Associator:
         # At the store's precision from the start: memory and store hold the same numbers.
         mjd, mag, err = quantize(batch.mjd, batch.mag, batch.mag_err)
         self._update_catalogue(row, mjd)
+        band = np.asarray(batch.band).astype(np.int64)
         if batch.ref_mag is not None:
             ref = np.asarray(batch.ref_mag, dtype=np.float32)
             said = ~np.isnan(ref)
-            self.cat["ref"][row[said], np.asarray(batch.band)[said]] = ref[said]
+            self.cat["ref"][row[said], band[said]] = ref[said]
+        self.reference_departure(row, band, mag, err)
         d = self.det
         d["obj"].extend(self.cat["object_id"][row])
         d["mjd"].extend(mjd)
@@ -282,6 +284,24 @@ class Associator:
             self.sources_seen[real] = True
         self.window_mjd0 = min(self.window_mjd0, float(np.min(mjd)))
         return row
+
+    def reference_departure(self, row: np.ndarray, band: np.ndarray, mag: np.ndarray,
+                            err: np.ndarray) -> None:
+        """Fold detections into ``ref_dev``, how far an object's detections have strayed
+        from the survey reference's source at its place: the largest |mag - ref| minus
+        three errors, +inf for a detection where the reference has nothing; a band whose
+        reference is unknown compares nothing (the candidate rule, ``candidate_ids``)."""
+        ref = self.cat["ref"][row, band].astype(np.float64)
+        known = ~np.isnan(ref)
+        if not known.any():
+            return
+        r, ref = row[known], ref[known]
+        with np.errstate(invalid="ignore"):
+            dev = np.where(np.isinf(ref), np.inf, np.abs(mag[known] - ref) - 3 * err[known])
+        cur = self.cat["ref_dev"]
+        first = np.isnan(cur[r])
+        cur[r[first]] = -np.inf
+        np.maximum.at(cur, r, dev.astype(np.float32))
 
     def _update_catalogue(self, row: np.ndarray, mjd: np.ndarray) -> None:
         u, inv = np.unique(row, return_inverse=True)
@@ -520,6 +540,11 @@ class Associator:
         if obj.size:  # the truth of the window's detections: their object's
             r = self.rows_of(obj)
             d["truth"].view[r >= 0] = self.cat["truth"][r[r >= 0]]
+            # ref_dev is not stored: again from the window, against each object's latest
+            # reference (the departures of detections before the window are not needed:
+            # only objects first seen within it can be new).
+            ok = r >= 0
+            self.reference_departure(r[ok], band[ok].astype(np.int64), mag[ok], err[ok])
         self._flushed = obj.size
         # The histories on disk are those of the last close_night: later detections are
         # the night not closed yet.

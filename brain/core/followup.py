@@ -43,17 +43,25 @@ SIDEREAL_DEG_S = 360.0 / 86164.0905
 
 
 def candidate_ids(associator, min_detections: int, now_mjd: float, new_days: float,
-                  change_mag: float, classified_only: bool = True) -> np.ndarray:
+                  change_mag: float, classified_only: bool = True,
+                  reference_mag: float | None = None) -> np.ndarray:
     """The brain's one candidate rule: objects with at least ``min_detections``
     detections that are new (first seen within ``new_days`` of ``now_mjd``) or have
     changed beyond their history (:meth:`Associator.changed`); with
     ``classified_only``, only those the classifier has seen. Catalogue rows, ascending.
-    The rest is the known sky: variables that keep their class until they change."""
+    The rest is the known sky: variables that keep their class until they change.
+    With ``reference_mag``, a new object whose detections all lie within that (plus
+    three errors) of the survey reference's source at its place is a star the reference
+    already holds, not new (docs/season.md, "New against the reference"); an object
+    with no reference value compared stays new."""
     n_obj = associator.n_objects
     if n_obj == 0:
         return np.zeros(0, dtype=np.int64)
     ok = associator.n_detections() >= min_detections
-    ok &= (associator.first_mjd >= now_mjd - new_days) | associator.changed(change_mag)
+    new = associator.first_mjd >= now_mjd - new_days
+    if reference_mag is not None:
+        new &= ~(associator.cat["ref_dev"][:n_obj] <= reference_mag)  # NaN: stays new
+    ok &= new | associator.changed(change_mag)
     if classified_only:
         ok &= associator.prob.sum(axis=1) > 0
     return np.flatnonzero(ok)

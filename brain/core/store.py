@@ -45,6 +45,10 @@ CATALOGUE_DTYPE = np.dtype([
     # The survey reference's magnitude at the object per band, as its detections last
     # reported it (+inf: nothing there; NaN: never reported). docs/protocol.md, ref_mag.
     ("ref", "<f4", (N_BANDS,)),
+    # In memory only (not in the store): the largest departure of the object's
+    # detections from that reference, |mag - ref| - 3 errors (+inf: a detection where the
+    # reference has nothing; NaN: none compared). Association.reference_departure.
+    ("ref_dev", "<f4"),
 ])
 _OBJECT_COLS = ("object_id", "ra_deg", "dec_deg", "first_mjd", "last_mjd", "n_det",
                 "n_nights", "last_night", "truth", "classified_ndet", "classified_mjd",
@@ -79,6 +83,7 @@ def empty_catalogue(n: int = 0) -> np.ndarray:
     cat["hist"][..., 3] = np.inf
     cat["hist"][..., 4] = -np.inf
     cat["ref"] = np.nan
+    cat["ref_dev"] = np.nan
     return cat
 
 

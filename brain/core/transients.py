@@ -97,7 +97,7 @@ class Transients:
         by the one rule, :func:`candidate_ids`."""
         tr = self.config.transients
         return candidate_ids(self.associator, tr.min_detections, self._now_mjd(t),
-                             tr.new_days, tr.change_mag, classified_only)
+                             tr.new_days, tr.change_mag, classified_only, tr.reference_mag)
 
     def _now_mjd(self, t: float | None) -> float:
         now = self.now if t is None else t
