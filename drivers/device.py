@@ -43,6 +43,38 @@ class Pending:
     poll: Callable[[float], dict | None]
 
 
+class Plan:
+    """A bridge's command as steps (``start()``: True when nothing to wait for; ``done()``),
+    run in order by ``advance``; ``finish(now)`` makes the result (the INDI and Alpaca
+    bridges, docs/indi.md, docs/alpaca.md)."""
+
+    def __init__(self, steps: list, finish: Callable[[float], dict]):
+        self.steps, self.finish = list(steps), finish
+        self.k = 0
+        self.running = False
+        self.over = False
+
+    def advance(self, now: float) -> dict | None:
+        try:
+            while self.k < len(self.steps):
+                step = self.steps[self.k]
+                if not self.running:
+                    if step.start():
+                        self.k += 1
+                        continue
+                    self.running = True
+                if not step.done():
+                    return None
+                self.running = False
+                self.k += 1
+            result = self.finish(now)
+        except BaseException:
+            self.over = True
+            raise
+        self.over = True
+        return result
+
+
 def _num(v) -> bool:
     return P._num(v)
 

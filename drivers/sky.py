@@ -48,3 +48,13 @@ def nominal_quality(alt_deg: float | None, seconds: float, limiting_mag: float,
     lim = (limiting_mag + 1.25 * math.log10(seconds / ref_seconds) - extinction * (am - 1.0))
     return {"limiting_mag": round(lim, 3), "seeing_arcsec": round(seeing_arcsec * am ** 0.6, 3),
             "airmass": round(am, 4)}
+
+
+def slew_eta(here: dict | None, ra_deg: float, dec_deg: float, now: float,
+             timeout_s: float) -> float:
+    """When a slew from ``here`` (a pointing with ``ra_deg``, ``dec_deg``; None: unknown)
+    should be over: conservatively 0.5 deg/s plus 30 s (PROGRESS only ever extends the
+    brain's deadline), at most ``timeout_s``."""
+    dist = 180.0 if not here else max(ra_diff_h(here["ra_deg"] / 15.0, ra_deg / 15.0) * 15.0,
+                                      abs(here["dec_deg"] - dec_deg))
+    return now + min(timeout_s, 30.0 + 2.0 * dist)

@@ -65,34 +65,3 @@ class Step:
             raise CommandError("timeout", f"{self.what}: not finished after "
                                f"{self.timeout_s:.0f} s")
         return False
-
-
-class Plan:
-    """A command's steps, run in order from ``advance``; ``finish(now)`` makes the
-    result."""
-
-    def __init__(self, steps: list[Step], finish: Callable[[float], dict]):
-        self.steps, self.finish = list(steps), finish
-        self.k = 0
-        self.running = False
-        self.over = False
-
-    def advance(self, now: float) -> dict | None:
-        try:
-            while self.k < len(self.steps):
-                step = self.steps[self.k]
-                if not self.running:
-                    if step.start():
-                        self.k += 1
-                        continue
-                    self.running = True
-                if not step.done():
-                    return None
-                self.running = False
-                self.k += 1
-            result = self.finish(now)
-        except BaseException:
-            self.over = True
-            raise
-        self.over = True
-        return result

@@ -19,10 +19,10 @@ from typing import Any
 
 from drivers.alpaca.client import ASCOM_ERRORS, NETWORK_ERRORS, AlpacaClient, AlpacaError
 from drivers.alpaca.client import describe as _describe
-from drivers.alpaca.steps import Plan, Step
+from drivers.alpaca.steps import Step
 from drivers.coords import SYSTEMS, icrs_to_eod, icrs_to_mount, mount_to_icrs
-from drivers.device import CommandError, Device, Pending
-from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h
+from drivers.device import CommandError, Device, Pending, Plan
+from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h, slew_eta
 
 log = logging.getLogger("sitian.alpaca")
 
@@ -342,11 +342,7 @@ class AlpacaTelescope(Device):
                 raise CommandError("device_fault", "slew: the mount reports no position")
             return p
 
-        here = self._pointing(now)
-        dist = 180.0 if not here else max(ra_diff_h(here["ra_deg"] / 15.0, ra / 15.0) * 15.0,
-                                          abs(here["dec_deg"] - dec))
-        # Conservative (0.5 deg/s): PROGRESS only ever extends the brain's deadline.
-        eta = now + min(self.slew_timeout_s, 30.0 + 2.0 * dist)
+        eta = slew_eta(self._pointing(now), ra, dec, now, self.slew_timeout_s)
         return self._run("slew", steps, finish, eta, now)
 
     def cmd_expose(self, args: dict, now: float) -> dict | Pending:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.coords import eod_to_icrs, icrs_to_eod
-from drivers.device import CommandError, Device, Pending
+from drivers.device import CommandError, Device, Pending, Plan
 from drivers.indi.client import (
     BUSY,
     CCD_INTERFACE,
@@ -26,8 +26,8 @@ from drivers.indi.client import (
     IndiError,
     Vector,
 )
-from drivers.indi.steps import Plan, Step
-from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h
+from drivers.indi.steps import Step
+from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h, slew_eta
 
 log = logging.getLogger("sitian.indi")
 
@@ -369,11 +369,7 @@ class IndiTelescope(Device):
                 raise CommandError("device_fault", "slew: the mount reports no position")
             return p
 
-        here = self._pointing(now)
-        dist = 180.0 if not here else max(ra_diff_h(here["ra_deg"] / 15.0, ra / 15.0) * 15.0,
-                                          abs(here["dec_deg"] - dec))
-        # Conservative (0.5 deg/s): PROGRESS only ever extends the brain's deadline.
-        eta = now + min(self.slew_timeout_s, 30.0 + 2.0 * dist)
+        eta = slew_eta(self._pointing(now), ra, dec, now, self.slew_timeout_s)
         return self._run("slew", steps, finish, eta, now)
 
     def cmd_expose(self, args: dict, now: float) -> dict | Pending:
