@@ -1,10 +1,12 @@
 """Real device servers on loopback for the bridge tests (tests/test_alpaca.py,
-tests/test_indi_weather.py): a free port, a wait for a server to listen, a process group
-stopped whatever it left behind, and a brain-side rig (a real BrainLink and a
-DeviceHost in a thread) that sends commands and collects outcomes and events."""
+tests/test_indi.py, tests/test_indi_weather.py): a free port, a wait for a server to
+listen, a process group stopped whatever it left behind, an angular separation, and a
+brain-side rig (a real BrainLink and a DeviceHost in a thread) that sends commands and
+collects outcomes and events."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -23,6 +25,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sep_deg(ra1, dec1, ra2, dec2) -> float:
+    """Angular separation (Vincenty's formula: exact down to microarcseconds)."""
+    a1, d1, a2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    da = a2 - a1
+    num = math.hypot(math.cos(d2) * math.sin(da),
+                     math.cos(d1) * math.sin(d2) - math.sin(d1) * math.cos(d2) * math.cos(da))
+    den = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(da)
+    return math.degrees(math.atan2(num, den))
 
 
 def listens(port: int) -> bool:

@@ -29,7 +29,7 @@ from alpaca.camera import Camera
 from alpaca.dome import Dome
 from alpaca.telescope import Telescope
 from alpaca_simulators.config import CONFIG_DIR
-from loopback import BrainRig, free_port, start_server, stop_group
+from loopback import BrainRig, free_port, sep_deg, start_server, stop_group
 
 from brain.core.events import Weather
 from brain.core.safety import weather_verdict
@@ -44,15 +44,6 @@ DEVICE, WX = "xl.g01.g", "xl.wx"
 SITE_LAT, SITE_LON, SITE_ELEV = 40.3933, 117.575, 900.0  # Xinglong
 STALE_S = 3.0
 SEED = 20260615
-
-
-def _sep_deg(ra1, dec1, ra2, dec2) -> float:
-    a1, d1, a2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    da = a2 - a1
-    num = math.hypot(math.cos(d2) * math.sin(da),
-                     math.cos(d1) * math.sin(d2) - math.sin(d1) * math.cos(d2) * math.cos(da))
-    den = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(da)
-    return math.degrees(math.atan2(num, den))
 
 
 def eod_back(radec: tuple[float, float], t: float) -> tuple[float, float]:
@@ -149,12 +140,12 @@ def test_open_slew_expose_close_park(server, rig):
     assert set(res) >= {"ra_deg", "dec_deg", "alt_deg", "az_deg"}, res
     # What the mount was sent is the target in its JNow, not the ICRS numbers.
     sent = (mount.TargetRightAscension * 15.0, mount.TargetDeclination)
-    assert _sep_deg(*sent, ra, dec) * 60.0 > 5.0, (sent, ra, dec)
-    assert _sep_deg(*sent, *icrs_to_eod(ra, dec, t0)) * 3600.0 < 0.5, (sent, t0)
+    assert sep_deg(*sent, ra, dec) * 60.0 > 5.0, (sent, ra, dec)
+    assert sep_deg(*sent, *icrs_to_eod(ra, dec, t0)) * 3600.0 < 0.5, (sent, t0)
     # Where it went, converted back, is the target; so is what the bridge reports.
     here = (mount.RightAscension * 15.0, mount.Declination)
-    assert _sep_deg(*eod_back(here, t1), ra, dec) * 3600.0 < 5.0, (here, ra, dec)
-    assert _sep_deg(res["ra_deg"], res["dec_deg"], ra, dec) * 3600.0 < 5.0, (res, ra, dec)
+    assert sep_deg(*eod_back(here, t1), ra, dec) * 3600.0 < 5.0, (here, ra, dec)
+    assert sep_deg(res["ra_deg"], res["dec_deg"], ra, dec) * 3600.0 < 5.0, (res, ra, dec)
     assert 70.0 < res["alt_deg"] < 85.0 and 0.0 < res["az_deg"] < 180.0, res  # high, east
     assert mount.Tracking is True
 
@@ -305,10 +296,10 @@ def test_equatorial_systems_round_trip():
             m = icrs_to_mount(ra, dec, t, system)
             assert 0.0 <= m[0] < 360.0 and -90.0 <= m[1] <= 90.0, (system, m)
             back = mount_to_icrs(*m, t, system)
-            assert _sep_deg(*back, ra, dec) * 3600.0 < 0.01, (system, ra, dec, m, back)
+            assert sep_deg(*back, ra, dec) * 3600.0 < 0.01, (system, ra, dec, m, back)
     assert icrs_to_mount(83.633, 22.0145, t, "j2000") == (83.633, 22.0145)
     # J2050 is 50 years of precession (about 0.7 degrees on the equator) from J2000;
     # B1950 as far the other way.
     for system in ("j2050", "b1950"):
-        sep = _sep_deg(*icrs_to_mount(0.0, 0.0, t, system), 0.0, 0.0)
+        sep = sep_deg(*icrs_to_mount(0.0, 0.0, t, system), 0.0, 0.0)
         assert 0.6 < sep < 0.75, (system, sep)

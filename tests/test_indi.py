@@ -13,17 +13,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from loopback import BrainRig, free_port, listens, sep_deg, stop_group
 
-from drivers.device import DeviceHost
 from drivers.indi import (
     IndiClient,
     IndiTelescope,
@@ -33,7 +30,7 @@ from drivers.indi import (
     lst_deg,
     parse_number,
 )
-from drivers.link import BrainLink, CommandDone, CommandFailed, DeviceSpec
+from drivers.link import DeviceSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE = "xl.g01.g"
@@ -54,38 +51,6 @@ def _require_indi() -> str:
     return shutil.which("indiserver")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End indiserver and the simulator drivers it started (its own process group)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    try:  # drivers that outlived the server
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 @pytest.fixture(scope="module")
 def indiserver(tmp_path_factory):
     """A real indiserver with the telescope, CCD and dome simulators on a free port.
@@ -97,7 +62,7 @@ def indiserver(tmp_path_factory):
     home = tmp_path_factory.mktemp("indi-home")
     env = {**os.environ, "HOME": str(home)}
     for attempt in range(3):  # a port taken between choosing and binding: another one
-        port = _free_port()
+        port = free_port()
         log_path = home / f"indiserver-{port}.log"
         with log_path.open("w") as log:
             proc = subprocess.Popen(
@@ -105,94 +70,46 @@ def indiserver(tmp_path_factory):
                  *SIMULATORS], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
                 start_new_session=True)
         deadline = time.monotonic() + 20.0
-        while time.monotonic() < deadline and proc.poll() is None and not _accepts(port):
+        while time.monotonic() < deadline and proc.poll() is None and not listens(port):
             time.sleep(0.1)
-        if proc.poll() is None and _accepts(port):
+        if proc.poll() is None and listens(port):
             break
-        _stop(proc)
+        stop_group(proc)
         if attempt == 2:
             pytest.fail(f"indiserver did not start on port {port}:\n"
                         f"{log_path.read_text()[-2000:]}", pytrace=False)
     yield port, log_path
-    _stop(proc)
+    stop_group(proc)
 
 
-class Rig:
-    """A BrainLink and the bridge, served by a DeviceHost in a background thread."""
+class Rig(BrainRig):
+    """The bridge's telescope served to a real BrainLink (tests/loopback.py), with
+    commands to ``DEVICE``."""
 
     def __init__(self, port: int, log_path: Path):
         self.log_path = log_path
-        self.link = BrainLink({DEVICE: DeviceSpec("telescope", "xl", 1, "g")},
-                              router="tcp://127.0.0.1:*", pub=None, heartbeat_s=1.0)
         self.client = IndiClient("127.0.0.1", port, retry_s=0.5)
         self.device = IndiTelescope(DEVICE, "xl", 1, "g", self.client, lat_deg=SITE_LAT,
                                     lon_deg=SITE_LON, elev_m=SITE_ELEV)
         self.device.start(timeout_s=START_TIMEOUT_S)
-        self.host = DeviceHost([self.device], self.link.router_endpoint)
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._serve, name="indi-host", daemon=True)
-        self.thread.start()
-        self.seen: list = []
-        self._n = 0
-        self._wait(lambda: DEVICE in self.link.up_devices(), 15.0, "the device to be welcomed")
-
-    def _serve(self) -> None:
-        try:
-            self.host.run(self.stop.is_set)
-        except BaseException as exc:  # reported by the test that waits on it
-            self.errors.append(exc)
+        super().__init__({DEVICE: DeviceSpec("telescope", "xl", 1, "g")}, [self.device],
+                         self._indi_diagnostics)
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-        self.host.close()
-        self.link.close()
+        super().close()
         self.client.close()
 
-    def diagnostics(self) -> str:
+    def _indi_diagnostics(self) -> str:
         msgs = "\n".join(f"  {d}: {m}" for d, _, m in list(self.client.messages)[-12:])
-        return (f"host thread errors: {self.errors!r}\nlink events: {self.seen[-10:]!r}\n"
-                f"device state: {self.device.state(time.time())!r}\n"
+        return (f"device state: {self.device.state(time.time())!r}\n"
                 f"INDI messages:\n{msgs}\nindiserver log ({self.log_path}):\n"
                 f"{self.log_path.read_text()[-1500:]}")
 
-    def _wait(self, cond, timeout_s: float, what: str) -> None:
-        end = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > end or self.errors:
-                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}\n"
-                            f"{self.diagnostics()}", pytrace=False)
-            self.seen += self.link.poll(50)
-
-    def command(self, name: str, args: dict | None = None, timeout_s: float = 90.0):
-        """Send a command and wait for its DONE or FAILED (CommandDone/CommandFailed)."""
-        self._n += 1
-        cmd_id = f"test-{self._n}"
-        failed = self.link.send_command(DEVICE, cmd_id, name, args or {},
-                                        time.time() + timeout_s + 30.0,
-                                        idempotent=name in ("open", "close", "park", "status"))
-        assert failed is None, f"{name} not sent: {failed}"
-        out: list = []
-
-        def finished() -> bool:
-            out.extend(e for e in self.seen if isinstance(e, CommandDone | CommandFailed)
-                       and e.cmd_id == cmd_id)
-            return bool(out)
-
-        self._wait(finished, timeout_s, f"{name} {args or ''} to finish")
-        return out[0]
-
     def done(self, name: str, args: dict | None = None, timeout_s: float = 90.0) -> dict:
-        ev = self.command(name, args, timeout_s)
-        assert isinstance(ev, CommandDone), (f"{name} {args} failed: {ev}\n"
-                                             f"{self.diagnostics()}")
-        return ev.result
+        return super().done(DEVICE, name, args, timeout_s)
 
     def failed(self, name: str, args: dict | None = None, timeout_s: float = 90.0):
-        ev = self.command(name, args, timeout_s)
-        assert isinstance(ev, CommandFailed), f"{name} {args} should have failed: {ev}"
-        return ev
+        return super().failed(DEVICE, name, args, timeout_s)
 
 
 @pytest.fixture(scope="module")
@@ -200,16 +117,6 @@ def rig(indiserver):
     r = Rig(*indiserver)
     yield r
     r.close()
-
-
-def _sep_deg(ra1, dec1, ra2, dec2) -> float:
-    """Angular separation (Vincenty's formula: exact down to microarcseconds)."""
-    a1, d1, a2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    da = a2 - a1
-    num = math.hypot(math.cos(d2) * math.sin(da),
-                     math.cos(d1) * math.sin(d2) - math.sin(d1) * math.cos(d2) * math.cos(da))
-    den = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(da)
-    return math.degrees(math.atan2(num, den))
 
 
 def _precessed(ra_deg: float, dec_deg: float, t_unix: float) -> tuple[float, float]:
@@ -236,7 +143,7 @@ def test_open_slew_expose_close(rig):
     assert rig.device.dome == "Dome Simulator"
     # The site went to the mount.
     geo = rig.client.get("Telescope Simulator", "GEOGRAPHIC_COORD")
-    rig._wait(lambda: abs(rig.client.value("Telescope Simulator", "GEOGRAPHIC_COORD", "LAT",
+    rig.wait(lambda: abs(rig.client.value("Telescope Simulator", "GEOGRAPHIC_COORD", "LAT",
                                            0.0) - SITE_LAT) < 1e-4, 10.0,
               f"the mount to take the site latitude (has {geo.values if geo else None})")
 
@@ -250,7 +157,7 @@ def test_open_slew_expose_close(rig):
     res = rig.done("slew", {"ra_deg": ra, "dec_deg": dec})
     alt = res["alt_deg"]
     assert set(res) >= {"ra_deg", "dec_deg", "alt_deg", "az_deg"}, res
-    assert _sep_deg(res["ra_deg"], res["dec_deg"], ra, dec) < 0.1, (res, ra, dec)
+    assert sep_deg(res["ra_deg"], res["dec_deg"], ra, dec) < 0.1, (res, ra, dec)
     assert abs(res["dec_deg"] - dec) < 0.1, res
     assert 45.0 < res["alt_deg"] < 56.0, res  # 90 - (80 - 40.4) = 50.4 at transit
     assert res["az_deg"] < 10.0 or res["az_deg"] > 350.0, res  # due north
@@ -259,7 +166,7 @@ def test_open_slew_expose_close(rig):
     assert eq.state == "Ok", eq
     back = eod_to_icrs(eq.values["RA"] * 15.0, eq.values["DEC"], time.time())
     # (2 arcseconds: the simulator re-sends its position only when it moved 0.1 s of RA)
-    assert _sep_deg(*back, res["ra_deg"], res["dec_deg"]) * 3600.0 < 2.0, (eq, back, res)
+    assert sep_deg(*back, res["ra_deg"], res["dec_deg"]) * 3600.0 < 2.0, (eq, back, res)
 
     t_sent = time.time()
     res = rig.done("expose", {"seconds": 1.0, "obs_id": "indi-test-1", "field_id": 42})
@@ -283,7 +190,7 @@ def test_open_slew_expose_close(rig):
     assert rig.client.value("Dome Simulator", "DOME_SHUTTER", "SHUTTER_CLOSE") is True
     assert rig.done("status")["state"] == "closed"
     # The heartbeats carry the state map to the brain.
-    rig._wait(lambda: rig.link.peers[DEVICE].state.get("state") == "closed", 10.0,
+    rig.wait(lambda: rig.link.peers[DEVICE].state.get("state") == "closed", 10.0,
               "a heartbeat with state closed")
     ev = rig.failed("expose", {"seconds": 1.0, "obs_id": "indi-test-3", "field_id": 42},
                     timeout_s=10.0)
@@ -301,7 +208,7 @@ def test_slew_sends_epoch_of_date_and_reports_icrs(rig):
     # arcseconds here) after the goto arrived: poll every 50 ms.
     rig.client.new_switch(MOUNT, "TELESCOPE_TRACK_STATE", {"TRACK_ON": True, "TRACK_OFF": False})
     rig.client.new_number(MOUNT, "POLLING_PERIOD", {"PERIOD_MS": 50})
-    rig._wait(lambda: rig.client.value(MOUNT, "TELESCOPE_TRACK_STATE", "TRACK_ON") is True
+    rig.wait(lambda: rig.client.value(MOUNT, "TELESCOPE_TRACK_STATE", "TRACK_ON") is True
               and rig.client.value(MOUNT, "POLLING_PERIOD", "PERIOD_MS") == 50, 10.0,
               "the mount to track and poll every 50 ms")
     # An hour east of the meridian at Dec +40: about 78 degrees high at Xinglong, and 26
@@ -315,23 +222,23 @@ def test_slew_sends_epoch_of_date_and_reports_icrs(rig):
     assert eq.state == "Ok", eq
     ra_eod, dec_eod = eq.values["RA"] * 15.0, eq.values["DEC"]
     # What the mount was sent (and went to) is the epoch of date, not the ICRS target.
-    offset_arcmin = _sep_deg(ra_eod, dec_eod, ra, dec) * 60.0
+    offset_arcmin = sep_deg(ra_eod, dec_eod, ra, dec) * 60.0
     assert offset_arcmin > 5.0, (ra_eod, dec_eod, ra, dec)
     mean = _precessed(ra, dec, t1)
-    assert _sep_deg(ra_eod, dec_eod, *mean) * 3600.0 < 60.0, (ra_eod, dec_eod, mean)
+    assert sep_deg(ra_eod, dec_eod, *mean) * 3600.0 < 60.0, (ra_eod, dec_eod, mean)
     target = rig.client.get(MOUNT, "TARGET_EOD_COORD")  # the goto as the mount took it
     sent = (target.values["RA"] * 15.0, target.values["DEC"])
-    assert _sep_deg(*sent, *mean) * 3600.0 < 60.0, (sent, mean)
-    assert _sep_deg(*sent, *icrs_to_eod(ra, dec, t0)) * 3600.0 < 0.1, (sent, t0)
+    assert sep_deg(*sent, *mean) * 3600.0 < 60.0, (sent, mean)
+    assert sep_deg(*sent, *icrs_to_eod(ra, dec, t0)) * 3600.0 < 0.1, (sent, t0)
     # The mount's position back in ICRS is the target, and so is what the bridge reports.
     back = eod_to_icrs(ra_eod, dec_eod, t1)
-    assert _sep_deg(*back, ra, dec) * 3600.0 < 5.0, (back, ra, dec)
-    assert _sep_deg(res["ra_deg"], res["dec_deg"], ra, dec) * 3600.0 < 5.0, (res, ra, dec)
+    assert sep_deg(*back, ra, dec) * 3600.0 < 5.0, (back, ra, dec)
+    assert sep_deg(res["ra_deg"], res["dec_deg"], ra, dec) * 3600.0 < 5.0, (res, ra, dec)
     state = rig.done("status")
-    assert _sep_deg(state["ra_deg"], state["dec_deg"], ra, dec) * 3600.0 < 5.0, state
+    assert sep_deg(state["ra_deg"], state["dec_deg"], ra, dec) * 3600.0 < 5.0, state
     print(f"ICRS ({ra:.5f}, {dec:.5f}) -> epoch of date ({ra_eod:.5f}, {dec_eod:.5f}): "
           f"{offset_arcmin:.2f} arcmin; back in ICRS "
-          f"{_sep_deg(*back, ra, dec) * 3600.0:.3f} arcsec from the target")
+          f"{sep_deg(*back, ra, dec) * 3600.0:.3f} arcsec from the target")
     assert rig.done("close") == {}
 
 
@@ -346,7 +253,7 @@ def test_refusals(rig):
 
 
 def test_command_line_reports_a_missing_server_in_one_line():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     proc = subprocess.run(
         [sys.executable, "-m", "drivers.indi", "--indi-port", str(port), "--device-id",
          DEVICE, "--site", "xl", "--group", "1", "--band", "g", "--connect-timeout", "1"],
@@ -366,16 +273,16 @@ def test_icrs_to_epoch_of_date_and_back():
         eod = icrs_to_eod(ra, dec, t)
         assert 0.0 <= eod[0] < 360.0 and -90.0 <= eod[1] <= 90.0, eod
         back = eod_to_icrs(*eod, t)
-        assert _sep_deg(*back, ra, dec) * 3600.0 < 0.01, (ra, dec, eod, back)
+        assert sep_deg(*back, ra, dec) * 3600.0 < 0.01, (ra, dec, eod, back)
         # Precession (independent of astropy) to within nutation and aberration.
-        assert _sep_deg(*eod, *_precessed(ra, dec, t)) * 3600.0 < 45.0, (ra, dec, eod)
+        assert sep_deg(*eod, *_precessed(ra, dec, t)) * 3600.0 < 45.0, (ra, dec, eod)
     # INDI's "JNow" is the geocentric apparent place on the true equator and equinox of
     # date (docs/indi.md): Deneb (HIP 102098) at JD 2459019.833333 UTC, apparent place
     # from IMCCE's Miriade ephemerides. The CIRS right ascension (from the CIO, not the
     # equinox) would be 652 arcseconds off, a topocentric one 0.3.
     t_deneb = (2459019.833333 - 2440587.5) * 86400.0
     eod = icrs_to_eod(20.69053168 * 15.0, 45.28033881, t_deneb)
-    assert _sep_deg(*eod, 20.70237028 * 15.0, 45.35036333) * 3600.0 < 0.1, eod
+    assert sep_deg(*eod, 20.70237028 * 15.0, 45.35036333) * 3600.0 < 0.1, eod
 
 
 def test_the_bridge_keeps_astropy_offline():

@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
 from drivers.alpaca.client import AlpacaClient, AlpacaError
 from drivers.alpaca.telescope import AlpacaTelescope
 from drivers.alpaca.weather import AlpacaWeather
-from drivers.clock import WorldClock
+from drivers.bridgecli import (
+    OneLineParser,
+    add_identity_args,
+    add_site_args,
+    add_weather_args,
+    check_telescope_args,
+    serve,
+)
 from drivers.coords import SYSTEMS
-from drivers.device import DeviceHost
 from drivers.endpoint import is_loopback
 from drivers.keys import device_keys
 from drivers.weather import parse_assume
 
 PROG = "drivers.alpaca"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _number(text: str) -> int | None:
@@ -40,20 +40,13 @@ def _number(text: str) -> int | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m drivers.alpaca",
+    p = OneLineParser(prog="python -m drivers.alpaca",
                 description="Serve ASCOM Alpaca devices (telescope, camera, dome) as one SBP1 "
                 "telescope, or with --weather an ObservingConditions and/or SafetyMonitor as "
                 "the site's {site}.wx.")
     p.add_argument("--alpaca-host", default="127.0.0.1")
     p.add_argument("--alpaca-port", type=int, default=11111)
-    p.add_argument("--device-id", help="SBP1 device id, e.g. xl.g01.g (required for a "
-                   "telescope; --weather: default {site}.wx)")
-    p.add_argument("--site", required=True)
-    p.add_argument("--group", type=int, help="telescope group (required for a telescope)")
-    p.add_argument("--band", choices=("g", "r", "i"), help="band (required for a telescope)")
-    p.add_argument("--router", default="tcp://127.0.0.1:5550", help="the brain's ROUTER")
-    p.add_argument("--keys", help="CURVE key directory (brain.key, devices.key_secret); "
-                   "required for a non-loopback router")
+    add_identity_args(p)
     p.add_argument("--telescope", type=_number, default=0, help="Alpaca telescope number")
     p.add_argument("--camera", type=_number, default=0, help="Alpaca camera number")
     p.add_argument("--dome", type=_number, default=0, help="Alpaca dome number, or 'none'")
@@ -63,30 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wheel position of this telescope's band, set before each exposure")
     p.add_argument("--equatorial-system", default="auto", choices=("auto", *SYSTEMS),
                    help="the mount's coordinates (default: its EquatorialSystem)")
-    p.add_argument("--lat", type=float, default=None, help="site latitude (deg), sent to mount")
-    p.add_argument("--lon", type=float, default=None, help="site longitude (deg east)")
-    p.add_argument("--elev", type=float, default=None, help="site elevation (m)")
-    p.add_argument("--limiting-mag", type=float, default=20.5,
-                   help="nominal 5-sigma depth at the zenith for --ref-seconds")
-    p.add_argument("--ref-seconds", type=float, default=60.0)
-    p.add_argument("--seeing", type=float, default=1.5, help="nominal zenith seeing (arcsec)")
+    add_site_args(p)
     p.add_argument("--poll-s", type=float, default=None,
                    help="seconds between polls of the devices (default: 0.5, --weather 5)")
     p.add_argument("--connect-timeout", type=float, default=30.0)
-    w = p.add_argument_group("weather station (--weather)")
-    w.add_argument("--weather", action="store_true",
-                   help="serve ObservingConditions/SafetyMonitor as the site's weather device")
+    w = add_weather_args(p, "ObservingConditions/SafetyMonitor", stale_s=60.0)
     w.add_argument("--conditions", type=_number, default=0,
                    help="ObservingConditions number, or 'none'")
     w.add_argument("--safety", type=_number, default=0,
                    help="SafetyMonitor number, or 'none'")
-    w.add_argument("--assume", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a value for an SBP1 weather field the station does not measure "
-                   "(repeatable), e.g. --assume seeing_arcsec=1.5")
-    w.add_argument("--stale-s", type=float, default=60.0,
-                   help="station data older than this is reported unsafe (default: %(default)s)")
-    w.add_argument("--report-s", type=float, default=30.0,
-                   help="report at least this often (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -111,11 +89,8 @@ def _device(args, client: AlpacaClient):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_telescope_args(parser, args)
     if not args.weather:
-        absent = [f"--{k.replace('_', '-')}" for k in ("device_id", "group", "band")
-                  if getattr(args, k) is None]
-        if absent:
-            parser.error(f"a telescope needs {', '.join(absent)} (or give --weather)")
         if args.telescope is None or args.camera is None:
             parser.error("a telescope needs --telescope and --camera device numbers")
     if args.poll_s is not None and not args.poll_s > 0:
@@ -133,16 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    host = DeviceHost([dev], args.router, WorldClock(), curve=curve)
     print(f"serving {dev.id} (Alpaca {client.address}: "
           f"{', '.join(f'{k} {r.device.device_number}' for k, r in client.roles.items())}) "
           f"to {args.router}", flush=True)
-    stop = {"now": False}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.update(now=True))
-    try:
-        host.run(lambda: stop["now"])
-    finally:
-        host.close()
-        client.close()
-    return 0
+    return serve(dev, args.router, curve, client.close)
