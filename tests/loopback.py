@@ -17,8 +17,11 @@ from collections.abc import Callable
 
 import pytest
 
+from brain.core.events import Weather
+from brain.core.safety import weather_verdict
 from drivers.device import Device, DeviceHost
 from drivers.link import BrainLink, CommandDone, CommandFailed, DeviceEvent, DeviceSpec
+from drivers.protocol import weather_values
 
 
 def free_port() -> int:
@@ -35,6 +38,21 @@ def sep_deg(ra1, dec1, ra2, dec2) -> float:
                      math.cos(d1) * math.sin(d2) - math.sin(d1) * math.cos(d2) * math.cos(da))
     den = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(da)
     return math.degrees(math.atan2(num, den))
+
+
+def reports_unsafe(data: dict) -> bool:
+    """A bridge's weather report with the station's verdict unsafe."""
+    return data["station_safe"] is False
+
+
+def reports_safe(data: dict) -> bool:
+    return data["station_safe"] is True
+
+
+def verdict_of(config, data: dict):
+    """The brain's verdict (brain.core.safety) on a weather report seen by the rig."""
+    wx = Weather(data["_t"], "xl", **weather_values(data))
+    return weather_verdict(config.limits, wx, data["_t"])
 
 
 def listens(port: int) -> bool:

@@ -29,14 +29,20 @@ from alpaca.camera import Camera
 from alpaca.dome import Dome
 from alpaca.telescope import Telescope
 from alpaca_simulators.config import CONFIG_DIR
-from loopback import BrainRig, free_port, sep_deg, start_server, stop_group
+from loopback import (
+    BrainRig,
+    free_port,
+    reports_safe,
+    reports_unsafe,
+    sep_deg,
+    start_server,
+    stop_group,
+    verdict_of,
+)
 
-from brain.core.events import Weather
-from brain.core.safety import weather_verdict
 from drivers.alpaca import AlpacaClient, AlpacaTelescope, AlpacaWeather
 from drivers.coords import SYSTEMS, icrs_to_eod, icrs_to_mount, mount_to_icrs
 from drivers.link import DeviceSpec
-from drivers.protocol import weather_values
 from drivers.sky import lst_deg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,19 +195,6 @@ def test_refusals(rig):
     assert ev.code == "unknown_command", ev
 
 
-def _unsafe(data: dict) -> bool:
-    return data["station_safe"] is False
-
-
-def _safe(data: dict) -> bool:
-    return data["station_safe"] is True
-
-
-def _verdict(config, data: dict):
-    wx = Weather(data["_t"], "xl", **weather_values(data))
-    return weather_verdict(config.limits, wx, data["_t"])
-
-
 def test_weather_station_as_site_weather(server, rig, config):
     _port, url, proc, _log = server
     # The first report: the simulator's ObservingConditions, in SBP1 units; safe.
@@ -210,7 +203,7 @@ def test_weather_station_as_site_weather(server, rig, config):
     assert data["rain"] is False and data["seeing_arcsec"] == pytest.approx(2.5)
     assert data["dew_margin_c"] == pytest.approx(10.0)  # temperature 15, dew point 5
     assert data["cloud"] == pytest.approx(0.002)  # CloudCover is a percentage (0.2 %)
-    assert data["station_safe"] is True and _verdict(config, data).safe, data
+    assert data["station_safe"] is True and verdict_of(config, data).safe, data
     assert rig.done(WX, "status")["sensor_age_s"] == 1.0  # TimeSinceLastUpdate("")
 
     def put(path: str, **form) -> None:
@@ -219,19 +212,19 @@ def test_weather_station_as_site_weather(server, rig, config):
 
     # The SafetyMonitor says unsafe: a report the brain closes on, saying why.
     put("safetymonitor/0/issafe", IsSafe="false")
-    k, data = rig.weather(WX, k, _unsafe, 10.0, "an unsafe report")
+    k, data = rig.weather(WX, k, reports_unsafe, 10.0, "an unsafe report")
     assert "IsSafe" in data["station_reason"] and data["rain"] is False, data
-    v = _verdict(config, data)
+    v = verdict_of(config, data)
     assert not v.safe and v.rule == "station", (v, data)
     assert rig.done(WX, "status")["safe"] is False
     put("safetymonitor/0/issafe", IsSafe="true")
-    k, data = rig.weather(WX, k, _safe, 10.0, "a safe report again")
-    assert _verdict(config, data).safe, data
+    k, data = rig.weather(WX, k, reports_safe, 10.0, "a safe report again")
+    assert verdict_of(config, data).safe, data
 
     # A wind the station calls safe but the brain's limit (15 m/s) does not.
     put("observingconditions/0/windspeed", WindSpeed="20")
     k, data = rig.weather(WX, k, lambda d: d["wind_mps"] == 20.0, 10.0, "wind 20 m/s")
-    assert data["station_safe"] is True and _verdict(config, data).rule == "wind", data
+    assert data["station_safe"] is True and verdict_of(config, data).rule == "wind", data
     put("observingconditions/0/windspeed", WindSpeed="3")
     k, data = rig.weather(WX, k, lambda d: d["wind_mps"] == 3.0, 10.0, "wind 3 m/s")
 
@@ -239,18 +232,18 @@ def test_weather_station_as_site_weather(server, rig, config):
     t_freeze = time.monotonic()
     os.killpg(proc.pid, signal.SIGSTOP)
     try:
-        k, data = rig.weather(WX, k, _unsafe, STALE_S + 10.0,
+        k, data = rig.weather(WX, k, reports_unsafe, STALE_S + 10.0,
                               "a stale report")
         # (the simulator's TimeSinceLastUpdate says its sensors are always 1 s old)
         assert time.monotonic() - t_freeze >= STALE_S - 1.0 - 0.3, data
         assert data["station_reason"].startswith("stale"), data
-        assert not _verdict(config, data).safe, data
+        assert not verdict_of(config, data).safe, data
         state = rig.wx.state(time.time())
         assert state["state"] == "fault" and state["safe"] is False, state
     finally:
         os.killpg(proc.pid, signal.SIGCONT)
-    k, data = rig.weather(WX, k, _safe, 20.0, "fresh data again")
-    assert _verdict(config, data).safe, data
+    k, data = rig.weather(WX, k, reports_safe, 20.0, "fresh data again")
+    assert verdict_of(config, data).safe, data
     rig.wait(lambda: rig.tel.state(time.time())["state"] != "fault", 20.0,
              "the telescope to answer again")
 

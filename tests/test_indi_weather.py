@@ -20,13 +20,18 @@ import time
 from pathlib import Path
 
 import pytest
-from loopback import BrainRig, free_port, start_server, stop_group
+from loopback import (
+    BrainRig,
+    free_port,
+    reports_safe,
+    reports_unsafe,
+    start_server,
+    stop_group,
+    verdict_of,
+)
 
-from brain.core.events import Weather
-from brain.core.safety import weather_verdict
 from drivers.indi import IndiClient, IndiWeather
 from drivers.link import DeviceSpec
-from drivers.protocol import weather_values
 
 REPO = Path(__file__).resolve().parent.parent
 WX = "xl.wx"
@@ -82,19 +87,6 @@ def rig(indiserver):
     control.close()
 
 
-def _unsafe(data: dict) -> bool:
-    return data["station_safe"] is False
-
-
-def _safe(data: dict) -> bool:
-    return data["station_safe"] is True
-
-
-def _verdict(config, data: dict):
-    wx = Weather(data["_t"], "xl", **weather_values(data))
-    return weather_verdict(config.limits, wx, data["_t"])
-
-
 def _control(rig, **values) -> None:
     """Set the simulator's weather (WEATHER_CONTROL: Wind and Gust km/h, Precip mm)."""
     rig.control.new_number(STATION, "WEATHER_CONTROL", values)
@@ -105,7 +97,7 @@ def test_weather_reported_as_site_weather(rig, config):
     k, data = rig.weather(WX, 0, lambda d: True, 10.0, "a weather report")
     assert data["wind_mps"] == 0.0 and data["rain"] is False, data
     assert {f: data[f] for f in ASSUME} == ASSUME, data  # the assumed fields
-    assert data["station_safe"] is True and _verdict(config, data).safe, data
+    assert data["station_safe"] is True and verdict_of(config, data).safe, data
     state = rig.done(WX, "status")
     assert state["state"] == "idle" and state["safe"] is True, state
     assert state["station"] == STATION and state["station_status"] == "Ok", state
@@ -113,24 +105,24 @@ def test_weather_reported_as_site_weather(rig, config):
     # 40 km/h (11.1 m/s) is over the station's limit (20 km/h: WEATHER_STATUS Alert) and
     # under the brain's (15 m/s): the station's verdict closes the site.
     _control(rig, Wind=40, Gust=40)
-    k, data = rig.weather(WX, k, _unsafe, 10.0, "an unsafe report")
+    k, data = rig.weather(WX, k, reports_unsafe, 10.0, "an unsafe report")
     assert data["wind_mps"] == pytest.approx(40 / 3.6), data
     assert "WEATHER_STATUS Alert" in data["station_reason"], data
     assert "WEATHER_WIND_SPEED" in data["station_reason"], data
     assert data["rain"] is False and data["humidity"] == ASSUME["humidity"], data
-    v = _verdict(config, data)
+    v = verdict_of(config, data)
     assert not v.safe and v.rule == "station", (v, data)
     _control(rig, Wind=0, Gust=0)
-    k, data = rig.weather(WX, k, _safe, 10.0, "a safe report again")
-    assert _verdict(config, data).safe and data["humidity"] == ASSUME["humidity"], data
+    k, data = rig.weather(WX, k, reports_safe, 10.0, "a safe report again")
+    assert verdict_of(config, data).safe and data["humidity"] == ASSUME["humidity"], data
 
     # Rain: measured (WEATHER_RAIN_HOUR > 0) and the station's Alert both say so.
     _control(rig, Precip=10)
-    k, data = rig.weather(WX, k, _unsafe, 10.0, "a rain report")
+    k, data = rig.weather(WX, k, reports_unsafe, 10.0, "a rain report")
     assert "WEATHER_RAIN_HOUR" in data["station_reason"] and data["rain"] is True, data
-    assert not _verdict(config, data).safe, data
+    assert not verdict_of(config, data).safe, data
     _control(rig, Precip=0)
-    k, data = rig.weather(WX, k, _safe, 10.0, "dry again")
+    k, data = rig.weather(WX, k, reports_safe, 10.0, "dry again")
 
 
 def test_station_that_stops_updating_is_unsafe(rig, config):
@@ -138,15 +130,15 @@ def test_station_that_stops_updating_is_unsafe(rig, config):
     k = len(rig.seen)
     rig.control.new_number(STATION, "WEATHER_UPDATE", {"PERIOD": 0})  # no more updates
     t_stop = time.monotonic()
-    k, data = rig.weather(WX, k, _unsafe, STALE_S + 10.0, "a stale report")
+    k, data = rig.weather(WX, k, reports_unsafe, STALE_S + 10.0, "a stale report")
     assert time.monotonic() - t_stop >= STALE_S - 1.2, data  # the last update <= 1 s before
     assert data["station_reason"].startswith("stale"), data
-    assert not _verdict(config, data).safe, data
+    assert not verdict_of(config, data).safe, data
     state = rig.wx.state(time.time())
     assert state["state"] == "fault" and state["safe"] is False, state
     rig.control.new_number(STATION, "WEATHER_UPDATE", {"PERIOD": 1})
-    k, data = rig.weather(WX, k, _safe, 10.0, "fresh data again")
-    assert _verdict(config, data).safe, data
+    k, data = rig.weather(WX, k, reports_safe, 10.0, "fresh data again")
+    assert verdict_of(config, data).safe, data
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
