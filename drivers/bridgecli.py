@@ -59,6 +59,43 @@ def add_weather_args(p: argparse.ArgumentParser, what: str,
     return w
 
 
+def add_photometry_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--photometry`` and its options (drivers/framephot.py; docs/photometry.md, "Frames
+    from a bridge"): the bridge fetches each exposure's frame, measures it in a worker
+    process and sends the exposure's ``detections``. Returns the group for the bridge's
+    own options."""
+    g = p.add_argument_group("photometry of the camera's frames (--photometry)")
+    g.add_argument("--photometry", action="store_true",
+                   help="fetch each exposure's frame, measure it and send its detections")
+    g.add_argument("--reference", metavar="CAT.csv", default=None,
+                   help="calibration stars in the bridge's band (columns ra_deg, dec_deg, "
+                   "mag): refine the frame's WCS and give its zero point")
+    g.add_argument("--frame-history", metavar="DIR", default=None,
+                   help="keep each field's first frames here as the field's own reference")
+    g.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
+                   help="pixel scale (arcsec/pixel), used when the frame has no WCS: the "
+                   "WCS is then built from the mount's pointing at mid-exposure")
+    g.add_argument("--rotation", type=float, default=0.0, metavar="DEG",
+                   help="the camera's rotation on the sky (deg; the bridge's page gives its "
+                   "sense), used with --pixel-scale when the frame has no WCS "
+                   "(default: %(default)s)")
+    return g
+
+
+def check_photometry_args(parser: argparse.ArgumentParser, args) -> None:
+    """The photometry options go with ``--photometry``, and ``--photometry`` with a
+    telescope."""
+    if args.photometry and getattr(args, "weather", False):
+        parser.error("--photometry measures a telescope's frames, not with --weather")
+    given = [f"--{k.replace('_', '-')}" for k, default in
+             (("reference", None), ("frame_history", None), ("pixel_scale", None),
+              ("rotation", 0.0)) if getattr(args, k) != default]
+    if given and not args.photometry:
+        parser.error(f"{', '.join(given)} need(s) --photometry")
+    if args.pixel_scale is not None and not args.pixel_scale > 0:
+        parser.error(f"--pixel-scale must be positive, not {args.pixel_scale:g}")
+
+
 def check_telescope_args(parser: argparse.ArgumentParser, args) -> None:
     """Without ``--weather`` the bridge serves a telescope: its identity is required."""
     if args.weather:

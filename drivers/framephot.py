@@ -278,8 +278,22 @@ class FrameReducer:
             log.warning("frame %s dropped: the pipeline is %d frames behind", meta.obs_id,
                         len(self._pending))
             return False
-        self._pending.append((meta, self._pool.submit(_job, data, header, meta)))
+        try:
+            fut = self._pool.submit(_job, data, header, meta)
+        except BrokenProcessPool:  # the worker died between frames: a new one
+            log.error("the photometry worker had died; starting another")
+            self._restart()
+            fut = self._pool.submit(_job, data, header, meta)
+        self._pending.append((meta, fut))
         return True
+
+    def _restart(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for m, _f in self._pending:
+            log.error("frame %s lost with the photometry worker", m.obs_id)
+            self.stats["failed"] += 1
+        self._pending.clear()
+        self._start()
 
     def events(self) -> list[tuple[str, dict]]:
         out: list[tuple[str, dict]] = []
@@ -289,12 +303,7 @@ class FrameReducer:
                 body, note, cpu = fut.result()
             except BrokenProcessPool:
                 body, note, cpu = None, "the photometry worker died", 0.0
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                for m, _f in self._pending:
-                    log.error("frame %s lost with the photometry worker", m.obs_id)
-                    self.stats["failed"] += 1
-                self._pending.clear()
-                self._start()
+                self._restart()
             self.stats["frames"] += 1
             self.stats["cpu_s"] += cpu
             if body is None:

@@ -15,27 +15,23 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
-import yaml
 from alpaca.camera import Camera
 from alpaca.dome import Dome
 from alpaca.telescope import Telescope
-from alpaca_simulators.config import CONFIG_DIR
+from alpaca_rig import sky_catalogue, start_simulator
 from loopback import (
     BrainRig,
     free_port,
     reports_safe,
     reports_unsafe,
     sep_deg,
-    start_server,
     stop_group,
     verdict_of,
 )
@@ -57,48 +53,18 @@ def eod_back(radec: tuple[float, float], t: float) -> tuple[float, float]:
     return mount_to_icrs(radec[0], radec[1], t, "jnow")
 
 
-def _catalogue(path: Path) -> None:
-    """A seeded all-sky star catalogue in the columns cabaret reads from SQLite."""
-    rng = np.random.default_rng(SEED)
-    n = 20000
-    ra = rng.uniform(0.0, 360.0, n)
-    dec = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n)))
-    mag = rng.uniform(8.0, 17.0, n)
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE gaia_sources (ra REAL, dec REAL, phot_g_mean_mag REAL)")
-        db.executemany("INSERT INTO gaia_sources VALUES (?, ?, ?)",
-                       zip(ra.tolist(), dec.tolist(), mag.tolist(), strict=True))
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """alpaca-simulators (its console script) on a free port with the package's device
-    template, changed to: a JNow mount, a small camera with a 0.01 s minimum, a local
-    star catalogue."""
+    """alpaca-simulators on a free port with the package's device template, changed to:
+    a JNow mount, a small camera with a 0.01 s minimum, a local star catalogue
+    (tests/alpaca_rig.py)."""
     home = tmp_path_factory.mktemp("alpaca")
-    config = yaml.safe_load((CONFIG_DIR / "template.yaml").read_text())
-    config["devices"]["telescope"][0]["equatorialsystem"] = 1  # equTopocentric (JNow)
-    cam = config["devices"]["camera"][0]
-    cam.update(cameraxsize=64, cameraysize=64, numx=64, numy=64, exposuremin=0.01)
-    _catalogue(home / "stars.db")
-    config["tap_source"] = str(home / "stars.db")
-    (home / "sim.yaml").write_text(yaml.safe_dump(config))
-    exe = Path(sys.executable).with_name("alpaca-simulators")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api/v1"
-
-    def ready() -> bool:
-        try:
-            return requests.get(f"{url}/telescope/0/name", timeout=2).ok
-        except requests.RequestException:
-            return False
-
-    # an absolute --config path: the server reads it and writes nothing beside itself
-    proc = start_server([str(exe), "--host", "127.0.0.1", "--port", str(port), "--config",
-                         str(home / "sim.yaml")], port, home / "server.log",
-                        env={**os.environ, "NO_PROXY": "*"}, cwd=home, ready=ready)
-    yield port, url, proc, home / "server.log"
-    stop_group(proc)
+    sky_catalogue(home / "stars.db", SEED)
+    sim = start_simulator(home, home / "stars.db", equatorial_system=1,  # equTopocentric
+                          camera=dict(cameraxsize=64, cameraysize=64, numx=64, numy=64,
+                                      exposuremin=0.01))
+    yield sim.port, sim.url, sim.proc, sim.log
+    stop_group(sim.proc)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ The package, by concept:
   thread, so the device host never waits on HTTP;
 * :mod:`drivers.alpaca.steps`: a command as a plan of Alpaca requests;
 * :mod:`drivers.alpaca.telescope`: :class:`AlpacaTelescope`, the SBP1 telescope;
+* :mod:`drivers.alpaca.frames`: ``--photometry``, each exposure's frame downloaded, given
+  a WCS header and measured (its ``detections`` sent as the telescope's events);
 * :mod:`drivers.alpaca.weather`: :class:`AlpacaWeather`, the SBP1 weather station (the
   rules shared with INDI's: ``drivers/weather.py``);
 * :mod:`drivers.alpaca.cli`: the command line (``python -m drivers.alpaca``, run by

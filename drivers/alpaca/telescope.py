@@ -19,9 +19,11 @@ from typing import Any
 
 from drivers.alpaca.client import ASCOM_ERRORS, NETWORK_ERRORS, AlpacaClient, AlpacaError
 from drivers.alpaca.client import describe as _describe
+from drivers.alpaca.frames import AlpacaFrames, Exposure
 from drivers.alpaca.steps import Step
 from drivers.coords import SYSTEMS, icrs_to_eod, icrs_to_mount, mount_to_icrs
 from drivers.device import CommandError, Device, Pending, Plan
+from drivers.framephot import FrameMeta
 from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h, slew_eta
 
 log = logging.getLogger("sitian.alpaca")
@@ -67,7 +69,8 @@ class AlpacaTelescope(Device):
     position set before each exposure). ``equatorial_system``: ``"auto"`` (the mount's
     ``EquatorialSystem``) or one of ``drivers.coords.SYSTEMS``. ``lat_deg``/``lon_deg``
     (east)/``elev_m`` are sent to the mount's ``SiteLatitude``/``SiteLongitude``/
-    ``SiteElevation`` when given."""
+    ``SiteElevation`` when given. ``frames`` (``--photometry``): each exposure's frame
+    downloaded and measured, its ``detections`` sent as this device's events."""
 
     kind = "telescope"
     capabilities = ("slew", "expose", "abort", "park", "open", "close", "status")
@@ -80,7 +83,8 @@ class AlpacaTelescope(Device):
                  seeing_arcsec: float = 1.5, extinction: float = 0.2,
                  lat_deg: float | None = None, lon_deg: float | None = None,
                  elev_m: float | None = None, slew_timeout_s: float = 300.0,
-                 dome_timeout_s: float = 300.0, readout_timeout_s: float = 120.0):
+                 dome_timeout_s: float = 300.0, readout_timeout_s: float = 120.0,
+                 frames: AlpacaFrames | None = None):
         super().__init__(device_id, site, group, band)
         if filter_slot is not None and filterwheel is None:
             raise ValueError("--filter-slot needs a filter wheel (--filterwheel N)")
@@ -101,6 +105,7 @@ class AlpacaTelescope(Device):
         self.slew_timeout_s, self.dome_timeout_s = slew_timeout_s, dome_timeout_s
         self.readout_timeout_s = readout_timeout_s
         self.can_set_tracking = True
+        self.frames = frames
         self._plan: Plan | None = None
         self._plan_name = ""
 
@@ -143,6 +148,16 @@ class AlpacaTelescope(Device):
             except ASCOM_ERRORS as exc:
                 log.warning("cannot set the mount's site: %s", _describe(exc))
         log.info("Alpaca mount in %s coordinates; devices %s", self.system, self.numbers)
+        if self.frames is not None:
+            self.frames.start(self._ask)
+
+    def close(self) -> None:
+        """Stop the photometry worker (if any); the client is closed by its owner."""
+        if self.frames is not None:
+            self.frames.close()
+
+    def events(self, now: float):
+        return self.frames.events() if self.frames is not None else ()
 
     # State -----------------------------------------------------------------------------
     def _get(self, role: str, prop: str):
@@ -351,7 +366,9 @@ class AlpacaTelescope(Device):
             raise CommandError("device_fault", "closed or parked")
         seconds = float(args["seconds"])
         cam = self._dev("camera")
-        steps: list[Step] = []
+        steps: list = []
+        if self.frames is not None:  # the camera's one image buffer: the last frame read
+            steps.append(self.frames.wait_step())
         if self.filter_slot is not None:
             slot, wheel = int(self.filter_slot), self._dev("filterwheel")
             steps.append(Step(self.client, "filter", 120.0,
@@ -359,8 +376,13 @@ class AlpacaTelescope(Device):
                               done=lambda: self._get("filterwheel", "Position") == slot,
                               skip=lambda: self._get("filterwheel", "Position") == slot))
         seen = {"busy": False}
+        samples: list[tuple[int, float, Any, Any]] = []  # the mount polled while exposing
 
         def exposed() -> bool:
+            if self.frames is not None and (not samples or samples[-1][0] != self.client.gen):
+                samples.append((self.client.gen, time.monotonic(),
+                                self._get("telescope", "RightAscension"),
+                                self._get("telescope", "Declination")))
             state = self._camera()
             if state in CAM_BUSY:
                 seen["busy"] = True
@@ -388,10 +410,33 @@ class AlpacaTelescope(Device):
                 t_start = answered
             t_start = max(now, t_start)
             p = self._pointing(t_start + seconds / 2)
-            return {"obs_id": args["obs_id"], "field_id": int(args["field_id"]),
-                    "t_start": t_start, "t_end": t_start + seconds,
-                    **nominal_quality(p["alt_deg"] if p else None, seconds,
-                                      self.limiting_mag, self.ref_seconds,
-                                      self.seeing_arcsec, self.extinction)}
+            result = {"obs_id": args["obs_id"], "field_id": int(args["field_id"]),
+                      "t_start": t_start, "t_end": t_start + seconds,
+                      **nominal_quality(p["alt_deg"] if p else None, seconds,
+                                        self.limiting_mag, self.ref_seconds,
+                                        self.seeing_arcsec, self.extinction)}
+            if self.frames is not None:
+                self._fetch_frame(result, seconds, samples, clock_offset, p)
+            return result
 
         return self._run("expose", steps, finish, now + seconds + 30.0, now)
+
+    def _fetch_frame(self, result: dict, seconds: float, samples: list, clock_offset: float,
+                     p: dict) -> None:
+        """Ask for the frame of a finished exposure, placed where the mount pointed at
+        mid-exposure (the poll nearest it; else the last)."""
+        t_mid = result["t_start"] + seconds / 2
+        good = [(abs(t - (t_mid - clock_offset)), r, d) for _g, t, r, d in samples
+                if all(isinstance(v, int | float) and math.isfinite(v) for v in (r, d))]
+        if good:
+            _dt, ra_h, dec = min(good)
+            ra, dec = mount_to_icrs(float(ra_h) * 15.0, float(dec), t_mid, self.system)
+        elif p:
+            ra, dec = p["ra_deg"], p["dec_deg"]
+        else:
+            log.warning("frame %s not fetched: the mount reports no position",
+                        result["obs_id"])
+            return
+        meta = FrameMeta(result["obs_id"], result["field_id"], self.band, t_mid,
+                         float(result["limiting_mag"]))
+        self.frames.fetch(Exposure(meta, ra, dec, result["t_start"], seconds))

@@ -10,13 +10,16 @@ import sys
 from drivers.bridgecli import (
     OneLineParser,
     add_identity_args,
+    add_photometry_args,
     add_site_args,
     add_weather_args,
+    check_photometry_args,
     check_telescope_args,
     serve,
 )
 from drivers.endpoint import is_loopback
 from drivers.indi.client import IndiClient, IndiError
+from drivers.indi.frames import open_reducer
 from drivers.indi.telescope import IndiTelescope
 from drivers.indi.weather import IndiWeather
 from drivers.keys import device_keys
@@ -37,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter-slot", type=int, default=None,
                    help="wheel slot of this telescope's band, set before each exposure")
     add_site_args(p)
+    add_photometry_args(p)
     p.add_argument("--connect-timeout", type=float, default=30.0)
     w = add_weather_args(p, "an INDI weather station", stale_s=120.0)
     w.add_argument("--station", default="auto", help="INDI weather device (default: detect)")
@@ -63,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_telescope_args(parser, args)
+    check_photometry_args(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s")
     prog = "drivers.indi"
     client = IndiClient(args.indi_host, args.indi_port)
+    reducer = None
     try:
         if args.keys is None and not is_loopback(args.router):
             raise IndiError(f"router {args.router} is not loopback: give --keys DIR (CURVE)")
         curve = _curve(args.keys) if args.keys else None
+        # A bad --reference fails here, before anything is connected.
+        reducer = open_reducer(args.photometry, args.reference, args.frame_history)
         if args.weather:
             dev = _weather(args, client)
         else:
@@ -80,14 +88,27 @@ def main(argv: list[str] | None = None) -> int:
                                 wheel=args.wheel, filter_slot=args.filter_slot,
                                 limiting_mag=args.limiting_mag, ref_seconds=args.ref_seconds,
                                 seeing_arcsec=args.seeing, lat_deg=args.lat, lon_deg=args.lon,
-                                elev_m=args.elev)
+                                elev_m=args.elev, reducer=reducer,
+                                pixel_scale_arcsec=args.pixel_scale,
+                                rotation_deg=args.rotation)
             dev.start(timeout_s=args.connect_timeout)
-    except (IndiError, ValueError) as exc:
+    except (IndiError, ValueError, OSError) as exc:
         client.close()
+        if reducer is not None:
+            reducer.close()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     what = (f"weather station {dev.station!r}" if args.weather else
             f"mount {dev.mount!r}, camera {dev.ccd!r}, dome {dev.dome!r}")
+    if reducer is not None:
+        what += (f"; photometry of each frame (reference {args.reference or 'none'}, "
+                 f"field history {args.frame_history or 'none'})")
     print(f"serving {dev.id} (INDI {args.indi_host}:{args.indi_port}: {what}) to "
           f"{args.router}", flush=True)
-    return serve(dev, args.router, curve, client.close)
+
+    def close() -> None:
+        client.close()
+        if reducer is not None:
+            reducer.close()
+
+    return serve(dev, args.router, curve, close)

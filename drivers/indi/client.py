@@ -1,10 +1,13 @@
 """The INDI client: one TCP socket to an ``indiserver``, a reader thread parsing the XML
-stream incrementally, a property cache with each property's state, and reconnection when
-the server goes away. Standard library only.
+stream incrementally, a property cache with each property's state, reconnection when the
+server goes away, and the camera's frames (BLOBs) when asked for them. Standard library
+only.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import logging
 import math
@@ -13,6 +16,7 @@ import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +31,10 @@ KINDS = ("Number", "Switch", "Text", "Light", "BLOB")
 TELESCOPE_INTERFACE, CCD_INTERFACE, FILTER_INTERFACE, DOME_INTERFACE = 1, 2, 16, 32
 
 _BAD_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# BLOB formats delivered (a ".z" suffix: zlib-compressed by the driver, inflated here);
+# ".fits.fz" is a tile-compressed FITS file, read as it is by astropy.
+BLOB_FORMATS = (".fits", ".fit", ".fits.fz", ".fz")
+BLOBS_KEPT = 2  # frames held for the bridge to take; an older one is dropped
 
 
 class IndiError(RuntimeError):
@@ -54,6 +62,19 @@ class Vector:
 
     def on(self) -> list[str]:
         return [k for k, v in self.values.items() if v is True]
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One BLOB (a camera's frame) as received: ``data`` decoded (and inflated), ``format``
+    without a ``.z`` suffix, ``received`` the ``time.monotonic()`` of its arrival."""
+
+    device: str
+    name: str  # the vector's name, e.g. CCD1 (the primary chip)
+    element: str
+    format: str
+    data: bytes = field(repr=False)
+    received: float = 0.0
 
 
 def parse_number(text: str) -> float:
@@ -105,6 +126,10 @@ class IndiClient:
         self.last_error = ""
         self.on_define: list[Callable[[Vector], None]] = []  # called outside the lock
         self.on_connect: list[Callable[[], None]] = []
+        # BLOBs (frames) not yet taken, newest last, at most BLOBS_KEPT (take_blob)
+        self.blobs: deque[Blob] = deque(maxlen=BLOBS_KEPT)
+        self.blob_stats = {"received": 0, "bytes": 0, "skipped": 0, "dropped": 0}
+        self._blob_warned: set[tuple[str, str]] = set()
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
@@ -179,10 +204,11 @@ class IndiClient:
         depth = 0
         root: ET.Element | None = None
         while not self._stop.is_set():
-            data = sock.recv(1 << 16)
+            data = sock.recv(1 << 18)
             if not data:
                 return
             parser.feed(_BAD_XML_CHARS.sub("", decoder.decode(data)))
+            del data
             for event, elem in parser.read_events():
                 if event == "start":
                     depth += 1
@@ -195,8 +221,12 @@ class IndiClient:
                         self._handle(elem)
                     except (ValueError, KeyError) as exc:  # one odd element: skip it
                         log.debug("ignored INDI element %s: %s", elem.tag, exc)
+                    # Free it now (a frame's BLOB is tens of MB of text): the parser keeps
+                    # a reference to the element it closed last.
+                    elem.clear()
                     if root is not None:
                         root.clear()
+            elem = None
 
     # Incoming --------------------------------------------------------------------------
     def _handle(self, elem: ET.Element) -> None:
@@ -206,6 +236,7 @@ class IndiClient:
         if msg:
             self.messages.append((device, time.monotonic(), msg))
         defined = None
+        blobs = False
         with self.cond:
             if tag.startswith("def") and tag.endswith("Vector"):
                 kind = tag[3:-6]
@@ -237,6 +268,7 @@ class IndiClient:
                 vec.seq, vec.updated = self.seq, time.monotonic()
                 if vec.state == BUSY:
                     vec.busy_seq = self.seq
+                blobs = vec.kind == "BLOB"
             elif tag == "delProperty":
                 self.seq += 1
                 if name:
@@ -250,6 +282,69 @@ class IndiClient:
         if defined is not None:
             for hook in list(self.on_define):
                 hook(defined)
+        if blobs:  # decoded outside the lock
+            for child in elem:
+                if child.tag == "oneBLOB":
+                    self._take_in_blob(device, name, child)
+
+    def _take_in_blob(self, device: str, name: str, one: ET.Element) -> None:
+        """Decode one ``oneBLOB`` and keep it for :meth:`take_blob` (at most ``BLOBS_KEPT``:
+        an untaken older frame is dropped). A format that is not FITS, or content that
+        does not decode, is counted and skipped with a warning (once per device and
+        format)."""
+        text = one.text or ""
+        if not text.strip():  # an empty BLOB: the driver sent nothing this time
+            return
+        fmt = (one.get("format") or "").strip().lower()
+        element = one.get("name", "")
+        base = fmt[:-2] if fmt.endswith(".z") else fmt
+        try:
+            if base not in BLOB_FORMATS:
+                raise ValueError(f"format {fmt or '(none)'!r} is not FITS")
+            data = base64.b64decode(text)
+            if fmt.endswith(".z"):
+                data = zlib.decompress(data)
+                want = int(float(one.get("size", "0") or 0))
+            else:
+                want = int(float(one.get("len", "0") or 0))
+            if want and len(data) != want:
+                raise ValueError(f"{len(data)} bytes where {want} were announced")
+        except (ValueError, binascii.Error, zlib.error) as exc:
+            self.blob_stats["skipped"] += 1
+            if (device, fmt) not in self._blob_warned:
+                self._blob_warned.add((device, fmt))
+                log.warning("skipped a BLOB from %s.%s.%s: %s (further ones of this format "
+                            "are counted, not logged)", device, name, element, exc)
+            return
+        finally:
+            one.text = None
+        blob = Blob(device, name, element, base, data, time.monotonic())
+        with self.cond:
+            if len(self.blobs) == self.blobs.maxlen:
+                self.blob_stats["dropped"] += 1
+            self.blobs.append(blob)
+            self.blob_stats["received"] += 1
+            self.blob_stats["bytes"] += len(data)
+            self.cond.notify_all()
+
+    def take_blob(self, device: str, name: str, since: float,
+                  before: float = math.inf) -> Blob | None:
+        """The oldest kept BLOB of ``device``'s vector ``name`` received in [``since``,
+        ``before``) (monotonic), removed from the client; those of that vector received
+        before ``since`` are dropped as stale. None if there is none."""
+        with self.cond:
+            got = None
+            for b in list(self.blobs):
+                if b.device != device or b.name != name:
+                    continue
+                if b.received < since:
+                    self.blobs.remove(b)
+                    self.blob_stats["dropped"] += 1
+                elif got is None and b.received < before:
+                    got = b
+            if got is not None:
+                self.blobs.remove(got)
+            return got
 
     # Reading the cache -----------------------------------------------------------------
     def get(self, device: str, name: str) -> Vector | None:
@@ -318,5 +413,11 @@ class IndiClient:
         return self._new("Switch", device, name,
                          {k: "On" if v else "Off" for k, v in values.items()})
 
-    def enable_blob(self, device: str, mode: str = "Never") -> None:
-        self.send(f"<enableBLOB device={quoteattr(device)}>{mode}</enableBLOB>\n")
+    def new_text(self, device: str, name: str, values: dict[str, str]) -> int:
+        return self._new("Text", device, name, {k: str(v) for k, v in values.items()})
+
+    def enable_blob(self, device: str, mode: str = "Never", name: str | None = None) -> None:
+        """Ask the server for ``device``'s BLOBs on this link (``Never``, ``Also``,
+        ``Only``): all of them, or with ``name`` those of that one vector."""
+        prop = f" name={quoteattr(name)}" if name else ""
+        self.send(f"<enableBLOB device={quoteattr(device)}{prop}>{mode}</enableBLOB>\n")

@@ -26,6 +26,7 @@ from drivers.indi.client import (
     IndiError,
     Vector,
 )
+from drivers.indi.frames import PRIMARY_CHIP, FrameMeta, FrameReducer, IndiFrames
 from drivers.indi.steps import Step
 from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h, slew_eta
 
@@ -40,6 +41,12 @@ class IndiTelescope(Device):
     before each exposure (``wheel`` names the wheel's device, default: a filter-wheel
     device, else the camera). ``lat_deg``/``lon_deg`` (east) are sent to the mount's
     ``GEOGRAPHIC_COORD`` when given, otherwise read from it.
+
+    ``reducer`` (``--photometry``, drivers/framephot.py): the camera is asked for its
+    primary chip's frames (``enableBLOB Also`` for ``CCD1``) and each exposure's frame
+    goes to the reducer (drivers/indi/frames.py); ``pixel_scale_arcsec`` and
+    ``rotation_deg`` make a WCS from the mount's pointing for a frame that has none.
+    Without it no frames are asked for (``enableBLOB Never``).
     """
 
     kind = "telescope"
@@ -53,7 +60,9 @@ class IndiTelescope(Device):
                  extinction: float = 0.2, lat_deg: float | None = None,
                  lon_deg: float | None = None, elev_m: float | None = None,
                  slew_timeout_s: float = 300.0, dome_timeout_s: float = 300.0,
-                 readout_timeout_s: float = 120.0):
+                 readout_timeout_s: float = 120.0, reducer: FrameReducer | None = None,
+                 pixel_scale_arcsec: float | None = None, rotation_deg: float = 0.0,
+                 frame_timeout_s: float = 60.0):
         super().__init__(device_id, site, group, band)
         self.client = client
         self.mount, self.ccd, self.dome, self.wheel = mount, ccd, dome, wheel
@@ -67,6 +76,8 @@ class IndiTelescope(Device):
         self._plan_name = ""
         self._last_connect: dict[str, float] = {}
         self._names: list[str] = []
+        self.frames = (IndiFrames(client, reducer, pixel_scale_arcsec, rotation_deg,
+                                  frame_timeout_s) if reducer is not None else None)
         client.on_define.append(self._on_define)
         client.on_connect.append(self._on_connect)
 
@@ -143,8 +154,8 @@ class IndiTelescope(Device):
         self._last_connect[dev] = now
         try:
             self.client.new_switch(dev, "CONNECTION", {"CONNECT": True, "DISCONNECT": False})
-            if dev == self.ccd:
-                self.client.enable_blob(dev, "Never")  # no images over this link
+            if dev == self.ccd:  # frames over this link only for --photometry
+                self._enable_blobs()
         except IndiError as exc:
             log.warning("cannot connect %s: %s", dev, exc)
 
@@ -159,7 +170,14 @@ class IndiTelescope(Device):
     def _on_connect(self) -> None:
         self._last_connect.clear()
         if self.ccd not in (None, "auto"):
-            self.client.enable_blob(self.ccd, "Never")
+            self._enable_blobs()
+
+    def _enable_blobs(self) -> None:
+        """No images on this link, except with --photometry the primary chip's frames
+        (not the guide chip's, nor a video stream on another vector)."""
+        self.client.enable_blob(self.ccd, "Never")
+        if self.frames is not None:
+            self.client.enable_blob(self.ccd, "Also", PRIMARY_CHIP)
 
     def _push_site(self) -> None:
         if self.site_lat is None or self.site_lon is None:
@@ -235,7 +253,22 @@ class IndiTelescope(Device):
         out.update({"state": state, "parked": self._parked()})
         if shutter is not None:
             out["shutter_open"] = shutter
+        if self.frames is not None:
+            out["photometry"] = self.frames.summary()
         return out
+
+    def events(self, now: float) -> list[tuple[str, dict]]:
+        """The ``detections`` of the frames measured since the last call (--photometry)."""
+        if self.frames is None:
+            return []
+        exposing = (self._plan is not None and not self._plan.over
+                    and self._plan_name == "expose")
+        return self.frames.events(self.ccd, exposing)
+
+    def close(self) -> None:
+        """Stop the photometry worker (the client is the caller's to close)."""
+        if self.frames is not None:
+            self.frames.close()
 
     # Commands --------------------------------------------------------------------------
     def _switch_step(self, dev: str, prop: str, element: str, what: str, timeout_s: float,
@@ -399,10 +432,15 @@ class IndiTelescope(Device):
             t_start = (expo.t_busy if expo.t_busy is not None else expo.t0) + clock_offset
             t_start = max(sent["t"], t_start)
             p = self._pointing(t_start + seconds / 2)
-            return {"obs_id": args["obs_id"], "field_id": int(args["field_id"]),
-                    "t_start": t_start, "t_end": t_start + seconds,
-                    **nominal_quality(p["alt_deg"] if p else None, seconds,
-                                      self.limiting_mag, self.ref_seconds,
-                                      self.seeing_arcsec, self.extinction)}
+            res = {"obs_id": args["obs_id"], "field_id": int(args["field_id"]),
+                   "t_start": t_start, "t_end": t_start + seconds,
+                   **nominal_quality(p["alt_deg"] if p else None, seconds,
+                                     self.limiting_mag, self.ref_seconds,
+                                     self.seeing_arcsec, self.extinction)}
+            if self.frames is not None:  # the frame is paired and measured later
+                self.frames.expect(FrameMeta(res["obs_id"], res["field_id"], self.band,
+                                             t_start + seconds / 2, res["limiting_mag"]),
+                                   self.ccd, expo.t0, p)
+            return res
 
         return self._run("expose", steps, finish, now + seconds + 30.0, now)
