@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from collections.abc import Callable
 
 from drivers.clock import WorldClock
@@ -110,6 +111,9 @@ def serve(dev: Device, router: str, curve, close: Callable[[], None]) -> int:
     """Serve ``dev`` to the brain until SIGTERM or Ctrl-C, then ``close`` the bridge's
     client."""
     host = DeviceHost([dev], router, WorldClock(), curve=curve)
+    # The loop waits on sockets without the GIL; a thread decoding a frame (an INDI
+    # BLOB, an Alpaca download) must not hold it long when a command arrives.
+    sys.setswitchinterval(0.0002)
     stop = {"now": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.update(now=True))

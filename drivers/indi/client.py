@@ -6,7 +6,6 @@ only.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import codecs
 import logging
@@ -35,6 +34,28 @@ _BAD_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
 # ".fits.fz" is a tile-compressed FITS file, read as it is by astropy.
 BLOB_FORMATS = (".fits", ".fit", ".fits.fz", ".fz")
 BLOBS_KEPT = 2  # frames held for the bridge to take; an older one is dropped
+DECODE_CHUNK = 1 << 20  # a frame is decoded this much at a time (see _b64decode_chunked)
+_B64_SPACE = b" \t\r\n"
+
+
+def _b64decode_chunked(text: str) -> bytes:
+    """Base64 to bytes a megabyte at a time: one call on a 4k frame's 45 MB would hold
+    the GIL for a tenth of a second and stall the bridge's protocol loop."""
+    raw = text.encode("ascii").translate(None, _B64_SPACE)
+    if len(raw) % 4:
+        raise ValueError(f"base64 text of {len(raw)} characters (not a multiple of 4)")
+    step = DECODE_CHUNK - DECODE_CHUNK % 4
+    return b"".join(binascii.a2b_base64(raw[k:k + step]) for k in range(0, len(raw), step))
+
+
+def _inflate_chunked(data: bytes) -> bytes:
+    """zlib-inflate a megabyte of input at a time (as ``_b64decode_chunked``)."""
+    d = zlib.decompressobj()
+    out = [d.decompress(data[k:k + DECODE_CHUNK]) for k in range(0, len(data), DECODE_CHUNK)]
+    out.append(d.flush())
+    if not d.eof:
+        raise ValueError("the compressed frame is cut short")
+    return b"".join(out)
 
 
 class IndiError(RuntimeError):
@@ -301,9 +322,9 @@ class IndiClient:
         try:
             if base not in BLOB_FORMATS:
                 raise ValueError(f"format {fmt or '(none)'!r} is not FITS")
-            data = base64.b64decode(text)
+            data = _b64decode_chunked(text)
             if fmt.endswith(".z"):
-                data = zlib.decompress(data)
+                data = _inflate_chunked(data)
                 want = int(float(one.get("size", "0") or 0))
             else:
                 want = int(float(one.get("len", "0") or 0))
