@@ -5,8 +5,10 @@ Each file is read the way its consumer reads it and checked against the real thi
 their `ray start` lines against Ray's own command-line parser, the RayService's Serve
 config against Serve's schema and its import path against brain/planner/api.py, every
 `brain` command line (systemd units, the KubeRay daemon container, the runbook) against
-the parser of brain/cli/__init__.py, the site configs against ``load_config``. Nothing here
-starts Ray, a daemon or a unit; the whole module takes a few seconds.
+the parser of brain/cli/__init__.py, the hardware bridges' units (INDI, ASCOM Alpaca, their
+weather stations) against the bridges' own parsers and checks, the site configs against
+``load_config``. Nothing here starts Ray, a daemon or a unit; the whole module takes a few
+seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ import yaml
 from brain import cli
 from brain.cli import common as cli_common
 from brain.config import load_config, with_climate
+from drivers import bridgecli
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -35,7 +39,6 @@ SYSTEMD = DEPLOY / "systemd"
 SITES = DEPLOY / "sites"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 VENV_BIN = "/opt/sitian/venv/bin/"
-INDI_INSTANCE = "xl.g01.g"
 
 
 # Helpers ---------------------------------------------------------------------------
@@ -151,7 +154,6 @@ def exec_argv(command: str, env: dict[str, str], instance: str = "") -> list[str
 
 
 SITIAN_ENV = read_env(SYSTEMD / "sitian.env")
-INDI_ENV = read_env(SYSTEMD / "indi" / f"{INDI_INSTANCE}.env")
 
 # The brain units as installed: alone, and on a `ray up` head with the drop-in.
 BRAIN_UNITS = {
@@ -161,7 +163,38 @@ BRAIN_UNITS = {
         SYSTEMD / "sitian-brain.service.d" / "ray-cluster.conf"],
     "sitian-sim-drivers.service": [SYSTEMD / "sitian-sim-drivers.service"],
 }
-ALL_UNITS = {**BRAIN_UNITS, "sitian-indi@.service": [SYSTEMD / "sitian-indi@.service"]}
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """A hardware bridge's template unit: the module it runs, its env files' directory
+    (/etc/sitian/DIR/%i.env, example deploy/systemd/DIR/INSTANCE.env) and the example's
+    instance: a telescope's device id, or with ``--weather`` the site id."""
+
+    template: str
+    module: str
+    env_dir: str
+    instance: str
+    weather: bool = False
+
+    @property
+    def env_file(self) -> Path:
+        return SYSTEMD / self.env_dir / f"{self.instance}.env"
+
+    @property
+    def unit_name(self) -> str:  # the example's instance, e.g. sitian-indi@xl.g01.g.service
+        return self.template.replace("@.", f"@{self.instance}.")
+
+
+BRIDGES = {b.template: b for b in [
+    Bridge("sitian-indi@.service", "drivers.indi", "indi", "xl.g01.g"),
+    Bridge("sitian-alpaca@.service", "drivers.alpaca", "alpaca", "xl.g01.g"),
+    Bridge("sitian-indi-weather@.service", "drivers.indi", "indi-weather", "xl", weather=True),
+    Bridge("sitian-alpaca-weather@.service", "drivers.alpaca", "alpaca-weather", "xl",
+           weather=True),
+]}
+TELESCOPE_BRIDGES = [name for name, b in BRIDGES.items() if not b.weather]
+ALL_UNITS = {**BRAIN_UNITS, **{name: [SYSTEMD / name] for name in BRIDGES}}
 
 
 def brain_args(files: list[Path]):
@@ -169,6 +202,35 @@ def brain_args(files: list[Path]):
     argv = exec_argv(one(unit, "Service", "ExecStart"), SITIAN_ENV)
     assert argv[0] == VENV_BIN + "brain", f"ExecStart runs {argv[0]}, not the install's brain"
     return unit, parse_brain(argv[1:])
+
+
+def parse_bridge(module: str, argv: list[str]):
+    """A bridge's arguments through its own parser and the checks its ``main`` makes before
+    it connects anything (drivers/bridgecli.py's, and the Alpaca bridge's own); a refusal
+    fails."""
+    cli_module = importlib.import_module(f"{module}.cli")
+    parser = cli_module.build_parser()
+    try:
+        args = parser.parse_args(argv)
+        bridgecli.check_telescope_args(parser, args)
+        if module == "drivers.alpaca":
+            cli_module.check_alpaca_photometry(parser, args)
+        else:
+            bridgecli.check_photometry_args(parser, args)
+    except SystemExit as exc:
+        pytest.fail(f"python -m {module} refuses {argv} (exit {exc.code})")
+    return args
+
+
+def bridge_args(name: str, env: dict[str, str] | None = None):
+    """The bridge unit ``name`` and its ExecStart's parsed arguments, with the example env
+    file (or ``env``) for the example's instance."""
+    bridge = BRIDGES[name]
+    unit = effective(SYSTEMD / name)
+    env = read_env(bridge.env_file) if env is None else env
+    argv = exec_argv(one(unit, "Service", "ExecStart"), SITIAN_ENV | env, bridge.instance)
+    assert argv[:3] == [VENV_BIN + "python", "-m", bridge.module]
+    return unit, parse_bridge(bridge.module, argv[3:])
 
 
 # deploy/ holds no code -------------------------------------------------------------
@@ -451,27 +513,74 @@ def test_sim_drivers_meet_the_brain():
     assert drv.keys != run.keys, "drivers hold a device pair, not the brain's secret"
 
 
-def test_indi_template_execstart_is_accepted_by_the_bridge():
+@pytest.mark.parametrize("name", BRIDGES)
+def test_bridge_template_execstart_is_accepted_by_the_bridge(name):
+    from brain.shells.daemon import device_specs
     from drivers.endpoint import is_loopback
-    from drivers.indi import build_parser
 
-    unit = effective(SYSTEMD / "sitian-indi@.service")
-    assert "/etc/sitian/indi/%i.env" in unit["Service"]["EnvironmentFile"]
-    argv = exec_argv(one(unit, "Service", "ExecStart"), SITIAN_ENV | INDI_ENV, INDI_INSTANCE)
-    assert argv[:3] == [VENV_BIN + "python", "-m", "drivers.indi"]
-    try:
-        args = build_parser().parse_args(argv[3:])
-    except SystemExit as exc:
-        pytest.fail(f"python -m drivers.indi refuses {argv[3:]} (exit {exc.code})")
-    assert args.device_id == f"{args.site}.g{args.group:02d}.{args.band}" == INDI_INSTANCE
+    bridge = BRIDGES[name]
+    unit, args = bridge_args(name)
+    assert f"/etc/sitian/{bridge.env_dir}/%i.env" in unit["Service"]["EnvironmentFile"]
+    assert args.weather == bridge.weather
+    assert not args.photometry, "the example leaves photometry off (commented)"
     assert is_loopback(args.router) or args.keys, "a remote brain needs CURVE keys"
     config = load_config(SITES / "sitian-54.yaml")
-    site = config.site(args.site)
-    from brain.shells.daemon import device_specs
+    if bridge.weather:
+        assert args.site == bridge.instance and args.device_id is None
+        device_id = f"{args.site}.wx"  # the bridges' default for --weather
+    else:
+        device_id = args.device_id
+        assert device_id == f"{args.site}.g{args.group:02d}.{args.band}" == bridge.instance
+        site = config.site(args.site)
+        assert (args.lat, args.lon) == pytest.approx((site.lat_deg, site.lon_deg), abs=0.01)
+        if bridge.module == "drivers.alpaca":  # checked in its main(), not a function
+            assert args.telescope is not None and args.camera is not None
+    spec = device_specs(config).get(device_id)
+    assert spec is not None, f"{device_id} is not a device the brain knows"
+    assert spec.kind == ("weather" if bridge.weather else "telescope")
 
-    spec = device_specs(config).get(args.device_id)
-    assert spec is not None and spec.kind == "telescope", "not a telescope the brain knows"
-    assert (args.lat, args.lon) == pytest.approx((site.lat_deg, site.lon_deg), abs=0.01)
+
+@pytest.mark.parametrize("name", TELESCOPE_BRIDGES)
+def test_bridge_photometry_example_writes_only_to_the_state_directory(name):
+    """The env file's commented PHOTOMETRY_ARGS line, uncommented, is accepted by the
+    bridge; it reads the calibration stars from a read-only place and keeps the fields'
+    history in the unit's state directory, the one place ProtectSystem=strict leaves it."""
+    bridge = BRIDGES[name]
+    examples = re.findall(r"^#\s*PHOTOMETRY_ARGS=(.*)$", bridge.env_file.read_text(),
+                          flags=re.MULTILINE)
+    assert len(examples) == 1, f"{bridge.env_file.name}: one commented PHOTOMETRY_ARGS="
+    env = read_env(bridge.env_file)
+    assert "PHOTOMETRY_ARGS" not in env
+    unit, args = bridge_args(name, env | {"PHOTOMETRY_ARGS": examples[0]})
+    assert args.photometry and args.reference and args.frame_history
+    assert one(unit, "Service", "ProtectSystem") == "strict"
+    state = ["/var/lib/" + d.replace("%i", bridge.instance)
+             for d in words(unit, "Service", "StateDirectory")]
+    writable = state + words(unit, "Service", "ReadWritePaths")
+    assert under(args.frame_history, state), \
+        f"--frame-history {args.frame_history} is not in {name}'s state directory {state}"
+    assert under(args.reference, ["/etc/sitian"]) and not under(args.reference, writable), \
+        "the calibration stars are configuration, read-only to the bridge"
+
+
+INDI_UNIT = "sitian-indi@.service"
+# What a bridge unit runs and where it writes; everything else is the INDI bridge's.
+BRIDGE_OWN_SETTINGS = {"ExecStart", "EnvironmentFile", "StateDirectory", "StateDirectoryMode"}
+
+
+@pytest.mark.parametrize("name", [n for n in BRIDGES if n != INDI_UNIT])
+def test_bridge_units_share_the_indi_bridges_hardening(name):
+    ref, unit = (effective(SYSTEMD / n)["Service"] for n in (INDI_UNIT, name))
+
+    def common(service):
+        return {k: v for k, v in service.items() if k not in BRIDGE_OWN_SETTINGS}
+
+    assert common(unit) == common(ref)
+    if BRIDGES[name].weather:  # no photometry: nothing to write
+        assert "StateDirectory" not in unit
+    else:  # one telescope, one field history, whichever bridge drives it
+        assert unit["StateDirectory"] == ref["StateDirectory"]
+        assert unit["StateDirectoryMode"] == ref["StateDirectoryMode"]
 
 
 def test_environment_file_keeps_everything_offline_and_in_writable_places():
@@ -510,7 +619,7 @@ def test_systemd_analyze_verify(tmp_path):
             dst.write_text(src.read_text().replace(VENV_BIN, f"{bin_dir}/"))
     env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{units}:", SYSTEMD_LOG_LEVEL="notice")
     names = ["sitian-brain.service", "sitian-sim-drivers.service",
-             f"sitian-indi@{INDI_INSTANCE}.service"]
+             *(b.unit_name for b in BRIDGES.values())]
     r = subprocess.run([exe, "verify", "--man=no", *names], capture_output=True, text=True,
                        env=env, timeout=60, check=False)
     ours = [ln for ln in (r.stdout + r.stderr).splitlines() if "sitian" in ln]
