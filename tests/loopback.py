@@ -1,5 +1,5 @@
-"""Real device servers on loopback for the bridge tests (tests/test_alpaca.py,
-tests/test_indi.py, tests/test_indi_weather.py): a free port, a wait for a server to
+"""Real device servers on loopback for the bridge tests (tests/test_alpaca*.py,
+tests/test_indi*.py): the INDI programs present, a free port, a wait for a server to
 listen, a process group stopped whatever it left behind, an angular separation, and a
 brain-side rig (a real BrainLink and a DeviceHost in a thread) that sends commands and
 collects outcomes and events."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,19 @@ from brain.core.safety import weather_verdict
 from drivers.device import Device, DeviceHost
 from drivers.link import BrainLink, CommandDone, CommandFailed, DeviceEvent, DeviceSpec
 from drivers.protocol import weather_values
+
+
+def require_indi(simulators) -> str:
+    """The path of ``indiserver``, after checking it and the ``simulators`` are on PATH
+    (a clear failure if not); ``SITIAN_SKIP_INDI=1`` skips the INDI tests instead."""
+    if os.environ.get("SITIAN_SKIP_INDI") == "1":
+        pytest.skip("SITIAN_SKIP_INDI=1: INDI bridge tests skipped")
+    missing = [exe for exe in ("indiserver", *simulators) if shutil.which(exe) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found on PATH: the INDI bridge tests need the "
+                    "INDI server and simulators (apt-get install indi-bin), or set "
+                    "SITIAN_SKIP_INDI=1 to skip them", pytrace=False)
+    return shutil.which("indiserver")
 
 
 def free_port() -> int:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from loopback import BrainRig, free_port, listens, sep_deg, stop_group
+from loopback import BrainRig, free_port, listens, require_indi, sep_deg, stop_group
 
 from drivers.indi import (
     IndiClient,
@@ -40,16 +39,6 @@ SIMULATORS = ("indi_simulator_telescope", "indi_simulator_ccd", "indi_simulator_
 START_TIMEOUT_S = 30.0
 
 
-def _require_indi() -> str:
-    if os.environ.get("SITIAN_SKIP_INDI") == "1":
-        pytest.skip("SITIAN_SKIP_INDI=1: INDI bridge tests skipped")
-    missing = [exe for exe in ("indiserver", *SIMULATORS) if shutil.which(exe) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found on PATH: the INDI bridge tests need the "
-                    "INDI server and simulators (apt-get install indi-bin), or set "
-                    "SITIAN_SKIP_INDI=1 to skip them", pytrace=False)
-    return shutil.which("indiserver")
-
 
 @pytest.fixture(scope="module")
 def indiserver(tmp_path_factory):
@@ -58,7 +47,7 @@ def indiserver(tmp_path_factory):
     HOME is a fresh directory (the drivers keep their configuration in ~/.indi) and the
     server's local socket has its own name, so nothing leaks between runs or collides
     with another indiserver on this machine."""
-    exe = _require_indi()
+    exe = require_indi(SIMULATORS)
     home = tmp_path_factory.mktemp("indi-home")
     env = {**os.environ, "HOME": str(home)}
     for attempt in range(3):  # a port taken between choosing and binding: another one

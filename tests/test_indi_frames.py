@@ -28,7 +28,6 @@ import io
 import logging
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from loopback import BrainRig, free_port, sep_deg, start_server, stop_group
+from loopback import BrainRig, free_port, require_indi, sep_deg, start_server, stop_group
 
 from drivers.framephot import FrameReducer
 from drivers.indi import IndiClient, IndiTelescope, lst_deg
@@ -59,16 +58,6 @@ DEC0 = 80.0  # on the meridian, 50 degrees high at Xinglong
 TRANSIENTS_XY = ((300.3, 250.1), (700.7, 800.4), (512.2, 600.9))  # pixels, as rendered
 TRANSIENTS_MAG = (16.0, 17.0, 18.0)
 
-
-def _require_indi() -> str:
-    if os.environ.get("SITIAN_SKIP_INDI") == "1":
-        pytest.skip("SITIAN_SKIP_INDI=1: INDI bridge tests skipped")
-    missing = [exe for exe in ("indiserver", *SIMULATORS) if shutil.which(exe) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found on PATH: the INDI bridge tests need the "
-                    "INDI server and simulators (apt-get install indi-bin), or set "
-                    "SITIAN_SKIP_INDI=1 to skip them", pytrace=False)
-    return shutil.which("indiserver")
 
 
 class Sky:
@@ -106,7 +95,7 @@ class Sky:
 
 @pytest.fixture(scope="module")
 def indiserver(tmp_path_factory):
-    exe = _require_indi()
+    exe = require_indi(SIMULATORS)
     home = tmp_path_factory.mktemp("indi-frames-home")
     env = {**os.environ, "HOME": str(home)}
     # The camera starts told of no telescope (the driver's saved configuration, loaded

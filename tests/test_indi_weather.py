@@ -13,7 +13,6 @@ them instead, as for tests/test_indi.py.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from loopback import (
     free_port,
     reports_safe,
     reports_unsafe,
+    require_indi,
     start_server,
     stop_group,
     verdict_of,
@@ -43,12 +43,7 @@ ASSUME = {"humidity": 0.4, "cloud": 0.1, "seeing_arcsec": 1.5, "dew_margin_c": 5
 
 @pytest.fixture(scope="module")
 def indiserver(tmp_path_factory):
-    if os.environ.get("SITIAN_SKIP_INDI") == "1":
-        pytest.skip("SITIAN_SKIP_INDI=1: INDI bridge tests skipped")
-    exe = shutil.which("indiserver")
-    if exe is None or shutil.which("indi_simulator_weather") is None:
-        pytest.fail("indiserver or indi_simulator_weather not found on PATH: install "
-                    "indi-bin, or set SITIAN_SKIP_INDI=1", pytrace=False)
+    exe = require_indi(("indi_simulator_weather",))
     home = tmp_path_factory.mktemp("indi-weather")  # the driver's ~/.indi goes here
     port = free_port()
     proc = start_server([exe, "-v", "-p", str(port), "-u", str(home / "indiserver.sock"),
