@@ -144,7 +144,7 @@ REDBACK_SHARE = 0.5  # redback light curves per class, relative to ours
 
 
 def generator_sets(generator: str, n_per_class: int, seed: int, n_sitian: int,
-                   first_night_fraction: float = 0.35) -> list:
+                   first_night_fraction: float = 0.35, early_fraction: float = 0.0) -> list:
     """One generator's light curves for training or validation: randomised surveys
     (``n_per_class`` per class it covers, seed ``seed``) and the continuous SiTian survey
     (``n_sitian``, seed ``seed + 10``, half of them first nights). ``ours``: the
@@ -152,12 +152,14 @@ def generator_sets(generator: str, n_per_class: int, seed: int, n_sitian: int,
     physical transient models (``simulator.redback_curves``), seeds offset by 20 so no
     random stream is shared with ours."""
     if generator == "ours":
-        return [(make_set(n_per_class, seed, first_night_fraction), seed),
-                (make_set(n_sitian, seed + 10, 0.5, "sitian"), seed + 10)]
+        return [(make_set(n_per_class, seed, first_night_fraction, "random", early_fraction),
+                 seed),
+                (make_set(n_sitian, seed + 10, 0.5, "sitian", early_fraction), seed + 10)]
     if generator == "redback":  # six classes; half as many each (REDBACK_SHARE)
         n_r, n_rs = (max(int(n * REDBACK_SHARE), 20) for n in (n_per_class, n_sitian))
-        return [(make_redback_set(n_r, seed + 20, first_night_fraction), seed + 20),
-                (make_redback_set(n_rs, seed + 30, 0.5, "sitian"), seed + 30)]
+        return [(make_redback_set(n_r, seed + 20, first_night_fraction, "random",
+                                  early_fraction), seed + 20),
+                (make_redback_set(n_rs, seed + 30, 0.5, "sitian", early_fraction), seed + 30)]
     raise ValueError(f"unknown light-curve generator {generator!r}")
 
 
@@ -222,7 +224,7 @@ def fit_matrices(x, y, xv, yv, seed: int = 1, rounds: int = MAX_ROUNDS, weight=N
 def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed: int = 3,
           rounds: int = MAX_ROUNDS, out_dir: Path | None = ARTIFACT_DIR, progress: bool = False,
           sitian_per_class: int | None = None, labelled=None, labelled_weight: float = 5.0,
-          generators: tuple[str, ...] = GENERATORS):
+          generators: tuple[str, ...] = GENERATORS, early_fraction: float = 0.0):
     """Train on simulated light curves; returns (model, report).
 
     Training data: every generator of ``generators`` (``generator_sets``: randomised
@@ -234,13 +236,15 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
 
     ``labelled``: light curves with spectroscopic labels from earlier runs (the data
     flywheel; ``policies.lightcurve_io.LabelledSet``), added to the training set with
-    weight ``labelled_weight`` each."""
+    weight ``labelled_weight`` each. ``early_fraction``: that share of the training and
+    validation light curves (first nights aside) cut to their first 2-4 nights
+    (``make_set``); the held-out report's sets are not cut."""
     n_s = sitian_per_class if sitian_per_class is not None else max(n_per_class * 3 // 8, 20)
     train_sets, valid_sets = [], []
     for g in generators:
-        train_sets += generator_sets(g, n_per_class, seed, n_s)
+        train_sets += generator_sets(g, n_per_class, seed, n_s, early_fraction=early_fraction)
         valid_sets += generator_sets(g, max(n_per_class // 3, 20), valid_seed,
-                                     max(n_s // 3, 20))
+                                     max(n_s // 3, 20), early_fraction=early_fraction)
     model, n_train, n_labelled = fit(train_sets, valid_sets, seed, rounds, labelled,
                                      labelled_weight, progress)
     report = held_out_report(model, n_per_class, n_s, seed, valid_seed, test_seed, generators,

@@ -200,9 +200,11 @@ def observe_sitian(cls: str, n: int, rng: np.random.Generator, mag_limit: float 
 
 
 def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
-             survey: str = "random") -> LightCurveSet:
+             survey: str = "random", early_fraction: float = 0.0) -> LightCurveSet:
     """A labelled set; roughly ``first_night_fraction`` of light curves are truncated to
-    the night of their first detection. Light curves with under 3 detections dropped.
+    the night of their first detection, and ``early_fraction`` of the others to their
+    first 2-4 nights (as a survey's new candidates are seen). Light curves with under 3
+    detections dropped.
 
     ``survey``: "random" (randomised surveys of ``observe_class``, for training and the
     stress test) or "sitian" (the continuous survey of ``observe_sitian``; sources are
@@ -210,21 +212,23 @@ def make_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
     """
     observe = {"random": observe_class, "sitian": observe_sitian}[survey]
     return _make(observe, CLASSES, n_per_class, np.random.default_rng(seed),
-                 first_night_fraction, fill=survey == "sitian")
+                 first_night_fraction, fill=survey == "sitian", early_fraction=early_fraction)
 
 
 def make_redback_set(n_per_class: int, seed: int, first_night_fraction: float = 0.35,
-                     survey: str = "random") -> LightCurveSet:
+                     survey: str = "random", early_fraction: float = 0.0) -> LightCurveSet:
     """A labelled set from redback's physical models (simulator/redback_curves.py) for
     the classes they cover (``redback_classes()``; labels index ``CLASSES``), observed
     like ``make_set``. Every covered class has exactly ``n_per_class`` light curves with
     3+ detections, whatever the survey. Needs the ``generators`` extra (redback)."""
     observe = {"random": observe_class, "sitian": observe_sitian}[survey]
     return _make(partial(observe, gen=REDBACK), rc.redback_classes(), n_per_class,
-                 np.random.default_rng(seed), first_night_fraction, fill=True, adaptive=True)
+                 np.random.default_rng(seed), first_night_fraction, fill=True, adaptive=True,
+                 early_fraction=early_fraction)
 
 
-def _make(observe, classes, n_per_class, rng, first_night_fraction, fill, adaptive=False):
+def _make(observe, classes, n_per_class, rng, first_night_fraction, fill, adaptive=False,
+          early_fraction=0.0):
     """Light curves of ``classes`` from ``observe``; with ``fill`` sources are drawn until
     each class has ``n_per_class``, else one draw of ``n_per_class`` sources. With
     ``adaptive`` a later draw is sized by the yield so far (each source costs a model
@@ -238,7 +242,7 @@ def _make(observe, classes, n_per_class, rng, first_night_fraction, fill, adapti
             if adaptive and drawn:  # 1.5 times what the yield so far says is needed
                 rate = max(kept / drawn, 0.02)
                 size = min(4 * n_per_class, max(16, math.ceil(1.5 * need / rate)))
-            piece = _one_chunk(observe, cls, size, rng, first_night_fraction)
+            piece = _one_chunk(observe, cls, size, rng, first_night_fraction, early_fraction)
             drawn, kept = drawn + size, kept + piece[5].size
             got.append(_take(piece, need))
             need -= got[-1][5].size
@@ -259,7 +263,7 @@ def _make(observe, classes, n_per_class, rng, first_night_fraction, fill, adapti
                          cat[4][order], cat[5], cat[6], cat[7], cat[8])
 
 
-def _one_chunk(observe, cls, n, rng, first_night_fraction):
+def _one_chunk(observe, cls, n, rng, first_night_fraction, early_fraction=0.0):
     """Light curves (with at least 3 detections) of n sources, renumbered 0..m-1."""
     src, t, band, mag, err, active, base, peak = observe(cls, n, rng, with_reference=True)
     first = rng.random(n) < first_night_fraction
@@ -269,6 +273,11 @@ def _one_chunk(observe, cls, n, rng, first_night_fraction):
     t0 = np.full(n, np.inf)
     np.minimum.at(t0, src[active], t[active])
     keep = ~first[src] | ((t - t0[src] < 0.6) & (t - t0[src] > -0.5))
+    if early_fraction > 0:  # (no draw otherwise: the shipped sets stay as they were)
+        r2 = np.random.default_rng([int(rng.integers(1 << 31)), 77])
+        early = ~first & (r2.random(n) < early_fraction)
+        nights = r2.integers(2, 5, n)  # nights kept from the outburst's first night
+        keep &= ~early[src] | (t - t0[src] < nights[src] - 0.4)
     src, t, band, mag, err = src[keep], t[keep], band[keep], mag[keep], err[keep]
     good = np.bincount(src, minlength=n) >= 3
     sel = good[src]
