@@ -184,3 +184,35 @@ def test_fast_shell_sends_every_command_through_the_guard(sky):
     assert len(dispatch.queue) == before  # the world never saw it
     tel = world.telescopes["xl.g01.g"]
     assert tel.ra_deg is None and tel.dec_deg is None  # still parked at the zenith
+
+
+def test_plan_state_candidate_list_is_rebuilt_after_a_classification_or_a_minute(sky):
+    """The planner's candidate list costs hundreds of ms at 20,000 candidates and the
+    operators' desk asks for a state every 2 s: it is reused until a classification pass
+    answers or a minute of world time has passed, never longer."""
+    from observatory.times import unix_to_mjd
+
+    config, grid, cache, _night, t = sky
+    core = BrainCore(config, grid=grid, nights=cache)
+    rng = np.random.default_rng(3)
+    n_obj, n_det = 3, 5
+    ra = np.repeat([10.0, 40.0, 70.0], n_det) + rng.normal(0, 1e-5, n_obj * n_det)
+    dec = np.repeat([20.0, 25.0, 30.0], n_det)
+    mjd = unix_to_mjd(t - 3600.0) + np.tile(np.arange(n_det) * 0.01, n_obj)
+    mag = 19.0 + rng.normal(0, 0.3, n_obj * n_det)
+    core.restore([], 0, DetectionBatch(ra, dec, mjd, np.zeros(n_obj * n_det, int), mag,
+                                       np.full(n_obj * n_det, 0.05),
+                                       np.full(n_obj * n_det, -1)))
+    core.classify_candidates(everything=True)
+    first = core.plan_state(t).objects
+    assert len(first) == n_obj
+    oid = sorted(first)[0]
+    row = int(core.associator.rows_of([int(oid[1:])])[0])
+    core.associator.prob[row] = 0.0
+    core.associator.prob[row, 0] = 1.0  # a new answer, not yet counted as a pass
+    assert core.plan_state(t + 10).objects == first  # reused
+    core.n_classified += 1  # the pass is counted: the next state has it
+    assert core.plan_state(t + 20).objects[oid]["p_predicted"] == 1.0
+    core.associator.prob[row, 0], core.associator.prob[row, 1] = 0.0, 1.0
+    assert core.plan_state(t + 30).objects[oid]["predicted_class"] == "SNIa"
+    assert core.plan_state(t + 90).objects[oid]["predicted_class"] == "SNII"  # a minute on

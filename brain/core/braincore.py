@@ -40,6 +40,10 @@ from observatory.taxonomy import CLASSES
 from observatory.visibility import FieldSky, NightCache, target_alt_deg
 
 CLOSED, IDLE, SLEWING, EXPOSING = "closed", "idle", "slewing", "exposing"
+# plan_state's candidate list is rebuilt when a classification pass has answered, else
+# at most once a minute of world time: with 20,000 candidates it costs hundreds of ms,
+# and the operators' desk asks for a state every 2 s on the daemon's loop.
+OBJECTS_REFRESH_S = 60.0
 
 
 @dataclass
@@ -106,6 +110,7 @@ class BrainCore(Transients):
         self.now = -math.inf  # the latest event's time
         self.classify_ms: list[float] = []
         self.n_classified = 0  # classifications made (an object may count several times)
+        self._objects_cache: tuple | None = None  # plan_state's list: (n_classified, t, it)
         # The daemon: write the store at each classification pass (``flushed(t)`` is told;
         # the journal's detection messages up to then need not be replayed on restart).
         self.on_flush = None
@@ -384,7 +389,11 @@ class BrainCore(Transients):
                            "up": self.group_up(g)} for g in self.groups}
         listed, objects = objects, {}
         n_cls = self.obj_prob.shape[1] if self.obj_prob.ndim == 2 else 0
-        if listed and n_cls and self.associator.n_objects:
+        cached = self._objects_cache
+        if (listed and cached is not None and cached[0] == self.n_classified
+                and 0.0 <= t - cached[1] < OBJECTS_REFRESH_S):
+            objects = dict(cached[2])
+        elif listed and n_cls and self.associator.n_objects:
             # Every classified candidate, however old or faint (no follow-up filter).
             snap = take_snapshot(t, self.associator, self.candidates(t), math.inf, math.inf)
             for k, oid in enumerate(snap.object_id):
@@ -395,6 +404,7 @@ class BrainCore(Transients):
                     "n_detections": int(snap.n_det[k]), "predicted_class": CLASSES[c],
                     "p_predicted": round(float(snap.prob[k, c]), 4),
                     "mag": round(float(snap.mag[k]), 3), "note": ""}
+            self._objects_cache = (self.n_classified, t, dict(objects))
         followups, spec_left = {}, {}
         fu = self.followup
         if fu is not None:
