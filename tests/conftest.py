@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,23 @@ def stop_procs(procs, timeout_s: float = 10) -> None:
                 p.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def wait_for(pred, timeout_s: float, what: str, procs=(), not_yet=(OSError,)) -> None:
+    """Poll ``pred`` every 0.3 s until it is true; an exception of ``not_yet`` means not
+    yet. Fails the test, saying why, when a process of ``procs`` exits or time runs out."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"{what}: a process exited early ({p.args[3:5]}, rc {p.returncode})")
+        try:
+            if pred():
+                return
+        except not_yet:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def run_brain(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -22,6 +22,7 @@ import yaml
 from brain.shells.journal import Journal
 from drivers.device import Device, DeviceHost
 from tests.conftest import REPO, brain_cmd, run_brain, stop_procs
+from tests.conftest import wait_for as _wait_for
 
 START = "2026-12-15T11:00:00"  # Xinglong is dark from about 10:50 UTC
 SPEED = "60"
@@ -55,18 +56,8 @@ def query(db: Path, sql: str):
 
 
 def wait_for(pred, timeout_s: float, what: str, procs=()):
-    t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
-        for p in procs:
-            if p.poll() is not None:
-                pytest.fail(f"{what}: a process exited early ({p.args[3:5]}, rc {p.returncode})")
-        try:
-            if pred():
-                return
-        except sqlite3.OperationalError:
-            pass  # the journal is not created yet
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+    """tests.conftest.wait_for; the journal not created yet is not yet."""
+    _wait_for(pred, timeout_s, what, procs, not_yet=(sqlite3.OperationalError,))
 
 
 def test_killed_daemon_restarts_from_its_journal_without_loss_or_repeats(small_config,

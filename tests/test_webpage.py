@@ -49,6 +49,7 @@ from drivers.device import CommandError, Device, DeviceHost, Pending
 from observatory.taxonomy import CLASSES
 from observatory.times import unix_to_mjd
 from tests.conftest import REPO, brain_cmd, run_brain, stop_procs
+from tests.conftest import wait_for as _wait_for
 from tests.test_daemon import free_port, query, small_config  # noqa: F401 (a fixture)
 
 START = "2026-12-15T11:00:00"  # Xinglong is dark from about 10:50 UTC
@@ -151,18 +152,8 @@ def http(url: str, body=None, token: str | None = None, raw: bytes | None = None
 
 
 def wait_for(pred, timeout_s: float, what: str, procs=()):
-    t_end = time.monotonic() + timeout_s
-    while time.monotonic() < t_end:
-        for p in procs:
-            if p.poll() is not None:
-                pytest.fail(f"{what}: a process exited early ({p.args[3:5]}, rc {p.returncode})")
-        try:
-            if pred():
-                return
-        except (OSError, KeyError, TypeError, AssertionError):
-            pass  # not listening yet, or no state yet (503)
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+    """tests.conftest.wait_for; not listening yet, or no state yet (503) is not yet."""
+    _wait_for(pred, timeout_s, what, procs, not_yet=(OSError, KeyError, TypeError, AssertionError))
 
 
 class Rehearsal:
