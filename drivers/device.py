@@ -75,6 +75,37 @@ class Plan:
         return result
 
 
+
+class PlanRunner:
+    """One command at a time as a :class:`Plan` (the INDI and Alpaca telescopes): a new
+    command while one runs is ``busy`` unless it ``preempt``s (close, park); the one cut
+    short answers ``aborted``."""
+
+    _plan: Plan | None = None
+    _plan_name = ""
+
+    def _busy(self, name: str | None = None) -> bool:
+        """A command runs (that one, given ``name``)."""
+        return (self._plan is not None and not self._plan.over
+                and (name is None or self._plan_name == name))
+
+    def _run(self, name: str, steps: list, finish: Callable[[float], dict], eta: float,
+             now: float, preempt: bool = False) -> dict | Pending:
+        if not preempt and self._busy():
+            raise CommandError("busy", f"{self.id} is running {self._plan_name}")
+        plan = Plan(steps, finish)
+        self._plan, self._plan_name = plan, name
+        result = plan.advance(now)  # the first request goes out at once
+        if result is not None:
+            return result
+
+        def poll(t: float) -> dict | None:
+            if self._plan is not plan:
+                raise CommandError("aborted", f"{name} cut short")
+            return plan.advance(t)
+
+        return Pending(eta, poll)
+
 def _num(v) -> bool:
     return P._num(v)
 

@@ -40,7 +40,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -68,6 +68,7 @@ MATCH_ARCSEC = 2.0  # a detection is a reference source within this
 CHANGE_SIGMA = 5.0  # ... unless it differs from it by more than this
 STAR_ERR = 0.01  # magnitude error given to calibration stars (the CSV has none)
 HISTORY_EPOCHS = 3  # frames of a field merged into its own reference, then frozen
+FROZEN_KEPT = 256  # fields whose frozen reference the worker keeps in memory
 MAX_PENDING = 4  # frames waiting for the worker; beyond this the newest is dropped
 CONE_MARGIN = 1.2  # calibration stars within this times the frame's half-diagonal
 
@@ -110,6 +111,7 @@ class FieldHistory:
 
     def __init__(self, root, epochs: int = HISTORY_EPOCHS):
         self.root, self.epochs = Path(root), int(epochs)
+        self._frozen: OrderedDict[tuple[str, int], Catalogue] = OrderedDict()
 
     def _path(self, band: str, field_id: int) -> Path:
         return self.root / band / f"{int(field_id)}.npz"
@@ -127,15 +129,23 @@ class FieldHistory:
             log.warning("field reference %s unreadable (%s); rebuilding it", p, exc)
             return []
 
-    def reference(self, band: str, field_id: int) -> Catalogue | None:
+    def use(self, band: str, field_id: int, cat: Catalogue) -> Catalogue | None:
+        """The field's reference from its earlier frames (None: none yet); while it is not
+        frozen, this frame's sources ``cat`` join it (written to its file). A frozen
+        reference is kept in memory for the ``FROZEN_KEPT`` fields used last, so the file
+        is read and merged once, not at every frame."""
+        key = (band, int(field_id))
+        ref = self._frozen.get(key)
+        if ref is not None:
+            self._frozen.move_to_end(key)
+            return ref
         got = self._load(band, field_id)
-        return build_reference(got, MATCH_ARCSEC) if got else None
-
-    def add(self, band: str, field_id: int, cat: Catalogue) -> None:
-        """Add a measured frame's sources while the field's reference is not yet frozen."""
-        got = self._load(band, field_id)
+        ref = build_reference(got, MATCH_ARCSEC) if got else None
         if len(got) >= self.epochs:
-            return
+            self._frozen[key] = ref
+            if len(self._frozen) > FROZEN_KEPT:
+                self._frozen.popitem(last=False)
+            return ref
         got.append(cat)
         p = self._path(band, field_id)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +156,7 @@ class FieldHistory:
                  err=np.concatenate([c.mag_err for c in got]),
                  epoch=np.repeat(np.arange(len(got)), [c.ra_deg.size for c in got]))
         os.replace(tmp, p)
+        return ref
 
 
 def reduce_frame(data: np.ndarray, header, meta: FrameMeta, stars: StarCatalogue | None,
@@ -169,10 +180,9 @@ def reduce_frame(data: np.ndarray, header, meta: FrameMeta, stars: StarCatalogue
         r_ra, r_dec, r_mag = reference
         refs.append(Catalogue(r_ra, r_dec, r_mag, np.full(r_mag.size, STAR_ERR)))
     if history is not None:
-        own = history.reference(meta.band, meta.field_id)
+        own = history.use(meta.band, meta.field_id, cat)
         if own is not None:
             refs.append(own)
-        history.add(meta.band, meta.field_id, cat)
     ref_mag = np.full(cat.ra_deg.size, np.inf)  # inf: nothing there
     for ref in refs:
         ch = find_changes(cat, ref, MATCH_ARCSEC, k=CHANGE_SIGMA)
@@ -235,6 +245,10 @@ def _job(data, header, meta: FrameMeta) -> tuple[dict | None, str | None, float]
         return body, None, time.perf_counter() - t
     except PhotometryError as exc:
         return None, str(exc), time.perf_counter() - t
+    except Exception as exc:  # a frame the pipeline did not foresee
+        # (a header astropy rejects, a file the history cannot write): that frame's
+        # reason in one line, not a traceback that ends the bridge.
+        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - t
 
 
 class FrameReducer:

@@ -113,3 +113,23 @@ def test_bounded_queue_drops_newest(sky):
         assert [e[1]["obs_id"] for e in red.drain(120)] == ["o6"]
     finally:
         red.close()
+
+
+def test_an_unforeseen_failure_is_one_frame_lost_not_the_bridge(sky, tmp_path):
+    """A frame whose history cannot be written (or any error the pipeline did not
+    foresee) is that frame's one-line reason; the next frame is measured."""
+    blocked = tmp_path / "h"
+    blocked.mkdir()
+    (blocked / "r").write_text("a file where the band's folder should be")
+    red = FrameReducer(sky[3], blocked)
+    try:
+        data, header = frame(sky, 6)
+        red.submit(meta(11), data, header)
+        assert red.drain(120) == []
+        assert red.stats["failed"] == 1 and red.last_note.startswith("o11: ")
+        assert "\n" not in red.last_note and "Traceback" not in red.last_note
+        # The same worker goes on: a frame of another band (its folder is fine).
+        red.submit(FrameMeta("o12", 42, "g", 1.9e9 + 12, 20.0), data, header)
+        assert [e[1]["obs_id"] for e in red.drain(120)] == ["o12"]
+    finally:
+        red.close()

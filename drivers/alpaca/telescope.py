@@ -22,7 +22,7 @@ from drivers.alpaca.client import describe as _describe
 from drivers.alpaca.frames import AlpacaFrames, Exposure
 from drivers.alpaca.steps import Step
 from drivers.coords import SYSTEMS, icrs_to_eod, icrs_to_mount, mount_to_icrs
-from drivers.device import CommandError, Device, Pending, Plan
+from drivers.device import CommandError, Device, Pending, PlanRunner
 from drivers.framephot import FrameMeta
 from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h, slew_eta
 
@@ -61,7 +61,7 @@ def parse_ascom_time(text: Any) -> float | None:
     return t.timestamp()
 
 
-class AlpacaTelescope(Device):
+class AlpacaTelescope(PlanRunner, Device):
     """Alpaca telescope + camera (+ dome, + filter wheel) as one SBP1 telescope.
 
     ``telescope``, ``camera``, ``dome``, ``filterwheel``: device numbers on the server
@@ -106,8 +106,6 @@ class AlpacaTelescope(Device):
         self.readout_timeout_s = readout_timeout_s
         self.can_set_tracking = True
         self.frames = frames
-        self._plan: Plan | None = None
-        self._plan_name = ""
 
     # Start-up --------------------------------------------------------------------------
     def _ask(self, what: str, fn: Callable[[], Any], timeout_s: float = 15.0) -> Any:
@@ -210,7 +208,7 @@ class AlpacaTelescope(Device):
             return {"state": "fault", **out, "fault": f"Alpaca device(s) not answering: "
                     f"{'; '.join(down)}"}
         shutter = self._shutter_open()
-        busy = ((self._plan is not None and not self._plan.over) or self._slewing()
+        busy = (self._busy() or self._slewing()
                 or self._camera() in CAM_BUSY)
         state = ("closed" if shutter is False else "parked" if self._parked()
                  else "busy" if busy else "idle")
@@ -227,22 +225,6 @@ class AlpacaTelescope(Device):
             raise CommandError("device_fault", f"Alpaca device(s) not answering: "
                                f"{'; '.join(down)}")
 
-    def _run(self, name: str, steps: list[Step], finish: Callable[[float], dict],
-             eta: float, now: float, preempt: bool = False) -> dict | Pending:
-        if not preempt and self._plan is not None and not self._plan.over:
-            raise CommandError("busy", f"{self.id} is running {self._plan_name}")
-        plan = Plan(steps, finish)
-        self._plan, self._plan_name = plan, name
-        result = plan.advance(now)  # queues the first request at once
-        if result is not None:
-            return result
-
-        def poll(t: float) -> dict | None:
-            if self._plan is not plan:
-                raise CommandError("aborted", f"{name} cut short")
-            return plan.advance(t)
-
-        return Pending(eta, poll)
 
     def _dev(self, role: str):
         return self.client.device(role)
@@ -263,8 +245,7 @@ class AlpacaTelescope(Device):
                      done=lambda: not self._parked(), skip=lambda: not self._parked())]
 
     def _abort_motion(self) -> None:
-        if self._slewing() or (self._plan_name == "slew" and self._plan is not None
-                               and not self._plan.over):
+        if self._slewing() or self._busy("slew"):
             self.client.fire("AbortSlew", self._dev("telescope").AbortSlew)
 
     def _abort_exposure(self) -> None:

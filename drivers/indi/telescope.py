@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.coords import eod_to_icrs, icrs_to_eod
-from drivers.device import CommandError, Device, Pending, Plan
+from drivers.device import CommandError, Device, Pending, PlanRunner
 from drivers.indi.client import (
     BUSY,
     CCD_INTERFACE,
@@ -33,7 +33,7 @@ from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h, slew_et
 log = logging.getLogger("sitian.indi")
 
 
-class IndiTelescope(Device):
+class IndiTelescope(PlanRunner, Device):
     """INDI mount + CCD (+ dome, + filter wheel) as one SBP1 telescope.
 
     Device names default to auto-detection from ``DRIVER_INFO.DRIVER_INTERFACE``
@@ -72,8 +72,6 @@ class IndiTelescope(Device):
         self.site_lat, self.site_lon, self.site_elev = lat_deg, lon_deg, elev_m
         self.slew_timeout_s, self.dome_timeout_s = slew_timeout_s, dome_timeout_s
         self.readout_timeout_s = readout_timeout_s
-        self._plan: Plan | None = None
-        self._plan_name = ""
         self._last_connect: dict[str, float] = {}
         self._names: list[str] = []
         self.frames = (IndiFrames(client, reducer, pixel_scale_arcsec, rotation_deg,
@@ -242,7 +240,7 @@ class IndiTelescope(Device):
         if down:
             return {"state": "fault", **out, "fault": f"INDI device(s) not connected: {down}"}
         shutter = self._shutter_open()
-        busy = self._plan is not None and not self._plan.over
+        busy = self._busy()
         for dev, prop in ((self.mount, "EQUATORIAL_EOD_COORD"), (self.ccd, "CCD_EXPOSURE"),
                           (self.mount, "TELESCOPE_PARK")):
             vec = self.client.get(dev, prop)
@@ -261,8 +259,7 @@ class IndiTelescope(Device):
         """The ``detections`` of the frames measured since the last call (--photometry)."""
         if self.frames is None:
             return []
-        exposing = (self._plan is not None and not self._plan.over
-                    and self._plan_name == "expose")
+        exposing = self._busy("expose")
         return self.frames.events(self.ccd, exposing)
 
     def close(self) -> None:
@@ -300,20 +297,7 @@ class IndiTelescope(Device):
         if not self.client.connected:
             raise CommandError("device_fault", f"INDI server {self.client.host}:"
                                f"{self.client.port} not connected")
-        if not preempt and self._plan is not None and not self._plan.over:
-            raise CommandError("busy", f"{self.id} is running {self._plan_name}")
-        plan = Plan(steps, finish)
-        self._plan, self._plan_name = plan, name
-        result = plan.advance(now)  # sends the first request at once
-        if result is not None:
-            return result
-
-        def poll(t: float) -> dict | None:
-            if self._plan is not plan:
-                raise CommandError("aborted", f"{name} cut short")
-            return plan.advance(t)
-
-        return Pending(eta, poll)
+        return super()._run(name, steps, finish, eta, now, preempt)
 
     def _check_connected(self) -> None:
         with self.client.cond:
