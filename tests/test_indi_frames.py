@@ -383,3 +383,11 @@ def test_command_line_photometry_errors_are_one_line(tmp_path):
     assert proc.returncode == 2, proc
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--pixel-scale need(s) --photometry" in lines[0], lines
+    for extra, reason in ((["--frame-timeout", "30"], "--frame-timeout needs --photometry"),
+                          (["--photometry", "--frame-timeout", "0"],
+                           "--frame-timeout must be 1 to 3600 s, not 0")):
+        proc = subprocess.run([*base, *extra], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert proc.returncode == 2, proc
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0], lines

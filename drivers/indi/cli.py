@@ -19,7 +19,7 @@ from drivers.bridgecli import (
 )
 from drivers.endpoint import is_loopback
 from drivers.indi.client import IndiClient, IndiError
-from drivers.indi.frames import open_reducer
+from drivers.indi.frames import FRAME_TIMEOUT_S, open_reducer
 from drivers.indi.telescope import IndiTelescope
 from drivers.indi.weather import IndiWeather
 from drivers.keys import device_keys
@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter-slot", type=int, default=None,
                    help="wheel slot of this telescope's band, set before each exposure")
     add_site_args(p)
-    add_photometry_args(p)
+    g = add_photometry_args(p)
+    g.add_argument("--frame-timeout", type=float, default=FRAME_TIMEOUT_S, metavar="S",
+                   help="give an exposure's frame up this many seconds after the exposure "
+                   "ends (a slow link, large frames; default: %(default)g)")
     p.add_argument("--connect-timeout", type=float, default=30.0)
     w = add_weather_args(p, "an INDI weather station", stale_s=120.0)
     w.add_argument("--station", default="auto", help="INDI weather device (default: detect)")
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_telescope_args(parser, args)
     check_photometry_args(parser, args)
+    if args.frame_timeout != FRAME_TIMEOUT_S and not args.photometry:
+        parser.error("--frame-timeout needs --photometry")
+    if not 1 <= args.frame_timeout <= 3600:
+        parser.error(f"--frame-timeout must be 1 to 3600 s, not {args.frame_timeout:g}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(message)s")
     prog = "drivers.indi"
@@ -90,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                 seeing_arcsec=args.seeing, lat_deg=args.lat, lon_deg=args.lon,
                                 elev_m=args.elev, reducer=reducer,
                                 pixel_scale_arcsec=args.pixel_scale,
-                                rotation_deg=args.rotation)
+                                rotation_deg=args.rotation,
+                                frame_timeout_s=args.frame_timeout)
             dev.start(timeout_s=args.connect_timeout)
     except (IndiError, ValueError, OSError) as exc:
         client.close()

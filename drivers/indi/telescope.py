@@ -26,7 +26,13 @@ from drivers.indi.client import (
     IndiError,
     Vector,
 )
-from drivers.indi.frames import PRIMARY_CHIP, FrameMeta, FrameReducer, IndiFrames
+from drivers.indi.frames import (
+    FRAME_TIMEOUT_S,
+    PRIMARY_CHIP,
+    FrameMeta,
+    FrameReducer,
+    IndiFrames,
+)
 from drivers.indi.steps import Step
 from drivers.sky import alt_az_deg, lst_deg, nominal_quality, ra_diff_h, slew_eta
 
@@ -62,7 +68,7 @@ class IndiTelescope(PlanRunner, Device):
                  slew_timeout_s: float = 300.0, dome_timeout_s: float = 300.0,
                  readout_timeout_s: float = 120.0, reducer: FrameReducer | None = None,
                  pixel_scale_arcsec: float | None = None, rotation_deg: float = 0.0,
-                 frame_timeout_s: float = 60.0):
+                 frame_timeout_s: float = FRAME_TIMEOUT_S):
         super().__init__(device_id, site, group, band)
         self.client = client
         self.mount, self.ccd, self.dome, self.wheel = mount, ccd, dome, wheel
