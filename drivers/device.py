@@ -75,7 +75,6 @@ class Plan:
         return result
 
 
-
 class PlanRunner:
     """One command at a time as a :class:`Plan` (the INDI and Alpaca telescopes): a new
     command while one runs is ``busy`` unless it ``preempt``s (close, park); the one cut
@@ -105,6 +104,7 @@ class PlanRunner:
             return plan.advance(t)
 
         return Pending(eta, poll)
+
 
 def _num(v) -> bool:
     return P._num(v)

@@ -213,20 +213,18 @@ def main() -> None:
     t.add_argument("--early", type=float, default=0.3)
     t.add_argument("--out", required=True)
     s = sub.add_parser("score")
-    s.add_argument("store")
-    s.add_argument("models", nargs="+")
-    s.add_argument("--nights", type=int, default=20)
-    s.add_argument("--seed", type=int, default=5)
-    s.add_argument("--start", default="2026-12-15")
-    s.add_argument("--from-night", type=int, default=7)
-    s.add_argument("--reference-mag", type=float, default=None)
+    c = sub.add_parser("ceiling")
+    for step in (s, c):  # the season whose store is read (remade from these)
+        step.add_argument("store")
+        if step is s:
+            step.add_argument("models", nargs="+")
+        step.add_argument("--nights", type=int, default=20)
+        step.add_argument("--seed", type=int, default=5)
+        step.add_argument("--start", default="2026-12-15")
+        step.add_argument("--from-night", type=int, default=7)
+        step.add_argument("--reference-mag", type=float, default=None)
     s.add_argument("--priors", action="store_true",
                    help="also each model with each night's class mix (EM; the truth)")
-    c = sub.add_parser("ceiling")
-    c.add_argument("store")
-    for a, v in (("--nights", 20), ("--seed", 5), ("--start", "2026-12-15"),
-                 ("--from-night", 7), ("--reference-mag", None)):
-        c.add_argument(a, type=type(v) if v is not None else float, default=v)
     c.add_argument("--with-model", metavar="DIR", default=None,
                    help="also give the model this classifier's probabilities")
     args = ap.parse_args()

@@ -225,7 +225,6 @@ class AlpacaTelescope(PlanRunner, Device):
             raise CommandError("device_fault", f"Alpaca device(s) not answering: "
                                f"{'; '.join(down)}")
 
-
     def _dev(self, role: str):
         return self.client.device(role)
 
