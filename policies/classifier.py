@@ -12,7 +12,7 @@ probabilities per object.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from observatory.taxonomy import CLASSES
 from policies.context import CONTEXT_NAMES, context_features
 from policies.features import extract, feature_names
+from policies.forest import CompiledForest
 from policies.lc_features import extract_lc, lc_feature_names
 
 ARTIFACT_DIR = Path(__file__).parent / "artifacts" / "classifier"
@@ -52,6 +53,9 @@ class TransientClassifier:
     booster: object  # lightgbm.Booster
     temperature: float
     classes: tuple[str, ...] = CLASSES
+    # The booster's trees compiled for batches (policies.forest), built on first use;
+    # False where they cannot be (LightGBM's own predict is used then).
+    _forest: object = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: Path = ARTIFACT_DIR) -> TransientClassifier:
@@ -74,7 +78,15 @@ class TransientClassifier:
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         if len(features) == 0:
             return np.zeros((0, len(self.classes)))
-        raw = self.booster.predict(features, raw_score=True, num_threads=0)
+        if self._forest is None:
+            try:
+                self._forest = CompiledForest(self.booster)
+            except ValueError:
+                self._forest = False
+        if self._forest:
+            raw = self._forest.raw(features)
+        else:
+            raw = self.booster.predict(features, raw_score=True, num_threads=0)
         return softmax(np.asarray(raw) / self.temperature)
 
     def predict(self, obj, mjd, band, mag, err, n_objects: int | None = None,
