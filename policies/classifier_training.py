@@ -179,9 +179,9 @@ MAX_ROUNDS = 80
 def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = MAX_ROUNDS,
         labelled=None, labelled_weight: float = 5.0, progress: bool = False):
     """A calibrated model from ``(LightCurveSet, position seed)`` pairs: LightGBM on the
-    training sets (plus ``labelled`` light curves, weight ``labelled_weight`` each),
-    early stopping and the temperature on the validation sets. Returns (model, n_train,
-    n_labelled)."""
+    training sets (plus ``labelled`` light curves, each counting ``labelled_weight``
+    simulated light curves of its class: ``label_weights``), early stopping and the
+    temperature on the validation sets. Returns (model, n_train, n_labelled)."""
     xy = {}
     for name, pairs in (("train", train_sets), ("valid", valid_sets)):
         xy[name] = (np.vstack([set_features(d, s) for d, s in pairs]),
@@ -195,11 +195,40 @@ def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = MAX_ROU
                             labelled.err, labelled.n)
         xy["train"] = (np.vstack([xy["train"][0], xl]),
                        np.concatenate([xy["train"][1], labelled.label]))
-        weight = np.concatenate([weight, np.full(labelled.n, labelled_weight)])
+        weight = label_weights(xy["train"][1], labelled.n, labelled_weight)
         n_labelled = int(labelled.n)
     model = fit_matrices(*xy["train"], *xy["valid"], seed, rounds, weight, progress)
     return model, len(xy["train"][1]), n_labelled
 
+
+
+LABEL_SHARE_CAP = 0.5  # labels hold at most this share of their class's training weight
+
+
+def label_weights(y: np.ndarray, n_labelled: int, labelled_weight: float) -> np.ndarray:
+    """Training weights when the last ``n_labelled`` rows of ``y`` are spectroscopic
+    labels: each label counts ``labelled_weight`` simulated light curves, taken from the
+    simulated weight of its own class, so that every class keeps its total weight.
+
+    A follow-up policy chooses which objects get a spectrum, so the labels' class mix is
+    the policy's, not the sky's: added on top, 52 RR Lyrae labels at weight 5 made the
+    model call RR Lyrae more often everywhere. Here labels change what a class looks
+    like, not how common it is. A class's labels hold at most ``LABEL_SHARE_CAP`` of its
+    weight (a small training set, or many labels of one class)."""
+    y = np.asarray(y)
+    n_sim = len(y) - n_labelled
+    weight = np.ones(len(y))
+    sim, lab = y[:n_sim], y[n_sim:]
+    for k in np.unique(lab):
+        total = float(np.sum(sim == k))
+        n_k = int(np.sum(lab == k))
+        if total == 0:  # a class the simulations lack: the labels alone, as given
+            weight[n_sim:][lab == k] = labelled_weight
+            continue
+        share = min(labelled_weight * n_k, LABEL_SHARE_CAP * total)
+        weight[n_sim:][lab == k] = share / n_k
+        weight[:n_sim][sim == k] = (total - share) / total
+    return weight
 
 
 def fit_matrices(x, y, xv, yv, seed: int = 1, rounds: int = MAX_ROUNDS, weight=None,
@@ -235,10 +264,11 @@ def train(n_per_class: int = 8000, seed: int = 1, valid_seed: int = 2, test_seed
     surveys (``test_seed``: robustness to other cadences and depths).
 
     ``labelled``: light curves with spectroscopic labels from earlier runs (the data
-    flywheel; ``policies.lightcurve_io.LabelledSet``), added to the training set with
-    weight ``labelled_weight`` each. ``early_fraction``: that share of the training and
-    validation light curves (first nights aside) cut to their first 2-4 nights
-    (``make_set``); the held-out report's sets are not cut."""
+    flywheel; ``policies.lightcurve_io.LabelledSet``), added to the training set, each
+    counting ``labelled_weight`` simulated light curves of its class (``label_weights``).
+    ``early_fraction``: that share of the training and validation light curves (first
+    nights aside) cut to their first 2-4 nights (``make_set``); the held-out report's
+    sets are not cut."""
     n_s = sitian_per_class if sitian_per_class is not None else max(n_per_class * 3 // 8, 20)
     train_sets, valid_sets = [], []
     for g in generators:

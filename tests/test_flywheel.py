@@ -9,6 +9,7 @@ import pytest
 
 from brain.evaluation.flywheel import equal_labels, run_flywheel, sky_set
 from observatory.taxonomy import CLASSES
+from policies.classifier_training import label_weights
 
 
 @pytest.mark.slow
@@ -16,10 +17,12 @@ def test_labels_do_not_lower_the_score_on_a_held_out_sky(clear_run, climate_run)
     labels, k = equal_labels({"rl": clear_run})
     assert k > 0 and labels["rl"].n == k
     report = run_flywheel({"rl": clear_run}, sky=climate_run, n_per_class=150,
-                          test_per_class=60, generators=("ours",), weights=(5.0,))
+                          test_per_class=60, generators=("ours",), weights=(5.0,),
+                          fit_seeds=(1, 2, 3))
     assert report["labels_per_policy"] == k
     with_labels, none = report["rl@5"], report["none"]
     assert with_labels["n_labelled"] == k
+    assert len(with_labels["sky"]["full"]["macro_f1_seeds"]) == 3
     for part in ("full", "first_night"):
         assert with_labels["sky"][part]["macro_f1"] >= none["sky"][part]["macro_f1"]
     assert set(report["tests"]) == {"ours", "sky"}
@@ -37,3 +40,20 @@ def test_sky_set_holds_a_runs_true_sources(clear_run):
     np.minimum.at(t0, d.obj, d.mjd)
     fn = d.first_night[d.obj]
     assert np.all(d.mjd[fn] - t0[d.obj[fn]] < 0.6)
+
+
+def test_labels_change_what_a_class_looks_like_not_how_common_it_is():
+    # 100 simulated light curves of classes 0 and 1, 10 of class 2; labels: 12 of class 0
+    # (many: capped at half the class), 2 of class 1, 1 of class 3 (no simulations).
+    sim = np.repeat([0, 1, 2], [100, 100, 10])
+    lab = np.array([0] * 12 + [1] * 2 + [3])
+    y = np.concatenate([sim, lab])
+    w = label_weights(y, lab.size, 5.0)
+    for k, total in ((0, 100), (1, 100), (2, 10)):
+        assert np.isclose(w[y == k].sum(), total)  # each class keeps its weight
+    n = sim.size
+    assert np.allclose(w[n:n + 12], 50 / 12)  # 12 x 5 > half of 100: capped at 50
+    assert np.allclose(w[n + 12:n + 14], 5.0) and np.allclose(w[:100], 50 / 100)
+    assert np.allclose(w[100:200], 90 / 100) and np.allclose(w[200:210], 1.0)
+    assert w[-1] == 5.0  # a class the simulations lack: the label's weight as given
+    assert np.all(w > 0)

@@ -8,8 +8,10 @@ are cut to the same count, the first ``k`` by time (``equal_labels``).
 
 How labels enter training is chosen by measurement (``docs/classifier.md``):
 
-* ``added``: the labelled light curves join the simulated training set, each with a
-  weight (``LABEL_WEIGHT``), and the model is trained again from scratch;
+* the labelled light curves join the simulated training set, each counting
+  ``LABEL_WEIGHT`` simulated light curves of its class, taken from that class's weight
+  (``policies.classifier_training.label_weights``: labels change what a class looks like,
+  not how common it is), and the model is trained again from scratch;
 * the model is scored with no labels and with each policy's labels on the same test
   sets: held-out simulated sets (ours, redback) and a held-out *sky*: the candidates of
   another simulated run, full light curves and first nights, against the simulator's
@@ -112,10 +114,16 @@ def _renumber(local, mjd, band, mag, err, good, uid, label_of, first: bool) -> L
 
 def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: int = 2000,
                  seed: int = 1, valid_seed: int = 2, test_per_class: int = 400,
-                 weights=(LABEL_WEIGHT,), generators=GENERATORS) -> dict:
+                 weights=(LABEL_WEIGHT,), generators=GENERATORS, fit_seeds=None) -> dict:
     """Macro-F1 with no labels and with each run's labels (cut to equal counts), for each
-    label weight, on held-out simulated sets and the held-out ``sky`` run."""
+    label weight, on held-out simulated sets and the held-out ``sky`` run.
+
+    ``fit_seeds``: LightGBM seeds (bagging, feature sampling); each model is trained once
+    per seed on the same light curves and its macro-F1 is the mean over the seeds (each
+    seed's in ``macro_f1_seeds``). A hundred labels move one model's score by less than a
+    change of seed does (docs/classifier.md, "The flywheel"), so one seed compares noise."""
     labels, k = equal_labels(runs)
+    fit_seeds = tuple(fit_seeds) if fit_seeds else (seed,)
     n_s = max(n_per_class * 3 // 8, 20)
     tr, va = [], []
     for g in generators:
@@ -124,15 +132,24 @@ def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: in
     tests = {g: test_set(g, test_per_class) for g in generators}
     if sky is not None:
         tests["sky"] = sky_set(sky)
-    report = {"labels_per_policy": k, "weights": list(weights),
+    report = {"labels_per_policy": k, "weights": list(weights), "fit_seeds": list(fit_seeds),
               "tests": {name: int(d.n) for name, d in tests.items()}}
 
-    def scores(model):
-        return {name: score(model, d) for name, d in tests.items()}
+    def scores(**kw) -> dict:
+        runs_ = [{name: score(fit(tr, va, s, **kw)[0], d) for name, d in tests.items()}
+                 for s in fit_seeds]
+        out = runs_[0]
+        for name, first in out.items():
+            for part in ("full", "first_night"):
+                if part in first:
+                    f1 = [r[name][part]["macro_f1"] for r in runs_]
+                    first[part]["macro_f1"] = round(float(np.mean(f1)), 4)
+                    first[part]["macro_f1_seeds"] = f1
+        return out
 
-    report["none"] = scores(fit(tr, va, seed)[0])
+    report["none"] = scores()
     for name, lab in labels.items():
         for w in weights:
-            model, _, n_lab = fit(tr, va, seed, labelled=lab, labelled_weight=w)
-            report[f"{name}@{w:g}"] = {"n_labelled": n_lab, **scores(model)}
+            report[f"{name}@{w:g}"] = {"n_labelled": int(lab.n),
+                                       **scores(labelled=lab, labelled_weight=w)}
     return report
