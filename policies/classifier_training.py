@@ -177,29 +177,37 @@ MAX_ROUNDS = 80
 
 
 def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = MAX_ROUNDS,
-        labelled=None, labelled_weight: float = 5.0, progress: bool = False):
+        labelled=None, labelled_weight: float = 5.0, progress: bool = False,
+        matrices: dict | None = None):
     """A calibrated model from ``(LightCurveSet, position seed)`` pairs: LightGBM on the
     training sets (plus ``labelled`` light curves, each counting ``labelled_weight``
     simulated light curves of its class: ``label_weights``), early stopping and the
-    temperature on the validation sets. Returns (model, n_train, n_labelled)."""
+    temperature on the validation sets. Returns (model, n_train, n_labelled).
+    ``matrices``: the sets' features from ``fit_inputs``, when several models are
+    trained on the same sets."""
+    xy = matrices if matrices is not None else fit_inputs(train_sets, valid_sets, progress)
+    x, y = xy["train"]
+    weight = np.ones(len(y))
+    n_labelled = 0
+    if labelled is not None and labelled.n:
+        xl = model_features(labelled.obj, labelled.mjd, labelled.band, labelled.mag,
+                            labelled.err, labelled.n)
+        x, y = np.vstack([x, xl]), np.concatenate([y, labelled.label])
+        weight = label_weights(y, labelled.n, labelled_weight)
+        n_labelled = int(labelled.n)
+    model = fit_matrices(x, y, *xy["valid"], seed, rounds, weight, progress)
+    return model, len(y), n_labelled
+
+
+def fit_inputs(train_sets: list, valid_sets: list, progress: bool = False) -> dict:
+    """{"train": (features, labels), "valid": (features, labels)} of ``fit``'s sets."""
     xy = {}
     for name, pairs in (("train", train_sets), ("valid", valid_sets)):
         xy[name] = (np.vstack([set_features(d, s) for d, s in pairs]),
                     np.concatenate([d.label for d, _ in pairs]))
         if progress:
             print(f"{name}: {len(xy[name][1])} light curves", flush=True)
-    weight = np.ones(len(xy["train"][1]))
-    n_labelled = 0
-    if labelled is not None and labelled.n:
-        xl = model_features(labelled.obj, labelled.mjd, labelled.band, labelled.mag,
-                            labelled.err, labelled.n)
-        xy["train"] = (np.vstack([xy["train"][0], xl]),
-                       np.concatenate([xy["train"][1], labelled.label]))
-        weight = label_weights(xy["train"][1], labelled.n, labelled_weight)
-        n_labelled = int(labelled.n)
-    model = fit_matrices(*xy["train"], *xy["valid"], seed, rounds, weight, progress)
-    return model, len(xy["train"][1]), n_labelled
-
+    return xy
 
 
 LABEL_SHARE_CAP = 0.5  # labels hold at most this share of their class's training weight

@@ -28,7 +28,7 @@ import numpy as np
 
 from brain.core.store import open_store
 from observatory.taxonomy import CLASSES
-from policies.classifier_training import GENERATORS, fit, generator_sets
+from policies.classifier_training import GENERATORS, fit, fit_inputs, generator_sets
 from policies.generalisation import concat, score, test_set
 from policies.lightcurve_io import LabelledSet, read_labelled
 from policies.lightcurve_sets import LightCurveSet
@@ -129,6 +129,7 @@ def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: in
     for g in generators:
         tr += generator_sets(g, n_per_class, seed, n_s)
         va += generator_sets(g, max(n_per_class // 3, 20), valid_seed, max(n_s // 3, 20))
+    xy = fit_inputs(tr, va)  # the simulated sets' features, once for every model
     tests = {g: test_set(g, test_per_class) for g in generators}
     if sky is not None:
         tests["sky"] = sky_set(sky)
@@ -136,8 +137,8 @@ def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: in
               "tests": {name: int(d.n) for name, d in tests.items()}}
 
     def scores(**kw) -> dict:
-        runs_ = [{name: score(fit(tr, va, s, **kw)[0], d) for name, d in tests.items()}
-                 for s in fit_seeds]
+        models = [fit(tr, va, s, matrices=xy, **kw)[0] for s in fit_seeds]
+        runs_ = [{name: score(m, d) for name, d in tests.items()} for m in models]
         out = runs_[0]
         for name, first in out.items():
             for part in ("full", "first_night"):

@@ -1,0 +1,50 @@
+"""Issue 20's flywheel measurement: does a simulated week of spectroscopic labels make
+the classifier better on a sky it has not seen, and whose labels help most?
+
+Needs four runs first (about 6 minutes a week on 2 cores)::
+
+    for p in rl greedy uncertainty; do
+      brain simulate --nights 7 --seed 9301 --start 2026-12-15 --policy $p --out out/fw/$p --quiet
+    done
+    brain simulate --nights 3 --seed 5 --start 2027-01-10 --out out/fw/sky --quiet
+    python -m experiments.flywheel_sky out/fw --n 2000 --fit-seeds 1 2 3
+
+Each policy's labels are cut to the same count and added to the shipped recipe's
+training sets (``brain.evaluation.flywheel.run_flywheel``); every model is trained once
+per LightGBM seed and scored by its mean macro-F1. Prints the report as JSON and writes
+it to ``<root>/flywheel.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from brain.evaluation.flywheel import LABEL_WEIGHT, run_flywheel
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", type=Path, help="folder holding the runs rl, greedy, "
+                    "uncertainty and sky")
+    ap.add_argument("--policies", nargs="+", default=["rl", "greedy", "uncertainty"])
+    ap.add_argument("--n", type=int, default=2000, help="simulated light curves a class")
+    ap.add_argument("--weights", type=float, nargs="+", default=[LABEL_WEIGHT])
+    ap.add_argument("--fit-seeds", type=int, nargs="+", default=[1, 2, 3])
+    a = ap.parse_args()
+    t0 = time.time()
+    report = run_flywheel({p: a.root / p for p in a.policies}, sky=a.root / "sky",
+                          n_per_class=a.n, weights=tuple(a.weights), fit_seeds=a.fit_seeds)
+    report["wall_s"] = round(time.time() - t0)
+    (a.root / "flywheel.json").write_text(json.dumps(report, indent=1) + "\n")
+    short = {name: {t: {p: v[p]["macro_f1"] for p in ("full", "first_night") if p in v}
+                    for t, v in r.items() if isinstance(v, dict)}
+             for name, r in report.items() if name == "none" or "@" in name}
+    print(json.dumps({"labels_per_policy": report["labels_per_policy"],
+                      "wall_s": report["wall_s"], "macro_f1": short}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
