@@ -17,6 +17,7 @@ from policies.classifier import (
     model_features,
     softmax,
 )
+from policies.lightcurve_io import LabelledSet
 from policies.lightcurve_sets import make_redback_set, make_set
 from simulator.population import sample_positions
 from simulator.reference import HOST_MATCH, reference_magnitudes
@@ -190,10 +191,10 @@ def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = MAX_ROU
     weight = np.ones(len(y))
     n_labelled = 0
     if labelled is not None and labelled.n:
-        xl = model_features(labelled.obj, labelled.mjd, labelled.band, labelled.mag,
-                            labelled.err, labelled.n)
-        x, y = np.vstack([x, xl]), np.concatenate([y, labelled.label])
-        weight = label_weights(y, labelled.n, labelled_weight)
+        views = label_views(labelled)
+        xl = model_features(views.obj, views.mjd, views.band, views.mag, views.err, views.n)
+        x, y = np.vstack([x, xl]), np.concatenate([y, views.label])
+        weight = label_weights(y, views.n, labelled_weight)
         n_labelled = int(labelled.n)
     model = fit_matrices(x, y, *xy["valid"], seed, rounds, weight, progress)
     return model, len(y), n_labelled
@@ -208,6 +209,39 @@ def fit_inputs(train_sets: list, valid_sets: list, progress: bool = False) -> di
         if progress:
             print(f"{name}: {len(xy[name][1])} light curves", flush=True)
     return xy
+
+
+LABEL_VIEWS_D = (0.6,)  # a labelled light curve also trains cut to these spans (d)
+
+
+def label_views(s: LabelledSet, spans=None, min_detections: int = 3) -> LabelledSet:
+    """The labelled light curves and, for each span of ``LABEL_VIEWS_D``, each one cut to
+    its detections within that span of its first (where the cut keeps
+    ``min_detections`` and drops some): a spectrum tells the class of every stage of
+    the object's light curve, and the classifier meets candidates at every stage (on
+    their first night most of all), while a spectrum comes late in a light curve."""
+    spans = LABEL_VIEWS_D if spans is None else spans
+    t0 = np.full(s.n, np.inf)
+    np.minimum.at(t0, s.obj, s.mjd)
+    age = s.mjd - t0[s.obj]
+    total = np.bincount(s.obj, minlength=s.n)
+    parts = [(s.obj, np.ones(s.obj.size, bool), np.ones(s.n, bool))]
+    for span in spans:
+        rows = age < span
+        count = np.bincount(s.obj[rows], minlength=s.n)
+        objs = (count >= min_detections) & (count < total)
+        parts.append((s.obj, rows & objs[s.obj], objs))
+    obj, rows_all, labels, offset = [], [], [], 0
+    for o, rows, objs in parts:
+        new = np.cumsum(objs) - 1
+        obj.append(new[o[rows]] + offset)
+        rows_all.append(rows)
+        labels.append(s.label[objs])
+        offset += int(objs.sum())
+    pick = [np.flatnonzero(r) for r in rows_all]
+    return LabelledSet(np.concatenate(obj), *(np.concatenate([getattr(s, k)[p] for p in pick])
+                                              for k in ("mjd", "band", "mag", "err")),
+                       np.concatenate(labels))
 
 
 LABEL_SHARE_CAP = 0.5  # labels hold at most this share of their class's training weight

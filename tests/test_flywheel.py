@@ -9,7 +9,8 @@ import pytest
 
 from brain.evaluation.flywheel import equal_labels, run_flywheel, sky_set
 from observatory.taxonomy import CLASSES
-from policies.classifier_training import label_weights
+from policies.classifier_training import label_views, label_weights
+from policies.lightcurve_io import LabelledSet
 
 
 @pytest.mark.slow
@@ -57,3 +58,18 @@ def test_labels_change_what_a_class_looks_like_not_how_common_it_is():
     assert np.allclose(w[100:200], 90 / 100) and np.allclose(w[200:210], 1.0)
     assert w[-1] == 5.0  # a class the simulations lack: the label's weight as given
     assert np.all(w > 0)
+
+
+def test_a_spectrum_labels_the_first_night_of_its_light_curve_too():
+    # Object 0: four detections on its first night, two more on later nights (class 3);
+    # object 1: three detections, all on its first night (class 5); object 2: two on
+    # its first night, then more (class 7; its first night alone is too short).
+    obj = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    mjd = np.array([0.0, 0.1, 0.2, 0.3, 1.0, 2.0, 5.0, 5.1, 5.2, 9.0, 9.1, 10.0, 11.0])
+    s = LabelledSet(obj, mjd, np.zeros(13, int), np.linspace(18, 19, 13), np.full(13, 0.05),
+                    np.array([3, 5, 7]))
+    v = label_views(s, spans=(0.6,))
+    assert v.n == 4 and list(v.label) == [3, 5, 7, 3]  # the three, then 0's first night
+    assert np.array_equal(v.mjd[v.obj == 3], mjd[:4])
+    assert np.array_equal(v.mjd[v.obj < 3], mjd) and np.all(np.diff(v.obj) >= 0)
+    assert label_views(s, spans=()).n == 3
