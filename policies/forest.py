@@ -12,9 +12,8 @@ LightGBM's rule for a numerical split on value ``v`` with threshold ``t``: a mis
 value (NaN) goes the split's default way when the split learned one (missing type
 "NaN"), and is read as 0.0 otherwise (missing type "None"); anything else goes left if
 ``v <= t``, infinities read as +-1e300. So each node stores three children: left, right
-and where NaN goes.
-Categorical splits and the "Zero" missing type (which the brain's models do not use)
-are refused at flattening, and the caller falls back to LightGBM.
+and where NaN goes. Categorical splits and the "Zero" missing type (which the brain's
+models do not use) are refused at flattening, and the caller falls back to LightGBM.
 """
 
 from __future__ import annotations

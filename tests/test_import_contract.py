@@ -24,7 +24,7 @@ PACKAGES = ("observatory", "brain", "drivers", "simulator", "policies")
 # Imported inside functions on purpose: heavy, and needed by few commands (the daemon
 # with --hosting local never loads Ray or vLLM; brain classify never loads torch).
 LAZY_OK = {"ray", "torch", "transformers", "vllm", "safetensors", "matplotlib", "astropy",
-           "fastapi", "lightgbm", "sklearn", "psycopg", "redback"}
+           "fastapi", "lightgbm", "sklearn", "psycopg", "redback", "numba"}
 MAX_LINES = 600
 
 
