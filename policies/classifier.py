@@ -66,11 +66,7 @@ class TransientClassifier:
             raise ValueError(f"{directory}: artifact does not match this code's classes or "
                              "features; run `brain train classifier`")
         booster = lightgbm.Booster(model_file=str(directory / "model.txt"))
-        model = cls(booster, float(meta["temperature"]))
-        # Compile the trees now, not at the first prediction: a daemon loads its models
-        # in the background, while its loop runs.
-        model.predict_features(np.full((1, len(meta["features"])), np.nan))
-        return model
+        return cls(booster, float(meta["temperature"]))
 
     def save(self, directory: Path, report: dict | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)

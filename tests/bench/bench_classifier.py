@@ -22,11 +22,11 @@ from policies.lightcurve_sets import make_set
 
 def main() -> None:
     t_load = time.perf_counter()
-    model = TransientClassifier.load()  # flattens the trees, loads (or compiles) the kernel
+    model = TransientClassifier.load()
     load_s = time.perf_counter() - t_load
     data = make_set(1500, seed=4242)
     n_det = np.bincount(data.obj)
-    t_first = time.perf_counter()
+    t_first = time.perf_counter()  # the first call flattens the trees, loads the kernel
     model.predict(data.obj[:100], data.mjd[:100], data.band[:100], data.mag[:100],
                   data.err[:100], int(data.obj[99]) + 1)
     first_call_s = time.perf_counter() - t_first
