@@ -11,7 +11,9 @@ Needs four runs first (about 6 minutes a week on 2 cores)::
 
 Each policy's labels are cut to the same count and added to the shipped recipe's
 training sets (``brain.evaluation.flywheel.run_flywheel``); every model is trained once
-per LightGBM seed and scored by its mean macro-F1. Prints the report as JSON and writes
+per LightGBM seed and scored by its mean macro-F1. ``--windows 3 --window-d 0.5 2.5``
+and the like measure other ways of cutting the labels (docs/classifier.md, "The
+flywheel"). Prints the report as JSON and writes
 it to ``<root>/flywheel.json``.
 """
 
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from brain.evaluation.flywheel import LABEL_WEIGHT, run_flywheel
+from policies.classifier_training import LABEL_WINDOW_D, LABEL_WINDOWS
 
 
 def main() -> None:
@@ -33,10 +36,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="simulated light curves a class")
     ap.add_argument("--weights", type=float, nargs="+", default=[LABEL_WEIGHT])
     ap.add_argument("--fit-seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--windows", type=int, default=LABEL_WINDOWS,
+                    help="windows each label also trains cut to")
+    ap.add_argument("--window-d", type=float, nargs=2, default=list(LABEL_WINDOW_D),
+                    metavar=("MIN", "MAX"), help="the windows' lengths (d)")
     a = ap.parse_args()
     t0 = time.time()
     report = run_flywheel({p: a.root / p for p in a.policies}, sky=a.root / "sky",
-                          n_per_class=a.n, weights=tuple(a.weights), fit_seeds=a.fit_seeds)
+                          n_per_class=a.n, weights=tuple(a.weights), fit_seeds=a.fit_seeds,
+                          views={"windows": a.windows, "window_d": tuple(a.window_d)})
     report["wall_s"] = round(time.time() - t0)
     (a.root / "flywheel.json").write_text(json.dumps(report, indent=1) + "\n")
     short = {name: {t: {p: v[p]["macro_f1"] for p in ("full", "first_night") if p in v}

@@ -179,19 +179,20 @@ MAX_ROUNDS = 80
 
 def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = MAX_ROUNDS,
         labelled=None, labelled_weight: float = 5.0, progress: bool = False,
-        matrices: dict | None = None):
+        matrices: dict | None = None, view_options: dict | None = None):
     """A calibrated model from ``(LightCurveSet, position seed)`` pairs: LightGBM on the
     training sets (plus ``labelled`` light curves, each counting ``labelled_weight``
     simulated light curves of its class: ``label_weights``), early stopping and the
     temperature on the validation sets. Returns (model, n_train, n_labelled).
     ``matrices``: the sets' features from ``fit_inputs``, when several models are
-    trained on the same sets."""
+    trained on the same sets; ``view_options``: ``label_views``' options (by default the
+    shipped ones)."""
     xy = matrices if matrices is not None else fit_inputs(train_sets, valid_sets, progress)
     x, y = xy["train"]
     weight = np.ones(len(y))
     n_labelled = 0
     if labelled is not None and labelled.n:
-        views = label_views(labelled)
+        views = label_views(labelled, **(view_options or {}))
         xl = model_features(views.obj, views.mjd, views.band, views.mag, views.err, views.n)
         x, y = np.vstack([x, xl]), np.concatenate([y, views.label])
         weight = label_weights(y, views.n, labelled_weight)
@@ -212,22 +213,37 @@ def fit_inputs(train_sets: list, valid_sets: list, progress: bool = False) -> di
 
 
 LABEL_VIEWS_D = (0.6,)  # a labelled light curve also trains cut to these spans (d)
+LABEL_WINDOWS = 3  # ... and to this many windows of it, each ...
+LABEL_WINDOW_D = (1.0, 3.0)  # ... of a length drawn from this range (d), anywhere in it
 
 
-def label_views(s: LabelledSet, spans=None, min_detections: int = 3) -> LabelledSet:
+def label_views(s: LabelledSet, spans=None, windows: int = LABEL_WINDOWS,
+                window_d=LABEL_WINDOW_D, min_detections: int = 3, seed: int = 0) -> LabelledSet:
     """The labelled light curves and, for each span of ``LABEL_VIEWS_D``, each one cut to
-    its detections within that span of its first (where the cut keeps
-    ``min_detections`` and drops some): a spectrum tells the class of every stage of
-    the object's light curve, and the classifier meets candidates at every stage (on
-    their first night most of all), while a spectrum comes late in a light curve."""
+    its detections within that span of its first, then ``windows`` windows of each, of
+    random length (``window_d``) and start (seed ``seed``). A view is kept where it has
+    ``min_detections`` and drops some.
+
+    A spectrum tells the class of every stage of the object's light curve, and the
+    classifier meets candidates at every stage and over a few nights (on their first
+    night most of all), while a spectrum comes late, after days of photometry: a week's
+    labelled light curves span 5.4 d at the median, the candidates the classifier meets
+    2.2 d and, on their first night, 0.2 d (docs/classifier.md, "The flywheel")."""
     spans = LABEL_VIEWS_D if spans is None else spans
     t0 = np.full(s.n, np.inf)
     np.minimum.at(t0, s.obj, s.mjd)
+    t1 = np.full(s.n, -np.inf)
+    np.maximum.at(t1, s.obj, s.mjd)
     age = s.mjd - t0[s.obj]
     total = np.bincount(s.obj, minlength=s.n)
+    cuts = [age < span for span in spans]
+    rng = np.random.default_rng(seed)
+    for _ in range(windows):
+        length = rng.uniform(*window_d, s.n)
+        start = rng.uniform(0.0, 1.0, s.n) * np.maximum(t1 - t0 - length, 0.0)
+        cuts.append((age >= start[s.obj]) & (age < (start + length)[s.obj]))
     parts = [(np.ones(s.obj.size, bool), np.ones(s.n, bool))]  # (rows, objects) a view
-    for span in spans:
-        rows = age < span
+    for rows in cuts:
         count = np.bincount(s.obj[rows], minlength=s.n)
         objs = (count >= min_detections) & (count < total)
         parts.append((rows & objs[s.obj], objs))

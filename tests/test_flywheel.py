@@ -68,8 +68,30 @@ def test_a_spectrum_labels_the_first_night_of_its_light_curve_too():
     mjd = np.array([0.0, 0.1, 0.2, 0.3, 1.0, 2.0, 5.0, 5.1, 5.2, 9.0, 9.1, 10.0, 11.0])
     s = LabelledSet(obj, mjd, np.zeros(13, int), np.linspace(18, 19, 13), np.full(13, 0.05),
                     np.array([3, 5, 7]))
-    v = label_views(s, spans=(0.6,))
+    v = label_views(s, spans=(0.6,), windows=0)
     assert v.n == 4 and list(v.label) == [3, 5, 7, 3]  # the three, then 0's first night
     assert np.array_equal(v.mjd[v.obj == 3], mjd[:4])
     assert np.array_equal(v.mjd[v.obj < 3], mjd) and np.all(np.diff(v.obj) >= 0)
-    assert label_views(s, spans=()).n == 3
+    assert label_views(s, spans=(), windows=0).n == 3
+
+
+def test_a_spectrum_labels_windows_of_its_light_curve_a_few_nights_long():
+    # Two objects observed every 0.05 d for 6 d (class 4) and 0.5 d (class 9): the long
+    # one also trains as windows 0.5-2.5 d long from anywhere in it; the short one has no
+    # window that drops a detection, so it trains whole (and on no first-night cut).
+    t = np.arange(0, 6, 0.05)
+    obj = np.concatenate([np.zeros(t.size, int), np.ones(10, int)])
+    mjd = np.concatenate([t, 10 + t[:10]])
+    s = LabelledSet(obj, mjd, obj % 2, np.linspace(17, 19, mjd.size), np.full(mjd.size, 0.05),
+                    np.array([4, 9]))
+    v = label_views(s, spans=(0.6,), windows=5, window_d=(0.5, 2.5), seed=3)
+    assert v.n == 2 + 1 + 5 and list(v.label) == [4, 9] + [4] * 6
+    assert np.all(np.diff(v.obj) >= 0) and np.array_equal(v.mjd[v.obj < 2], mjd)
+    for k in range(3, v.n):  # each window: a stretch of object 0's detections
+        w = v.mjd[v.obj == k]
+        assert 0.45 <= w[-1] - w[0] < 2.5 and np.isin(w, t).all()
+        assert np.allclose(np.diff(w), 0.05)
+    starts = {round(float(v.mjd[v.obj == k][0]), 2) for k in range(3, v.n)}
+    assert len(starts) > 1  # from anywhere in the light curve, not only its start
+    again = label_views(s, spans=(0.6,), windows=5, window_d=(0.5, 2.5), seed=3)
+    assert np.array_equal(again.mjd, v.mjd) and np.array_equal(again.obj, v.obj)

@@ -11,7 +11,9 @@ How labels enter training is chosen by measurement (``docs/classifier.md``):
 * the labelled light curves join the simulated training set, each counting
   ``LABEL_WEIGHT`` simulated light curves of its class, taken from that class's weight
   (``policies.classifier_training.label_weights``: labels change what a class looks like,
-  not how common it is), and the model is trained again from scratch;
+  not how common it is), each also cut to its first night and to a few windows a few
+  days long (``label_views``: what the classifier meets), and the model is trained
+  again from scratch;
 * the model is scored with no labels and with each policy's labels on the same test
   sets: held-out simulated sets (ours, redback) and a held-out *sky*: the candidates of
   another simulated run, full light curves and first nights, against the simulator's
@@ -32,9 +34,9 @@ from policies.classifier_training import GENERATORS, fit, fit_inputs, generator_
 from policies.generalisation import concat, score, test_set
 from policies.lightcurve_io import LabelledSet, read_labelled
 from policies.lightcurve_sets import LightCurveSet
+from policies.realdata import FIRST_NIGHT_D  # a first night: within this of the first (d)
 
 LABEL_WEIGHT = 5.0
-FIRST_NIGHT_D = 0.6  # a first night: detections within this of the first (d)
 
 
 def equal_labels(runs: dict[str, Path]) -> tuple[dict[str, LabelledSet], int]:
@@ -114,14 +116,17 @@ def _renumber(local, mjd, band, mag, err, good, uid, label_of, first: bool) -> L
 
 def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: int = 2000,
                  seed: int = 1, valid_seed: int = 2, test_per_class: int = 400,
-                 weights=(LABEL_WEIGHT,), generators=GENERATORS, fit_seeds=None) -> dict:
+                 weights=(LABEL_WEIGHT,), generators=GENERATORS, fit_seeds=None,
+                 views: dict | None = None) -> dict:
     """Macro-F1 with no labels and with each run's labels (cut to equal counts), for each
     label weight, on held-out simulated sets and the held-out ``sky`` run.
 
     ``fit_seeds``: LightGBM seeds (bagging, feature sampling); each model is trained once
     per seed on the same light curves and its macro-F1 is the mean over the seeds (each
-    seed's in ``macro_f1_seeds``). A hundred labels move one model's score by less than a
-    change of seed does (docs/classifier.md, "The flywheel"), so one seed compares noise."""
+    seed's in ``macro_f1_seeds``). A hundred labels move one model's score by less than
+    a change of seed does (docs/classifier.md, "The flywheel"), so one seed compares
+    noise. ``views``: how each label is also cut (``label_views``' options; by default
+    the shipped ones)."""
     labels, k = equal_labels(runs)
     fit_seeds = tuple(fit_seeds) if fit_seeds else (seed,)
     n_s = max(n_per_class * 3 // 8, 20)
@@ -152,5 +157,6 @@ def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: in
     for name, lab in labels.items():
         for w in weights:
             report[f"{name}@{w:g}"] = {"n_labelled": int(lab.n),
-                                       **scores(labelled=lab, labelled_weight=w)}
+                                       **scores(labelled=lab, labelled_weight=w,
+                                                  view_options=views)}
     return report
