@@ -11,10 +11,11 @@ Needs four runs first (about 6 minutes a week on 2 cores)::
 
 Each policy's labels are cut to the same count and added to the shipped recipe's
 training sets (``brain.evaluation.flywheel.run_flywheel``); every model is trained once
-per LightGBM seed and scored by its mean macro-F1. ``--windows 3 --window-d 0.5 2.5``
-and the like measure other ways of cutting the labels (docs/classifier.md, "The
-flywheel"). Prints the report as JSON and writes
-it to ``<root>/flywheel.json``.
+per LightGBM seed and scored by its mean macro-F1. ``--windows 3 --window-d 0.5 2.5``,
+``--cap 0.5`` and the like measure other ways of cutting and weighing the labels
+(docs/classifier.md, "The flywheel"); other skies: ``--seed 6 --start 2027-02-05`` and
+``--seed 7 --start 2027-03-01``, each in a root of its own with the same label runs.
+Prints the report as JSON and writes it to ``<root>/flywheel.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from brain.evaluation.flywheel import LABEL_WEIGHT, run_flywheel
+from policies import classifier_training
 from policies.classifier_training import LABEL_WINDOW_D, LABEL_WINDOWS
 
 
@@ -40,7 +42,10 @@ def main() -> None:
                     help="windows each label also trains cut to")
     ap.add_argument("--window-d", type=float, nargs=2, default=list(LABEL_WINDOW_D),
                     metavar=("MIN", "MAX"), help="the windows' lengths (d)")
+    ap.add_argument("--cap", type=float, default=classifier_training.LABEL_SHARE_CAP,
+                    help="the largest share of a class's weight its labels hold")
     a = ap.parse_args()
+    classifier_training.LABEL_SHARE_CAP = a.cap  # read by label_weights at each fit
     t0 = time.time()
     report = run_flywheel({p: a.root / p for p in a.policies}, sky=a.root / "sky",
                           n_per_class=a.n, weights=tuple(a.weights), fit_seeds=a.fit_seeds,

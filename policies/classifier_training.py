@@ -257,7 +257,7 @@ def label_views(s: LabelledSet, spans=None, windows: int = LABEL_WINDOWS,
                        np.concatenate([s.label[objs] for _, objs in parts]))
 
 
-LABEL_SHARE_CAP = 0.5  # labels hold at most this share of their class's training weight
+LABEL_SHARE_CAP = 0.35  # labels hold at most this share of their class's training weight
 
 
 def label_weights(y: np.ndarray, n_labelled: int, labelled_weight: float) -> np.ndarray:

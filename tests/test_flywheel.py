@@ -9,7 +9,7 @@ import pytest
 
 from brain.evaluation.flywheel import equal_labels, run_flywheel, sky_set
 from observatory.taxonomy import CLASSES
-from policies.classifier_training import label_views, label_weights
+from policies.classifier_training import LABEL_SHARE_CAP, label_views, label_weights
 from policies.lightcurve_io import LabelledSet
 
 
@@ -45,7 +45,8 @@ def test_sky_set_holds_a_runs_true_sources(clear_run):
 
 def test_labels_change_what_a_class_looks_like_not_how_common_it_is():
     # 100 simulated light curves of classes 0 and 1, 10 of class 2; labels: 12 of class 0
-    # (many: capped at half the class), 2 of class 1, 1 of class 3 (no simulations).
+    # (many: capped at LABEL_SHARE_CAP of the class), 2 of class 1, 1 of class 3 (no
+    # simulations).
     sim = np.repeat([0, 1, 2], [100, 100, 10])
     lab = np.array([0] * 12 + [1] * 2 + [3])
     y = np.concatenate([sim, lab])
@@ -53,9 +54,11 @@ def test_labels_change_what_a_class_looks_like_not_how_common_it_is():
     for k, total in ((0, 100), (1, 100), (2, 10)):
         assert np.isclose(w[y == k].sum(), total)  # each class keeps its weight
     n = sim.size
-    assert np.allclose(w[n:n + 12], 50 / 12)  # 12 x 5 > half of 100: capped at 50
-    assert np.allclose(w[n + 12:n + 14], 5.0) and np.allclose(w[:100], 50 / 100)
-    assert np.allclose(w[100:200], 90 / 100) and np.allclose(w[200:210], 1.0)
+    cap = LABEL_SHARE_CAP * 100
+    assert 10 < cap < 60  # 12 x 5 is over the cap, 2 x 5 under it
+    assert np.allclose(w[n:n + 12], cap / 12) and np.allclose(w[:100], (100 - cap) / 100)
+    assert np.allclose(w[n + 12:n + 14], 5.0) and np.allclose(w[100:200], 90 / 100)
+    assert np.allclose(w[200:210], 1.0)
     assert w[-1] == 5.0  # a class the simulations lack: the label's weight as given
     assert np.all(w > 0)
 
