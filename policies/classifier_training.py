@@ -19,6 +19,7 @@ from policies.classifier import (
 )
 from policies.lightcurve_io import LabelledSet
 from policies.lightcurve_sets import make_redback_set, make_set
+from policies.realdata import FIRST_NIGHT_D
 from simulator.population import sample_positions
 from simulator.reference import HOST_MATCH, reference_magnitudes
 
@@ -212,7 +213,7 @@ def fit_inputs(train_sets: list, valid_sets: list, progress: bool = False) -> di
     return xy
 
 
-LABEL_VIEWS_D = (0.6,)  # a labelled light curve also trains cut to these spans (d)
+LABEL_VIEWS_D = (FIRST_NIGHT_D,)  # a labelled light curve also trains cut to these spans (d)
 LABEL_WINDOWS = 3  # ... and to this many windows of it, each ...
 LABEL_WINDOW_D = (1.0, 3.0)  # ... of a length drawn from this range (d), anywhere in it
 
@@ -257,7 +258,8 @@ def label_views(s: LabelledSet, spans=None, windows: int = LABEL_WINDOWS,
                        np.concatenate([s.label[objs] for _, objs in parts]))
 
 
-LABEL_SHARE_CAP = 0.35  # labels hold at most this share of their class's training weight
+LABEL_SHARE_CAP = 0.35  # labels hold at most this share of their class's weight (measured: one
+# half lifts three held-out skies less, a quarter two of them; docs/classifier.md)
 
 
 def label_weights(y: np.ndarray, n_labelled: int, labelled_weight: float) -> np.ndarray:
