@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 from brain.evaluation.flywheel import LABEL_WEIGHT, run_flywheel
-from policies import classifier_training
-from policies.classifier_training import LABEL_WINDOW_D, LABEL_WINDOWS
+from policies.classifier_training import LABEL_SHARE_CAP, LABEL_WINDOW_D, LABEL_WINDOWS
 
 
 def main() -> None:
@@ -42,14 +41,18 @@ def main() -> None:
                     help="windows each label also trains cut to")
     ap.add_argument("--window-d", type=float, nargs=2, default=list(LABEL_WINDOW_D),
                     metavar=("MIN", "MAX"), help="the windows' lengths (d)")
-    ap.add_argument("--cap", type=float, default=classifier_training.LABEL_SHARE_CAP,
+    ap.add_argument("--cap", type=float, default=LABEL_SHARE_CAP,
                     help="the largest share of a class's weight its labels hold")
     a = ap.parse_args()
-    classifier_training.LABEL_SHARE_CAP = a.cap  # read by label_weights at each fit
+    if not 0 < a.cap < 1:
+        ap.error(f"--cap must be between 0 and 1, not {a.cap}")
+    if a.windows < 0 or not 0 < a.window_d[0] <= a.window_d[1]:
+        ap.error("--windows must be 0 or more and --window-d MIN MAX with 0 < MIN <= MAX")
     t0 = time.time()
     report = run_flywheel({p: a.root / p for p in a.policies}, sky=a.root / "sky",
                           n_per_class=a.n, weights=tuple(a.weights), fit_seeds=a.fit_seeds,
-                          views={"windows": a.windows, "window_d": tuple(a.window_d)})
+                          view_options={"windows": a.windows, "window_d": tuple(a.window_d)},
+                          share_cap=a.cap)
     report["wall_s"] = round(time.time() - t0)
     (a.root / "flywheel.json").write_text(json.dumps(report, indent=1) + "\n")
     short = {name: {t: {p: v[p]["macro_f1"] for p in ("full", "first_night") if p in v}

@@ -180,14 +180,15 @@ MAX_ROUNDS = 80
 
 def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = MAX_ROUNDS,
         labelled=None, labelled_weight: float = 5.0, progress: bool = False,
-        matrices: dict | None = None, view_options: dict | None = None):
+        matrices: dict | None = None, view_options: dict | None = None,
+        share_cap: float | None = None):
     """A calibrated model from ``(LightCurveSet, position seed)`` pairs: LightGBM on the
     training sets (plus ``labelled`` light curves, each counting ``labelled_weight``
     simulated light curves of its class: ``label_weights``), early stopping and the
     temperature on the validation sets. Returns (model, n_train, n_labelled).
     ``matrices``: the sets' features from ``fit_inputs``, when several models are
-    trained on the same sets; ``view_options``: ``label_views``' options (by default the
-    shipped ones)."""
+    trained on the same sets; ``view_options`` (``label_views``' options) and
+    ``share_cap`` (``label_weights``'): by default the shipped ones."""
     xy = matrices if matrices is not None else fit_inputs(train_sets, valid_sets, progress)
     x, y = xy["train"]
     weight = np.ones(len(y))
@@ -196,7 +197,7 @@ def fit(train_sets: list, valid_sets: list, seed: int = 1, rounds: int = MAX_ROU
         views = label_views(labelled, **(view_options or {}))
         xl = model_features(views.obj, views.mjd, views.band, views.mag, views.err, views.n)
         x, y = np.vstack([x, xl]), np.concatenate([y, views.label])
-        weight = label_weights(y, views.n, labelled_weight)
+        weight = label_weights(y, views.n, labelled_weight, share_cap)
         n_labelled = int(labelled.n)
     model = fit_matrices(x, y, *xy["valid"], seed, rounds, weight, progress)
     return model, len(y), n_labelled
@@ -262,7 +263,8 @@ LABEL_SHARE_CAP = 0.35  # labels hold at most this share of their class's weight
 # half lifts three held-out skies less, a quarter two of them; docs/classifier.md)
 
 
-def label_weights(y: np.ndarray, n_labelled: int, labelled_weight: float) -> np.ndarray:
+def label_weights(y: np.ndarray, n_labelled: int, labelled_weight: float,
+                  share_cap: float | None = None) -> np.ndarray:
     """Training weights when the last ``n_labelled`` rows of ``y`` are spectroscopic
     labels: each label counts ``labelled_weight`` simulated light curves, taken from the
     simulated weight of its own class, so that every class keeps its total weight.
@@ -270,8 +272,12 @@ def label_weights(y: np.ndarray, n_labelled: int, labelled_weight: float) -> np.
     A follow-up policy chooses which objects get a spectrum, so the labels' class mix is
     the policy's, not the sky's (a week of RL labels: RR Lyrae 71 of 250); added on top,
     they would shift the model's class priors toward it. Here labels change what a class
-    looks like, not how common it is. A class's labels hold at most ``LABEL_SHARE_CAP`` of its
-    weight (a small training set, or many labels of one class)."""
+    looks like, not how common it is. A class's labels hold at most ``share_cap`` of its
+    weight (a small training set, or many labels of one class; ``LABEL_SHARE_CAP``
+    unless given)."""
+    cap = LABEL_SHARE_CAP if share_cap is None else share_cap
+    if not 0.0 < cap < 1.0:
+        raise ValueError(f"a class's labels must hold a share of it between 0 and 1, not {cap}")
     y = np.asarray(y)
     n_sim = len(y) - n_labelled
     weight = np.ones(len(y))
@@ -282,7 +288,7 @@ def label_weights(y: np.ndarray, n_labelled: int, labelled_weight: float) -> np.
         if total == 0:  # a class the simulations lack: the labels alone, as given
             weight[n_sim:][lab == k] = labelled_weight
             continue
-        share = min(labelled_weight * n_k, LABEL_SHARE_CAP * total)
+        share = min(labelled_weight * n_k, cap * total)
         weight[n_sim:][lab == k] = share / n_k
         weight[:n_sim][sim == k] = (total - share) / total
     return weight

@@ -61,6 +61,10 @@ def test_labels_change_what_a_class_looks_like_not_how_common_it_is():
     assert np.allclose(w[200:210], 1.0)
     assert w[-1] == 5.0  # a class the simulations lack: the label's weight as given
     assert np.all(w > 0)
+    half = label_weights(y, lab.size, 5.0, share_cap=0.5)  # a cap given: 12 x 5 > 50
+    assert np.allclose(half[n:n + 12], 50 / 12) and np.allclose(half[:100], 0.5)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        label_weights(y, lab.size, 5.0, share_cap=1.5)  # would weigh simulations below 0
 
 
 def test_a_spectrum_labels_the_first_night_of_its_light_curve_too():

@@ -117,7 +117,7 @@ def _renumber(local, mjd, band, mag, err, good, uid, label_of, first: bool) -> L
 def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: int = 2000,
                  seed: int = 1, valid_seed: int = 2, test_per_class: int = 400,
                  weights=(LABEL_WEIGHT,), generators=GENERATORS, fit_seeds=None,
-                 views: dict | None = None) -> dict:
+                 view_options: dict | None = None, share_cap: float | None = None) -> dict:
     """Macro-F1 with no labels and with each run's labels (cut to equal counts), for each
     label weight, on held-out simulated sets and the held-out ``sky`` run.
 
@@ -125,8 +125,8 @@ def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: in
     per seed on the same light curves and its macro-F1 is the mean over the seeds (each
     seed's in ``macro_f1_seeds``). A hundred labels move one model's score by less than
     a change of seed does (docs/classifier.md, "The flywheel"), so one seed compares
-    noise. ``views``: how each label is also cut (``label_views``' options; by default
-    the shipped ones)."""
+    noise. ``view_options``, ``share_cap``: how each label is also cut and how much of
+    its class's weight the labels may hold (``fit``'s; by default the shipped ones)."""
     labels, k = equal_labels(runs)
     fit_seeds = tuple(fit_seeds) if fit_seeds else (seed,)
     n_s = max(n_per_class * 3 // 8, 20)
@@ -158,5 +158,6 @@ def run_flywheel(runs: dict[str, Path], sky: Path | None = None, n_per_class: in
         for w in weights:
             report[f"{name}@{w:g}"] = {"n_labelled": int(lab.n),
                                        **scores(labelled=lab, labelled_weight=w,
-                                                  view_options=views)}
+                                                  view_options=view_options,
+                                                  share_cap=share_cap)}
     return report
